@@ -1,0 +1,64 @@
+"""Signed checkpoints of the audit log, made and kept in the store.
+
+The store's Ed25519 key lives in ``STATE_DIR/audit-signing.key`` (mode 0600), created
+with the store. The key name and the checkpoint origin are both ``worm-fs/<store id>``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from worm_fs.audit.checkpoint import Checkpoint, SigningKey, sign_checkpoint
+from worm_fs.audit.log import tree_head
+from worm_fs.errors import NotAStore
+from worm_fs.store import Store
+
+KEY_FILE = "audit-signing.key"
+
+
+def origin_for(store_id: str) -> str:
+    return f"worm-fs/{store_id}"
+
+
+def key_path(state_dir: Path) -> Path:
+    return Path(state_dir) / KEY_FILE
+
+
+def ensure_key(state_dir: Path, store_id: str) -> SigningKey:
+    """Load the store's signing key, creating it on first use."""
+    path = key_path(state_dir)
+    if path.exists():
+        return SigningKey.load(path)
+    key = SigningKey.generate(origin_for(store_id))
+    key.save(path)
+    return key
+
+
+def load_key(state_dir: Path) -> SigningKey:
+    path = key_path(state_dir)
+    if not path.exists():
+        raise NotAStore(f"{path} is missing: no signing key for this store")
+    return SigningKey.load(path)
+
+
+def make_checkpoint(store: Store, key: SigningKey, origin: str) -> str:
+    """Sign the current tree head and keep it; returns the signed note.
+
+    If a checkpoint of the current size exists already, that one is returned.
+    """
+    with store.write() as tx:
+        size, root = tree_head(tx)
+        kept = tx.get_checkpoint(size)
+        if kept is not None:
+            return kept.decode()
+        note_text = sign_checkpoint(Checkpoint(origin=origin, size=size, root=root), key)
+        tx.put_checkpoint(size, note_text.encode())
+        return note_text
+
+
+def latest_checkpoint(store: Store) -> tuple[int, str] | None:
+    with store.read() as rt:
+        latest = None
+        for size, note in rt.iter_checkpoints():
+            latest = (size, note.decode())
+        return latest

@@ -1,0 +1,550 @@
+"""The ``worm-fs`` command.
+
+Every subcommand has ``--help``; those that report have ``--json``. Errors print one
+line (``worm-fs: ...``) and exit with the code of their class in
+:mod:`worm_fs.errors`; only a bug prints a traceback (exit 70).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from worm_fs import errors
+from worm_fs.errors import UsageError, WormError
+from worm_fs.locate import Location, locate, open_store
+
+log = logging.getLogger("worm_fs")
+
+
+# ---------------------------------------------------------------------- output helpers
+def emit(args: argparse.Namespace, data: Any, human: Callable[[Any], str]) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(data, indent=None if isinstance(data, list) else 2, sort_keys=True))
+    else:
+        print(human(data))
+
+
+def _human_bytes(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.1f} {unit}" if unit != "B" else f"{n} B"
+        value /= 1024
+    return f"{n} B"
+
+
+def _progress(label: str, done: int, total: int) -> None:
+    if sys.stderr.isatty():
+        print(f"\r{label}: {done}/{total}", end="", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------- mount / umount
+def _check_mount_args(args: argparse.Namespace) -> tuple[Path, Path]:
+    state_dir = Path(args.state_dir).absolute()
+    mountpoint = Path(args.mountpoint).absolute()
+    if args.settle < 0:
+        raise UsageError("--settle must be 0 or more seconds")
+    if not mountpoint.is_dir():
+        raise UsageError(f"mountpoint {mountpoint} does not exist or is not a directory")
+    if os.path.ismount(mountpoint):
+        raise UsageError(f"{mountpoint} is already a mountpoint")
+    if any(mountpoint.iterdir()):
+        raise UsageError(f"mountpoint {mountpoint} is not empty")
+    if state_dir.exists():
+        if not state_dir.is_dir():
+            raise UsageError(f"state directory {state_dir} is not a directory")
+        ours = {"store", "daemon.log", "daemon.lock", "audit-signing.key"}
+        if not (state_dir / "store").exists() and any(
+            p.name not in ours for p in state_dir.iterdir()
+        ):
+            raise UsageError(f"{state_dir} is not empty and holds no worm-fs store")
+    elif not state_dir.parent.is_dir():
+        raise UsageError(f"parent of the state directory ({state_dir.parent}) does not exist")
+    if state_dir == mountpoint or mountpoint in state_dir.parents:
+        raise UsageError("the state directory must not be inside the mountpoint")
+    if not Path("/dev/fuse").exists():
+        raise UsageError("/dev/fuse is missing: load the fuse module or install fuse3")
+    if os.geteuid() != 0 and shutil.which("fusermount3") is None:
+        raise UsageError("not root and fusermount3 is not installed (apt-get install fuse3)")
+    state_dir.mkdir(mode=0o700, exist_ok=True)
+    os.chmod(state_dir, 0o700)
+    return state_dir, mountpoint
+
+
+def _mount_options(args: argparse.Namespace) -> Any:
+    from worm_fs.daemon import MountOptions
+
+    return MountOptions(
+        settle=args.settle,
+        allow_other=args.allow_other,
+        audit_reads=args.audit_reads,
+        checkpoint_records=args.checkpoint_records,
+        checkpoint_seconds=args.checkpoint_seconds,
+        debug_fuse=args.debug_fuse,
+    )
+
+
+def cmd_mount(args: argparse.Namespace) -> int:
+    state_dir, mountpoint = _check_mount_args(args)
+    if args.foreground:
+        from worm_fs.daemon import Daemon
+
+        _setup_logging(args.verbose)
+        daemon = Daemon(state_dir, mountpoint, _mount_options(args))
+        if args.ready_fd is None:
+            print(f"worm-fs: serving {mountpoint} (state in {state_dir}); "
+                  "Ctrl-C or `worm-fs umount` to stop", file=sys.stderr, flush=True)
+        daemon.run(ready_fd=args.ready_fd)
+        return 0
+    return _spawn_daemon(args, state_dir, mountpoint)
+
+
+def _spawn_daemon(args: argparse.Namespace, state_dir: Path, mountpoint: Path) -> int:
+    read_end, write_end = os.pipe()
+    command = [
+        sys.executable, "-m", "worm_fs", "mount", str(state_dir), str(mountpoint),
+        "--foreground", "--ready-fd", str(write_end), "--settle", str(args.settle),
+        "--audit-reads", args.audit_reads,
+        "--checkpoint-records", str(args.checkpoint_records),
+        "--checkpoint-seconds", str(args.checkpoint_seconds),
+    ]
+    if args.allow_other:
+        command.append("--allow-other")
+    log_path = state_dir / "daemon.log"
+    with open(log_path, "ab") as log_file:
+        child = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+            pass_fds=(write_end,), start_new_session=True,
+        )
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as ready:
+        answer = ready.read(6)
+    if answer == b"ready\n":
+        print(f"mounted {mountpoint} (daemon pid {child.pid}, log {log_path})")
+        return 0
+    code = child.wait()
+    last = ""
+    try:
+        lines = log_path.read_text(errors="replace").strip().splitlines()
+        last = lines[-1] if lines else ""
+    except OSError:
+        pass
+    print(f"worm-fs: mount failed: {last or f'daemon exited with {code}'}", file=sys.stderr)
+    return code or errors.EXIT_INTERNAL
+
+
+def cmd_umount(args: argparse.Namespace) -> int:
+    loc = locate(args.mountpoint, allow_state_dir=False)
+    assert loc.mountpoint is not None
+    if loc.daemon_pid:
+        try:
+            os.kill(loc.daemon_pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            _fusermount(loc.mountpoint)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if not os.path.ismount(loc.mountpoint) and not _alive(loc.daemon_pid):
+                print(f"unmounted {loc.mountpoint}")
+                return 0
+            time.sleep(0.05)
+    _fusermount(loc.mountpoint)
+    print(f"unmounted {loc.mountpoint}")
+    return 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _fusermount(mountpoint: Path) -> None:
+    result = subprocess.run(["fusermount3", "-u", str(mountpoint)], capture_output=True,
+                            text=True)
+    if result.returncode != 0:
+        raise WormError(f"could not unmount {mountpoint}: {result.stderr.strip()}",
+                        errno=16)
+
+
+# ---------------------------------------------------------------------- stat / stats / verify
+def cmd_stat(args: argparse.Namespace) -> int:
+    path = Path(args.path)
+    locate(path, allow_state_dir=False)
+    st = os.lstat(path)
+
+    def xattr(name: str) -> str | None:
+        try:
+            return os.getxattr(path, name, follow_symlinks=False).decode()
+        except OSError:
+            return None
+
+    import stat as stat_mod
+
+    if stat_mod.S_ISDIR(st.st_mode):
+        state = "directory"
+    elif stat_mod.S_ISLNK(st.st_mode):
+        state = "symlink"
+    else:
+        state = xattr("user.worm.state") or "unknown"
+    data = {
+        "path": str(path),
+        "state": state,
+        "size": st.st_size,
+        "sha256": xattr("user.worm.sha256"),
+        "sealed_at": xattr("user.worm.sealed_at"),
+        "mode": oct(stat_mod.S_IMODE(st.st_mode)),
+        "uid": st.st_uid,
+        "gid": st.st_gid,
+        "mtime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(st.st_mtime)),
+    }
+    emit(args, data, lambda d: "\n".join(f"{k:>10}: {v}" for k, v in d.items() if v is not None))
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from worm_fs.core.fs import store_stats
+
+    store = open_store(locate(args.path))
+    try:
+        data = store_stats(store)
+    finally:
+        store.close()
+
+    def human(d: dict[str, Any]) -> str:
+        return "\n".join([
+            f"files:          {d['files']} sealed, {d['quarantined']} quarantined, "
+            f"{d['writing']} being written",
+            f"logical bytes:  {d['logical_bytes']} ({_human_bytes(d['logical_bytes'])})",
+            f"stored bytes:   {d['stored_bytes']} ({_human_bytes(d['stored_bytes'])})",
+            f"chunks:         {d['chunks']}",
+            f"dedup ratio:    {d['dedup_ratio']}",
+            f"audit records:  {d['audit_records']}",
+        ])
+
+    emit(args, data, human)
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from worm_fs.core.scrub import scrub
+
+    store = open_store(locate(args.path))
+    try:
+        report = scrub(store, progress=_progress)
+    finally:
+        store.close()
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
+    data = {
+        "ok": report.ok,
+        "chunks": report.chunks,
+        "chunk_bytes": report.chunk_bytes,
+        "files": report.files,
+        "findings": [f.__dict__ for f in report.findings],
+    }
+
+    def human(d: dict[str, Any]) -> str:
+        lines = [f"corrupt {f['kind']}: {f['path'] + ': ' if f['path'] else ''}{f['detail']}"
+                 for f in d["findings"]]
+        lines.append(f"checked {d['chunks']} chunks ({_human_bytes(d['chunk_bytes'])}) and "
+                     f"{d['files']} sealed files: " + ("OK" if d["ok"] else
+                                                      f"{len(d['findings'])} problem(s)"))
+        return "\n".join(lines)
+
+    emit(args, data, human)
+    return errors.EXIT_OK if report.ok else errors.EXIT_CHECK_FAILED
+
+
+# ---------------------------------------------------------------------- log
+def _verifier(loc: Location, given: str | None) -> Any:
+    from worm_fs.audit.anchor import load_key
+    from worm_fs.audit.checkpoint import VerifierKey
+
+    if given:
+        text = Path(given).read_text().strip() if Path(given).is_file() else given
+        try:
+            return VerifierKey.parse(text)
+        except ValueError as exc:
+            raise UsageError(f"bad --pubkey: {exc}") from None
+    if loc.mountpoint is not None:
+        try:
+            return VerifierKey.parse(os.getxattr(loc.mountpoint, "user.worm.pubkey").decode())
+        except OSError:
+            pass
+    return load_key(loc.state_dir).verifier()
+
+
+def _format_record(record: dict[str, Any]) -> str:
+    when = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record["time_ns"] / 1e9))
+    skip = {"seq", "time_ns", "mono_ns", "boot_id", "op", "result", "path", "uid", "pid",
+            "comm", "gid", "leaf_hash"}
+    extra = " ".join(f"{k}={json.dumps(v, separators=(',', ':'))}"
+                     for k, v in sorted(record.items()) if k not in skip)
+    who = f"uid={record['uid']} pid={record.get('pid')} ({record.get('comm', '')})" \
+        if "uid" in record else ""
+    return (f"{record['seq']:>7} {when} {record['op']:<10} {record['result']:<7} "
+            f"{record.get('path', '-')} {who} {extra}").rstrip()
+
+
+def cmd_log_show(args: argparse.Namespace) -> int:
+    from worm_fs.audit.merkle import leaf_hash
+
+    loc = locate(args.path)
+    store = open_store(loc)
+    next_seq = args.since
+    try:
+        while True:
+            with store.read() as rt:
+                batch = list(rt.iter_records(next_seq))
+            for seq, raw in batch:
+                record = json.loads(raw)
+                if args.json:
+                    record["leaf_hash"] = leaf_hash(raw).hex()
+                    print(json.dumps(record, sort_keys=True), flush=args.follow)
+                else:
+                    print(_format_record(record), flush=args.follow)
+                next_seq = seq + 1
+            if not args.follow:
+                return 0
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        store.close()
+
+
+def cmd_log_verify(args: argparse.Namespace) -> int:
+    from worm_fs.audit.verify import verify_log
+
+    loc = locate(args.path)
+    verifier = _verifier(loc, args.pubkey)
+    external = []
+    for name in args.checkpoint or []:
+        try:
+            external.append((f"checkpoint file {name}", Path(name).read_text()))
+        except OSError as exc:
+            raise UsageError(f"cannot read {name}: {exc.strerror}") from None
+    store = open_store(loc)
+    try:
+        report = verify_log(store, verifier, external)
+    finally:
+        store.close()
+
+    def human(d: dict[str, Any]) -> str:
+        lines = [f"TAMPERED {p}" for p in d["problems"]]
+        lines.append(
+            f"{d['records']} records, root {d['root']}, {d['checkpoints_checked']} stored "
+            f"checkpoint(s), {d['unanchored_records']} record(s) after the newest checkpoint"
+        )
+        lines.append("log intact" if d["ok"] else f"log FAILED verification "
+                     f"({len(d['problems'])} problem(s))")
+        return "\n".join(lines)
+
+    emit(args, report.as_dict(), human)
+    return errors.EXIT_OK if report.ok else errors.EXIT_CHECK_FAILED
+
+
+def _checkpoint_now(loc: Location) -> str:
+    from worm_fs.audit.anchor import load_key, make_checkpoint, origin_for
+
+    store = open_store(loc, write=True)
+    try:
+        with store.read() as rt:
+            store_id = (rt.get_meta("store_id") or b"").decode()
+        return make_checkpoint(store, load_key(loc.state_dir), origin_for(store_id))
+    finally:
+        store.close()
+
+
+def cmd_log_checkpoint(args: argparse.Namespace) -> int:
+    sys.stdout.write(_checkpoint_now(locate(args.path)))
+    return 0
+
+
+def cmd_log_pubkey(args: argparse.Namespace) -> int:
+    print(_verifier(locate(args.path), None))
+    return 0
+
+
+def cmd_log_prove(args: argparse.Namespace) -> int:
+    from worm_fs.audit.checkpoint import open_checkpoint
+    from worm_fs.audit.merkle import inclusion_proof
+    from worm_fs.audit.verify import LogReport, load_leaves
+
+    loc = locate(args.path)
+    store = open_store(loc)
+    try:
+        leaves = load_leaves(store, LogReport())
+        with store.read() as rt:
+            raw = rt.get_record(args.seq)
+            notes = [n.decode() for size, n in rt.iter_checkpoints() if size > args.seq]
+    finally:
+        store.close()
+    if raw is None:
+        raise UsageError(f"no record with seq {args.seq} (the log has {len(leaves)})")
+    note = notes[-1] if notes else _checkpoint_now(loc)
+    cp = open_checkpoint(note, _verifier(loc, None))
+    proof = inclusion_proof(leaves[: cp.size], args.seq)
+    data = {
+        "seq": args.seq,
+        "record": raw.decode(),
+        "leaf_hash": leaves[args.seq].hex(),
+        "tree_size": cp.size,
+        "proof": [h.hex() for h in proof],
+        "checkpoint": note,
+    }
+    print(json.dumps(data, indent=2))
+    return 0
+
+
+# ---------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="worm-fs",
+        description="A write-once filesystem for ML artifacts: files are sealed when their "
+        "writer closes them, and every attempt is recorded in a tamper-evident audit log.",
+        epilog="Exit codes: 0 ok, 1 check failed, 2 usage/not found, 3 refused, "
+        "4 store busy, 5 storage error, 70 internal error.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("mount", help="mount a store (creating it on first use)",
+                       description="Mount the store in STATE_DIR at MOUNTPOINT. Returns once "
+                       "the mount is ready; the daemon logs to STATE_DIR/daemon.log.")
+    p.add_argument("state_dir", metavar="STATE_DIR", help="where the store lives (mode 0700)")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT", help="an empty directory")
+    p.add_argument("--foreground", action="store_true", help="serve in this process")
+    p.add_argument("--settle", type=float, default=60.0, metavar="SECONDS",
+                   help="how long a new entry stays renamable by its creator (0 = never; "
+                   "default 60)")
+    p.add_argument("--allow-other", action="store_true",
+                   help="let users other than the mounter access the mount")
+    p.add_argument("--audit-reads", choices=("handle", "each"), default="handle",
+                   help="one read record per open handle (default) or per read call")
+    p.add_argument("--checkpoint-records", type=int, default=10_000, metavar="N",
+                   help="sign a checkpoint after N new records (default 10000)")
+    p.add_argument("--checkpoint-seconds", type=float, default=300.0, metavar="T",
+                   help="or after T seconds with new records (default 300)")
+    p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+    p.add_argument("--debug-fuse", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_mount)
+
+    p = sub.add_parser("umount", help="unmount cleanly", description="Stop the daemon "
+                       "serving MOUNTPOINT and unmount it.")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p.set_defaults(func=cmd_umount)
+
+    p = sub.add_parser("stat", help="state, size and digest of one entry",
+                       description="Show an entry's state (writing, sealed, quarantined), "
+                       "size, SHA-256 and seal time.")
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_stat)
+
+    p = sub.add_parser("stats", help="store-wide counts and dedup ratio",
+                       description="Files, logical bytes, stored bytes, chunks, dedup ratio. "
+                       "PATH: the mountpoint, a path inside it, or a state directory.")
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_stats)
+
+    p = sub.add_parser("verify", help="scrub: re-hash every chunk and file",
+                       description="Re-hash every stored chunk and every sealed file; exit 1 "
+                       "and name the files on any corruption.")
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_verify)
+
+    logp = sub.add_parser("log", help="read, verify and anchor the audit log",
+                          description="The audit log: an RFC 9162 Merkle tree over every "
+                          "record, with Ed25519-signed checkpoints.")
+    logsub = logp.add_subparsers(dest="log_command", metavar="ACTION", required=True)
+
+    p = logsub.add_parser("show", help="print records", description="Print audit records, "
+                          "as lines or JSON Lines (with leaf_hash).")
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("--json", action="store_true", help="JSON Lines")
+    p.add_argument("--since", type=int, default=0, metavar="SEQ", help="start at SEQ")
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing new records")
+    p.set_defaults(func=cmd_log_show)
+
+    p = logsub.add_parser("verify", help="verify the whole log",
+                          description="Recompute every leaf and the root, check sequence "
+                          "continuity and every stored checkpoint; with --checkpoint, prove "
+                          "consistency with checkpoints kept elsewhere. Exit 0 intact, "
+                          "1 tampered, 2 usage or no such store.")
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("--checkpoint", action="append", metavar="FILE",
+                   help="a signed checkpoint kept outside the host (repeatable)")
+    p.add_argument("--pubkey", metavar="KEY|FILE",
+                   help="verifier key kept outside the host (default: the store's own)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_log_verify)
+
+    p = logsub.add_parser("checkpoint", help="sign and print a checkpoint now",
+                          description="Sign the current tree head (C2SP tlog-checkpoint) and "
+                          "print it. Copy it off the host to anchor the log.")
+    p.add_argument("path", metavar="PATH")
+    p.set_defaults(func=cmd_log_checkpoint)
+
+    p = logsub.add_parser("pubkey", help="print the verifier key",
+                          description="Print the note verifier key "
+                          "(<name>+<hash>+<base64 key>).")
+    p.add_argument("path", metavar="PATH")
+    p.set_defaults(func=cmd_log_pubkey)
+
+    p = logsub.add_parser("prove", help="inclusion proof for one record",
+                          description="Print an RFC 9162 inclusion proof of record SEQ "
+                          "against a signed checkpoint, as JSON.")
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("seq", type=int, metavar="SEQ")
+    p.set_defaults(func=cmd_log_prove)
+    return parser
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="worm-fs[%(process)d] %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except WormError as exc:
+        print(f"worm-fs: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    except BrokenPipeError:
+        return 0
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,807 @@
+"""The filesystem core: namespace, writing, sealing, refusals. Knows nothing of FUSE or trio.
+
+Concurrency contract:
+
+* Every method that changes state takes ``self._lock`` for its whole run, opens at
+  most one write transaction at a time and commits it before returning. Those methods
+  may block (fsync, hashing) and are meant to run off the event loop.
+* Lookup-style methods (:meth:`lookup`, :meth:`getattr`, :meth:`readdir`,
+  :meth:`getxattr`, :meth:`listxattr`, :meth:`readlink`, :meth:`statfs`) only open
+  short read transactions and read writer sizes from memory; they never take the lock,
+  so they are cheap enough for the event loop.
+* Every refusal is decided by :mod:`worm_fs.core.policy`, noted in the audit log and
+  raised as :class:`~worm_fs.errors.Refused` carrying the errno.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import Any
+
+from worm_fs.audit.log import AuditBatch, AuditLog
+from worm_fs.core.handles import Handle, WriteHandle
+from worm_fs.core.model import AttrChange, Caller, Inode, Kind, State
+from worm_fs.core.policy import Facts, Op, decide
+from worm_fs.errors import Corruption, NotFound, Refused, UsageError, WormError
+from worm_fs.store import (
+    CHUNK_SIZE,
+    ReadTxn,
+    Store,
+    WriteTxn,
+    check_chunk,
+    load_chunk,
+    put_chunk,
+    release_chunk,
+    u64,
+)
+
+ROOT_INO = 1
+SCHEMA_VERSION = 1
+NAME_MAX = 255
+
+#: Chunks a writer lets fill before storing them in one transaction.
+STORE_BATCH_CHUNKS = 8
+
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND
+
+#: xattrs every file carries, and the root's extra ones.
+XATTR_SHA256 = b"user.worm.sha256"
+XATTR_STATE = b"user.worm.state"
+XATTR_SEALED_AT = b"user.worm.sealed_at"
+XATTR_STATE_DIR = b"user.worm.state_dir"
+
+
+def wants_write(flags: int) -> bool:
+    return bool(flags & _WRITE_FLAGS)
+
+
+class WormCore:
+    """One store's filesystem semantics. See the module docstring for the contract."""
+
+    def __init__(
+        self,
+        store: Store,
+        log: AuditLog,
+        *,
+        settle_s: float = 60.0,
+        audit_reads_each: bool = False,
+        clock: Any = time.time_ns,
+    ) -> None:
+        self.store = store
+        self.log = log
+        self.settle_ns = int(settle_s * 1e9)
+        self.audit_reads_each = audit_reads_each
+        self._clock = clock
+        self._lock = threading.RLock()
+        self._handles: dict[int, Handle] = {}
+        self._writers: dict[int, WriteHandle] = {}
+        self._next_fh = 1
+        self.root_xattrs: dict[bytes, bytes] = {XATTR_STATE_DIR: str(store.path).encode()}
+
+    # ------------------------------------------------------------------ transactions
+    @contextmanager
+    def _txn(self) -> Iterator[tuple[WriteTxn, AuditBatch]]:
+        """A write transaction with an audit batch; commits both or neither."""
+        with self._lock:
+            with self.store.write() as tx:
+                batch = self.log.batch(tx)
+                yield tx, batch
+                batch.finish()
+            self.log.committed(batch)
+
+    def record(self, op: str, **fields: Any) -> None:
+        """Durably append one record about the daemon itself (mount, unmount, ...)."""
+        with self._txn() as (_, batch):
+            batch.add(self.log.stamp(op, **fields))
+
+    def commit_pending_audit(self) -> int:
+        """Write buffered records (group commit). Returns how many were written."""
+        if not self.log.pending:
+            return 0
+        with self._txn() as (_, batch):
+            return batch.drained
+
+    # ------------------------------------------------------------------ setup
+    def initialize(self) -> bool:
+        """Create the root and store identity on first use. Returns True if created."""
+        with self.store.read() as rt:
+            if rt.get_meta("schema_version") is not None:
+                version = int(rt.get_meta("schema_version") or b"0")
+                if version != SCHEMA_VERSION:
+                    raise UsageError(f"store schema {version} is not supported")
+                return False
+        now = self._clock()
+        root = Inode(
+            ino=ROOT_INO, kind=Kind.DIR, mode=0o755, uid=os.getuid(), gid=os.getgid(),
+            parent=ROOT_INO, name=b"", atime_ns=now, mtime_ns=now, ctime_ns=now,
+            changed_ns=now,
+        )
+        with self._txn() as (tx, batch):
+            tx.put_meta("schema_version", str(SCHEMA_VERSION).encode())
+            tx.put_meta("store_id", secrets.token_hex(8).encode())
+            tx.put_meta("next_ino", u64(ROOT_INO + 1))
+            tx.put_inode(ROOT_INO, root.to_bytes())
+            batch.add(self.log.stamp("init", path="/", ino=ROOT_INO))
+        return True
+
+    def store_id(self) -> str:
+        with self.store.read() as rt:
+            return (rt.get_meta("store_id") or b"").decode()
+
+    # ------------------------------------------------------------------ helpers
+    def _inode(self, txn: ReadTxn, ino: int) -> Inode:
+        raw = txn.get_inode(ino)
+        if raw is None:
+            raise NotFound(f"inode {ino} does not exist")
+        inode = Inode.from_bytes(raw)
+        writer = self._writers.get(ino)
+        if writer is not None:
+            inode.size = writer.size
+            inode.mtime_ns = max(inode.mtime_ns, writer.mtime_ns)
+        return inode
+
+    def _path(self, txn: ReadTxn, ino: int) -> str:
+        return path_of(txn, ino)
+
+    def _child_path(self, txn: ReadTxn, parent: int, name: bytes) -> str:
+        base = self._path(txn, parent).rstrip("/")
+        return f"{base}/{name.decode('utf-8', 'surrogateescape')}"
+
+    def _unsettled(self, inode: Inode) -> bool:
+        if self.settle_ns <= 0:
+            return False
+        if inode.kind is Kind.FILE and inode.state is State.WRITING:
+            return True
+        return self._clock() - inode.changed_ns < self.settle_ns
+
+    def _facts(self, inode: Inode, caller: Caller, **extra: bool) -> Facts:
+        return Facts(
+            is_creator=caller.uid == inode.uid,
+            unsettled=self._unsettled(inode),
+            **extra,
+        )
+
+    def _who(self, caller: Caller) -> dict[str, Any]:
+        return {"uid": caller.uid, "gid": caller.gid, "pid": caller.pid, "comm": caller.comm}
+
+    def _refuse(self, op: str, err: int, caller: Caller, why: str, **fields: Any) -> Refused:
+        """Note a refusal record and build the exception to raise."""
+        self.log.note(self.log.stamp(op, err, reason=why, **self._who(caller), **fields))
+        return Refused(why, errno=err)
+
+    def _check(
+        self, op: Op, audit_op: str, inode: Inode, facts: Facts, caller: Caller, path: str,
+        **fields: Any,
+    ) -> None:
+        err = decide(op, inode, facts)
+        if err is not None:
+            raise self._refuse(
+                audit_op, err, caller, f"{op.value} refused on {inode.kind.value} "
+                f"({inode.state.value})", path=path, ino=inode.ino, **fields,
+            )
+
+    def _touch(self, tx: WriteTxn, ino: int, now: int, *, mtime: bool = False) -> None:
+        """Mark ``ino`` and its ancestors as changed now (restarts their settle window)."""
+        first = True
+        for _ in range(4096):
+            raw = tx.get_inode(ino)
+            if raw is None:
+                return
+            inode = Inode.from_bytes(raw)
+            inode.changed_ns = now
+            if first and mtime:
+                inode.mtime_ns = inode.ctime_ns = now
+            first = False
+            tx.put_inode(ino, inode.to_bytes())
+            if ino == ROOT_INO:
+                return
+            ino = inode.parent
+
+    def _new_ino(self, tx: WriteTxn) -> int:
+        ino = tx.get_counter("next_ino")
+        tx.put_meta("next_ino", u64(ino + 1))
+        return ino
+
+    def _new_fh(self) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        return fh
+
+    def _check_name(self, name: bytes) -> None:
+        if len(name) > NAME_MAX:
+            raise WormError("file name too long", errno=errno.ENAMETOOLONG)
+        if not name or b"/" in name or name in (b".", b".."):
+            raise UsageError("invalid file name")
+
+    # ------------------------------------------------------------------ lookups
+    def lookup(self, parent: int, name: bytes) -> Inode:
+        with self.store.read() as rt:
+            child = rt.get_dirent(parent, name)
+            if child is None:
+                raise NotFound()
+            return self._inode(rt, child)
+
+    def getattr(self, ino: int) -> Inode:
+        with self.store.read() as rt:
+            return self._inode(rt, ino)
+
+    def readdir(self, ino: int) -> list[tuple[bytes, Inode]]:
+        with self.store.read() as rt:
+            inode = self._inode(rt, ino)
+            if inode.kind is not Kind.DIR:
+                raise WormError("not a directory", errno=errno.ENOTDIR)
+            return [(name, self._inode(rt, child)) for name, child in rt.iter_dirents(ino)]
+
+    def readlink(self, ino: int) -> bytes:
+        inode = self.getattr(ino)
+        if inode.kind is not Kind.SYMLINK:
+            raise WormError("not a symlink", errno=errno.EINVAL)
+        return inode.target
+
+    def getxattr(self, ino: int, name: bytes) -> bytes:
+        value = self.xattrs(ino).get(name)
+        if value is None:
+            raise WormError("no such attribute", errno=errno.ENODATA)
+        return value
+
+    def listxattr(self, ino: int) -> list[bytes]:
+        return list(self.xattrs(ino))
+
+    def xattrs(self, ino: int) -> dict[bytes, bytes]:
+        inode = self.getattr(ino)
+        out: dict[bytes, bytes] = {}
+        if inode.kind is Kind.FILE:
+            out[XATTR_STATE] = inode.state.value.encode()
+            if inode.state is State.SEALED:
+                out[XATTR_SHA256] = inode.sha256.encode()
+                out[XATTR_SEALED_AT] = _iso(inode.sealed_ns).encode()
+        if ino == ROOT_INO:
+            out.update(self.root_xattrs)
+        return out
+
+    def statfs(self) -> os.statvfs_result:
+        return os.statvfs(self.store.path)
+
+    def stats(self) -> dict[str, Any]:
+        return store_stats(self.store)
+
+    # ------------------------------------------------------------------ creating names
+    def _prepare_new(
+        self, tx: WriteTxn, parent: int, name: bytes, op: str, caller: Caller
+    ) -> tuple[Inode, str]:
+        parent_inode = self._inode(tx, parent)
+        path = self._child_path(tx, parent, name)
+        err = decide(Op.CREATE, parent_inode, Facts())
+        if err is not None:
+            raise self._refuse(op, err, caller, "parent is not a directory", path=path)
+        if tx.get_dirent(parent, name) is not None:
+            raise self._refuse(op, errno.EEXIST, caller, "name exists", path=path)
+        return parent_inode, path
+
+    def _add_entry(
+        self, tx: WriteTxn, parent: int, name: bytes, kind: Kind, mode: int, caller: Caller,
+        **fields: Any,
+    ) -> Inode:
+        now = self._clock()
+        inode = Inode(
+            ino=self._new_ino(tx), kind=kind, mode=mode & 0o7777, uid=caller.uid,
+            gid=caller.gid, parent=parent, name=name, atime_ns=now, mtime_ns=now,
+            ctime_ns=now, changed_ns=now, **fields,
+        )
+        tx.put_inode(inode.ino, inode.to_bytes())
+        tx.put_dirent(parent, name, inode.ino)
+        self._touch(tx, parent, now, mtime=True)
+        return inode
+
+    def create(
+        self, parent: int, name: bytes, mode: int, flags: int, caller: Caller
+    ) -> tuple[int, Inode]:
+        """A new file and its single writable handle."""
+        self._check_name(name)
+        with self._txn() as (tx, batch):
+            _, path = self._prepare_new(tx, parent, name, "create", caller)
+            inode = self._add_entry(
+                tx, parent, name, Kind.FILE, mode, caller, state=State.WRITING, clean=False
+            )
+            tx.set_writing(inode.ino, True)
+            batch.add(self.log.stamp(
+                "create", path=path, ino=inode.ino, flags=flags, mode=inode.mode,
+                **self._who(caller),
+            ))
+        handle = WriteHandle(
+            fh=self._new_fh(), ino=inode.ino, caller=caller, flags=flags,
+            mtime_ns=inode.mtime_ns,
+        )
+        self._handles[handle.fh] = handle
+        self._writers[inode.ino] = handle
+        return handle.fh, inode
+
+    def mkdir(self, parent: int, name: bytes, mode: int, caller: Caller) -> Inode:
+        self._check_name(name)
+        with self._txn() as (tx, batch):
+            _, path = self._prepare_new(tx, parent, name, "mkdir", caller)
+            inode = self._add_entry(tx, parent, name, Kind.DIR, mode, caller)
+            batch.add(self.log.stamp(
+                "mkdir", path=path, ino=inode.ino, mode=inode.mode, **self._who(caller)
+            ))
+        return inode
+
+    def symlink(self, parent: int, name: bytes, target: bytes, caller: Caller) -> Inode:
+        self._check_name(name)
+        with self._txn() as (tx, batch):
+            _, path = self._prepare_new(tx, parent, name, "symlink", caller)
+            inode = self._add_entry(
+                tx, parent, name, Kind.SYMLINK, 0o777, caller, size=len(target), target=target
+            )
+            batch.add(self.log.stamp(
+                "symlink", path=path, ino=inode.ino,
+                target=target.decode("utf-8", "surrogateescape"), **self._who(caller),
+            ))
+        return inode
+
+    # ------------------------------------------------------------------ refused outright
+    def _refuse_entry(
+        self, op: Op, audit_op: str, parent: int, name: bytes, caller: Caller, **fields: Any
+    ) -> None:
+        with self.store.read() as rt:
+            path = self._child_path(rt, parent, name)
+            child = rt.get_dirent(parent, name)
+            if child is None:
+                raise self._refuse(audit_op, errno.ENOENT, caller, "no such entry", path=path)
+            inode = self._inode(rt, child)
+        self._check(op, audit_op, inode, self._facts(inode, caller), caller, path, **fields)
+        raise AssertionError(f"policy allowed {op}")  # the table never allows these
+
+    def unlink(self, parent: int, name: bytes, caller: Caller) -> None:
+        self._refuse_entry(Op.UNLINK, "unlink", parent, name, caller)
+
+    def rmdir(self, parent: int, name: bytes, caller: Caller) -> None:
+        self._refuse_entry(Op.RMDIR, "rmdir", parent, name, caller)
+
+    def link(self, ino: int, new_parent: int, new_name: bytes, caller: Caller) -> None:
+        with self.store.read() as rt:
+            inode = self._inode(rt, ino)
+            path = self._path(rt, ino)
+            new_path = self._child_path(rt, new_parent, new_name)
+        self._check(Op.LINK, "link", inode, Facts(), caller, path, new_path=new_path)
+
+    def mknod(self, parent: int, name: bytes, mode: int, caller: Caller) -> None:
+        with self.store.read() as rt:
+            parent_inode = self._inode(rt, parent)
+            path = self._child_path(rt, parent, name)
+        self._check(Op.MKNOD, "mknod", parent_inode, Facts(), caller, path, mode=mode)
+
+    def setxattr(self, ino: int, name: bytes, caller: Caller) -> None:
+        self._refuse_xattr(Op.SETXATTR, "setxattr", ino, name, caller)
+
+    def removexattr(self, ino: int, name: bytes, caller: Caller) -> None:
+        self._refuse_xattr(Op.REMOVEXATTR, "removexattr", ino, name, caller)
+
+    def _refuse_xattr(self, op: Op, audit_op: str, ino: int, name: bytes, caller: Caller) -> None:
+        with self.store.read() as rt:
+            inode = self._inode(rt, ino)
+            path = self._path(rt, ino)
+        self._check(op, audit_op, inode, Facts(), caller, path,
+                    name=name.decode("utf-8", "surrogateescape"))
+
+    # ------------------------------------------------------------------ rename
+    def rename(
+        self, old_parent: int, old_name: bytes, new_parent: int, new_name: bytes, flags: int,
+        caller: Caller, *, exchange: bool = False,
+    ) -> None:
+        self._check_name(new_name)
+        with self._txn() as (tx, batch):
+            path = self._child_path(tx, old_parent, old_name)
+            new_path = self._child_path(tx, new_parent, new_name)
+            paths = {"path": path, "new_path": new_path, "flags": flags}
+            child = tx.get_dirent(old_parent, old_name)
+            if child is None:
+                raise self._refuse("rename", errno.ENOENT, caller, "no such entry", **paths)
+            inode = self._inode(tx, child)
+            target = tx.get_dirent(new_parent, new_name)
+            if target is not None or exchange:
+                self._check(Op.RENAME_OVER, "rename", inode, Facts(), caller, **paths)
+            self._check(Op.RENAME, "rename", inode, self._facts(inode, caller), caller, **paths)
+            dest = self._inode(tx, new_parent)
+            if dest.kind is not Kind.DIR:
+                raise self._refuse("rename", errno.ENOTDIR, caller, "not a directory", **paths)
+            if inode.kind is Kind.DIR and self._is_under(tx, new_parent, inode.ino):
+                raise self._refuse("rename", errno.EINVAL, caller,
+                                   "cannot move a directory into itself", **paths)
+            now = self._clock()
+            tx.delete_dirent(old_parent, old_name)
+            tx.put_dirent(new_parent, new_name, inode.ino)
+            stored = Inode.from_bytes(tx.get_inode(inode.ino) or b"")
+            stored.parent, stored.name, stored.ctime_ns = new_parent, new_name, now
+            tx.put_inode(inode.ino, stored.to_bytes())
+            self._touch(tx, old_parent, now, mtime=True)
+            self._touch(tx, new_parent, now, mtime=True)
+            batch.add(self.log.stamp("rename", ino=inode.ino, **paths, **self._who(caller)))
+
+    def _is_under(self, txn: ReadTxn, ino: int, ancestor: int) -> bool:
+        for _ in range(4096):
+            if ino == ancestor:
+                return True
+            if ino == ROOT_INO:
+                return False
+            ino = self._inode(txn, ino).parent
+        return False
+
+    # ------------------------------------------------------------------ setattr
+    def setattr(self, ino: int, change: AttrChange, fh: int | None, caller: Caller) -> Inode:
+        with self._lock:
+            with self.store.read() as rt:
+                inode = self._inode(rt, ino)
+                path = self._path(rt, ino)
+            writer = self._writers.get(ino)
+            via_writer = writer is not None and fh == writer.fh
+            facts = self._facts(inode, caller, via_writer=via_writer)
+            fields = _change_fields(change)
+            if change.size is not None:
+                self._check(Op.TRUNCATE, "truncate", inode, facts, caller, path, **fields)
+            if change.mode is not None:
+                self._check(Op.CHMOD, "chmod", inode, facts, caller, path, **fields)
+            if change.uid is not None or change.gid is not None:
+                noop = change.uid in (None, inode.uid) and change.gid in (None, inode.gid)
+                self._check(Op.CHOWN, "chown", inode, replace(facts, is_noop=noop), caller,
+                            path, **fields)
+            if change.atime_ns is not None or change.mtime_ns is not None:
+                self._check(Op.UTIMES, "utimes", inode, facts, caller, path, **fields)
+            if change.size is not None and writer is not None:
+                self._truncate(writer, change.size)
+            with self._txn() as (tx, batch):
+                stored = self._inode(tx, ino)
+                if change.mode is not None:
+                    mode = change.mode & 0o7777
+                    if stored.kind is Kind.FILE and stored.state is not State.WRITING:
+                        mode &= ~0o222  # write bits never come back once sealed
+                    stored.mode = mode
+                if change.atime_ns is not None:
+                    stored.atime_ns = change.atime_ns
+                if change.mtime_ns is not None:
+                    stored.mtime_ns = change.mtime_ns
+                    if writer is not None:
+                        writer.mtime_ns = change.mtime_ns
+                if change.size is not None and writer is not None:
+                    self._store_buffers(tx, writer, list(writer.buffers), keep=True)
+                    stored.size = writer.size
+                    self._drop_chunks_from(tx, writer.ino, -(-writer.size // CHUNK_SIZE))
+                stored.ctime_ns = self._clock()
+                tx.put_inode(ino, stored.to_bytes())
+                batch.add(self.log.stamp(
+                    "setattr", path=path, ino=ino, applied_mode=stored.mode, **fields,
+                    **self._who(caller),
+                ))
+            return self.getattr(ino)
+
+    def _truncate(self, writer: WriteHandle, size: int) -> None:
+        with self.store.read() as rt:
+            writer.truncate(size, lambda i: self._load_stored(rt, writer.ino, i))
+        writer.durable_clean = False
+
+    def _drop_chunks_from(self, tx: WriteTxn, ino: int, first: int) -> None:
+        for index, key in list(tx.iter_manifest(ino)):
+            if index >= first:
+                tx.delete_manifest(ino, index)
+                release_chunk(tx, key)
+
+    # ------------------------------------------------------------------ open / read
+    def open(self, ino: int, flags: int, caller: Caller) -> tuple[int, Inode]:
+        """A read handle; every write-access open of an existing name is refused."""
+        with self.store.read() as rt:
+            inode = self._inode(rt, ino)
+            path = self._path(rt, ino)
+        op = Op.OPEN_WRITE if wants_write(flags) else Op.OPEN_READ
+        self._check(op, "open", inode, self._facts(inode, caller), caller, path, flags=flags)
+        with self._lock:
+            handle = Handle(fh=self._new_fh(), ino=ino, caller=caller, flags=flags)
+            self._handles[handle.fh] = handle
+        self.log.note(self.log.stamp(
+            "open", path=path, ino=ino, flags=flags, **self._who(caller)
+        ))
+        return handle.fh, inode
+
+    def _handle(self, fh: int) -> Handle:
+        handle = self._handles.get(fh)
+        if handle is None:
+            raise WormError("bad file handle", errno=errno.EBADF)
+        return handle
+
+    def _load_stored(self, rt: ReadTxn, ino: int, index: int) -> bytes | None:
+        key = rt.get_manifest(ino, index)
+        return None if key is None else load_chunk(rt, key)
+
+    def read(self, fh: int, off: int, size: int) -> bytes:
+        with self._lock:
+            handle = self._handle(fh)
+            try:
+                data = self._read(handle, off, size)
+            except Corruption as exc:
+                self._report_corruption(handle, str(exc))
+                raise
+            handle.reads.add(off, len(data))
+            if self.audit_reads_each:
+                self.log.note(self.log.stamp(
+                    "read", ino=handle.ino, offset=off, bytes=len(data), fh=fh,
+                    **self._who(handle.caller),
+                ))
+            return data
+
+    def _read(self, handle: Handle, off: int, size: int) -> bytes:
+        writer = self._writers.get(handle.ino)
+        with self.store.read() as rt:
+            if writer is not None:
+                return writer.read(off, size, lambda i: self._load_stored(rt, handle.ino, i))
+            inode = self._inode(rt, handle.ino)
+            end = min(off + size, inode.size)
+            out = bytearray()
+            pos = off
+            while pos < end:
+                index, coff = divmod(pos, CHUNK_SIZE)
+                n = min(CHUNK_SIZE - coff, end - pos)
+                key = rt.get_manifest(handle.ino, index)
+                if key is None:
+                    data = b""
+                elif key == handle.cached_key:
+                    data = handle.cached_data
+                else:
+                    data = check_chunk(key, rt.get_chunk(key))
+                    handle.cached_key, handle.cached_data = key, data
+                piece = data[coff : coff + n]
+                out += piece
+                if len(piece) < n:
+                    out += bytes(n - len(piece))
+                pos += n
+            return bytes(out)
+
+    def _report_corruption(self, handle: Handle, what: str) -> None:
+        with self.store.read() as rt:
+            path = self._path(rt, handle.ino)
+        self.log.note(self.log.stamp(
+            "corruption", errno.EIO, path=path, ino=handle.ino, detail=what,
+            **self._who(handle.caller),
+        ))
+
+    # ------------------------------------------------------------------ write / flush
+    def write(self, fh: int, off: int, data: bytes) -> int:
+        with self._lock:
+            handle = self._handle(fh)
+            writer = self._writers.get(handle.ino)
+            if writer is None or writer.fh != fh:
+                raise WormError("handle is not writable", errno=errno.EBADF)
+            if writer.durable_clean:
+                self._mark_dirty(writer)
+            with self.store.read() as rt:
+                writer.write(off, data, lambda i: self._load_stored(rt, writer.ino, i))
+            writer.mtime_ns = self._clock()
+            ready = writer.full_dirty()
+            excess = writer.excess()
+            if len(ready) >= STORE_BATCH_CHUNKS or excess:
+                with self._txn() as (tx, _):
+                    self._store_buffers(tx, writer, sorted(set(ready) | set(excess)),
+                                        keep=False)
+                    self._persist_inode(tx, writer, clean=False)
+            return len(data)
+
+    def _mark_dirty(self, writer: WriteHandle) -> None:
+        """Record durably that the file has writes not covered by a flush."""
+        with self._txn() as (tx, _):
+            self._persist_inode(tx, writer, clean=False)
+        writer.durable_clean = False
+
+    def _persist_inode(self, tx: WriteTxn, writer: WriteHandle, *, clean: bool) -> Inode:
+        inode = Inode.from_bytes(tx.get_inode(writer.ino) or b"")
+        inode.size = writer.size
+        inode.mtime_ns = writer.mtime_ns
+        inode.clean = clean
+        tx.put_inode(writer.ino, inode.to_bytes())
+        return inode
+
+    def _store_buffers(
+        self, tx: WriteTxn, writer: WriteHandle, indices: list[int], *, keep: bool
+    ) -> None:
+        """Store the dirty chunks among ``indices``; drop them from memory unless ``keep``."""
+        for index in sorted(indices):
+            buf = writer.buffers.get(index)
+            if buf is None:
+                continue
+            if buf.dirty:
+                data = bytes(buf.data)
+                key = put_chunk(tx, data)
+                old = tx.get_manifest(writer.ino, index)
+                tx.put_manifest(writer.ino, index, key)
+                if old is not None:
+                    release_chunk(tx, old)
+                buf.dirty = False
+                if (writer.sha is not None and index == writer.sha_next
+                        and len(data) == CHUNK_SIZE):
+                    writer.sha.update(data)  # type: ignore[attr-defined]
+                    writer.sha_next += 1
+            if not keep:
+                del writer.buffers[index]
+
+    def flush(self, fh: int) -> None:
+        """Make everything written through ``fh`` durable (each ``close``)."""
+        with self._lock:
+            handle = self._handle(fh)
+            writer = self._writers.get(handle.ino)
+            if writer is None or writer.fh != fh:
+                return
+            if writer.durable_clean:
+                return
+            self._flush_writer(writer)
+
+    def _flush_writer(self, writer: WriteHandle) -> None:
+        with self._txn() as (tx, batch):
+            self._store_buffers(tx, writer, list(writer.buffers), keep=True)
+            inode = self._persist_inode(tx, writer, clean=True)
+            self._touch(tx, writer.ino, self._clock())
+            batch.add(self.log.stamp(
+                "flush", path=self._path(tx, writer.ino), ino=writer.ino, size=inode.size,
+                writes=writer.writes.summary(), **self._who(writer.caller),
+            ))
+        writer.writes = type(writer.writes)()
+        writer.durable_clean = True
+
+    def fsync(self, fh: int) -> None:
+        self.flush(fh)
+
+    # ------------------------------------------------------------------ release / seal
+    def release(self, fh: int) -> None:
+        """Last close of a handle: a writer's file is sealed, a reader's reads recorded."""
+        with self._lock:
+            handle = self._handles.pop(fh, None)
+            if handle is None:
+                return
+            writer = self._writers.get(handle.ino)
+            if writer is not None and writer.fh == fh:
+                try:
+                    if not writer.durable_clean:
+                        self._flush_writer(writer)
+                    digest = self._file_sha256(writer.ino, writer)
+                    self._seal(writer.ino, digest, writer.caller, "seal")
+                finally:
+                    del self._writers[handle.ino]
+                return
+            with self.store.read() as rt:
+                path = self._path(rt, handle.ino)
+            self.log.note(self.log.stamp(
+                "release", path=path, ino=handle.ino, reads=handle.reads.summary(),
+                **self._who(handle.caller),
+            ))
+
+    def _file_sha256(self, ino: int, writer: WriteHandle | None = None) -> str:
+        """SHA-256 of a file's durable content (continuing the writer's running hash)."""
+        with self.store.read() as rt:
+            inode = Inode.from_bytes(rt.get_inode(ino) or b"")
+            if writer is not None and writer.sha is not None:
+                sha, start = writer.sha.copy(), writer.sha_next  # type: ignore[attr-defined]
+            else:
+                sha, start = hashlib.sha256(), 0
+            nchunks = -(-inode.size // CHUNK_SIZE)
+            for index in range(start, nchunks):
+                length = min(CHUNK_SIZE, inode.size - index * CHUNK_SIZE)
+                data = self._load_stored(rt, ino, index) or b""
+                sha.update(data[:length])
+                if len(data) < length:
+                    sha.update(bytes(length - len(data)))
+            return sha.hexdigest()
+
+    def _seal(self, ino: int, digest: str, caller: Caller, op: str) -> None:
+        now = self._clock()
+        with self._txn() as (tx, batch):
+            inode = Inode.from_bytes(tx.get_inode(ino) or b"")
+            inode.state = State.SEALED
+            inode.mode &= ~0o222
+            inode.sha256 = digest
+            inode.sealed_ns = now
+            inode.clean = True
+            inode.ctime_ns = now
+            tx.put_inode(ino, inode.to_bytes())
+            tx.set_writing(ino, False)
+            tx.add_counter("files", 1)
+            tx.add_counter("logical_bytes", inode.size)
+            self._touch(tx, ino, now)
+            batch.add(self.log.stamp(
+                op, path=self._path(tx, ino), ino=ino, size=inode.size, sha256=digest,
+                **self._who(caller),
+            ))
+
+    # ------------------------------------------------------------------ recovery
+    def recover(self) -> dict[str, list[str]]:
+        """Seal or quarantine files left writing by a crash. Run before serving."""
+        sealed: list[str] = []
+        quarantined: list[str] = []
+        daemon = Caller.daemon()
+        with self.store.read() as rt:
+            pending = [(ino, Inode.from_bytes(rt.get_inode(ino) or b"")) for ino in
+                       rt.iter_writing()]
+        for ino, inode in pending:
+            if inode.clean:
+                self._seal(ino, self._file_sha256(ino), daemon, "recover_seal")
+                sealed.append(str(ino))
+            else:
+                self._quarantine(ino, daemon)
+                quarantined.append(str(ino))
+        return {"sealed": sealed, "quarantined": quarantined}
+
+    def _quarantine(self, ino: int, caller: Caller) -> None:
+        now = self._clock()
+        with self._txn() as (tx, batch):
+            inode = Inode.from_bytes(tx.get_inode(ino) or b"")
+            inode.state = State.QUARANTINED
+            inode.mode &= ~0o222
+            inode.ctime_ns = now
+            tx.put_inode(ino, inode.to_bytes())
+            tx.set_writing(ino, False)
+            tx.add_counter("quarantined", 1)
+            batch.add(self.log.stamp(
+                "recover_quarantine", path=self._path(tx, ino), ino=ino, size=inode.size,
+                reason="writes after the last flush were not acknowledged",
+                **self._who(caller),
+            ))
+
+    def open_writers(self) -> int:
+        return len(self._writers)
+
+
+def store_stats(store: Store) -> dict[str, Any]:
+    """Store-wide counters (kept in the same transactions as the changes they count)."""
+    with store.read() as rt:
+        logical = rt.get_counter("logical_bytes")
+        stored = rt.get_counter("stored_bytes")
+        return {
+            "files": rt.get_counter("files"),
+            "quarantined": rt.get_counter("quarantined"),
+            "writing": len(rt.iter_writing()),
+            "logical_bytes": logical,
+            "stored_bytes": stored,
+            "chunks": rt.get_counter("chunks"),
+            "dedup_ratio": round(logical / stored, 4) if stored else 1.0,
+            "audit_records": rt.get_counter("audit_next_seq"),
+        }
+
+
+def path_of(txn: ReadTxn, ino: int) -> str:
+    """The path of ``ino`` below the mount root, built from parent links."""
+    parts: list[bytes] = []
+    for _ in range(4096):
+        if ino == ROOT_INO:
+            break
+        raw = txn.get_inode(ino)
+        if raw is None:
+            break
+        inode = Inode.from_bytes(raw)
+        parts.append(inode.name)
+        ino = inode.parent
+    return "/" + b"/".join(reversed(parts)).decode("utf-8", "surrogateescape")
+
+
+def _change_fields(change: AttrChange) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    if change.mode is not None:
+        fields["mode"] = change.mode
+    if change.uid is not None:
+        fields["new_uid"] = change.uid
+    if change.gid is not None:
+        fields["new_gid"] = change.gid
+    if change.size is not None:
+        fields["size"] = change.size
+    if change.atime_ns is not None:
+        fields["atime_ns"] = change.atime_ns
+    if change.mtime_ns is not None:
+        fields["mtime_ns"] = change.mtime_ns
+    return fields
+
+
+def _iso(ns: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ns / 1e9))
+

@@ -1,0 +1,164 @@
+"""Open file handles: what a reader has read, and a writer's unstored chunks.
+
+A :class:`WriteHandle` holds at most a few chunks of the file in memory (the ones being
+written); everything else is in the store. It never holds a whole file, so files far
+larger than RAM can be written. These classes do no I/O themselves: where stored bytes
+are needed they call the ``load`` function the core passes in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from worm_fs.core.model import Caller
+from worm_fs.store import CHUNK_SIZE
+
+#: ``load(index)`` returns the stored bytes of chunk ``index`` (possibly shorter than a
+#: chunk), or None for a hole.
+Loader = Callable[[int], bytes | None]
+
+#: Chunks a writer keeps in memory before older ones are stored and dropped.
+MAX_BUFFERED_CHUNKS = 8
+#: Ranges kept per handle in read/write summaries before they are counted as "more".
+MAX_RANGES = 32
+
+
+@dataclass
+class RangeLog:
+    """Count, bytes and coalesced byte ranges of reads or writes through a handle."""
+
+    calls: int = 0
+    nbytes: int = 0
+    ranges: list[list[int]] = field(default_factory=list)
+    more_ranges: int = 0
+
+    def add(self, off: int, length: int) -> None:
+        self.calls += 1
+        self.nbytes += length
+        if length == 0:
+            return
+        if self.ranges and self.ranges[-1][1] == off:
+            self.ranges[-1][1] = off + length
+        elif len(self.ranges) < MAX_RANGES:
+            self.ranges.append([off, off + length])
+        else:
+            self.more_ranges += 1
+
+    def summary(self) -> dict[str, object]:
+        out: dict[str, object] = {"calls": self.calls, "bytes": self.nbytes, "ranges": self.ranges}
+        if self.more_ranges:
+            out["more_ranges"] = self.more_ranges
+        return out
+
+
+@dataclass
+class Handle:
+    """An open file: who opened it and what they read."""
+
+    fh: int
+    ino: int
+    caller: Caller
+    flags: int
+    reads: RangeLog = field(default_factory=RangeLog)
+    #: The last chunk this handle verified and read, so sequential reads of one chunk
+    #: hash and copy it once.
+    cached_key: bytes = b""
+    cached_data: bytes = b""
+
+
+@dataclass
+class ChunkBuffer:
+    data: bytearray
+    dirty: bool = True
+
+
+@dataclass
+class WriteHandle(Handle):
+    """The single writable handle of a file, from ``create`` to the seal."""
+
+    size: int = 0
+    mtime_ns: int = 0
+    buffers: dict[int, ChunkBuffer] = field(default_factory=dict)
+    #: True while the durable inode says ``clean`` (no write since the last flush).
+    durable_clean: bool = False
+    writes: RangeLog = field(default_factory=RangeLog)
+    #: SHA-256 over chunks [0, sha_next) fed in order as full chunks were stored;
+    #: None once an earlier chunk changed (the seal then re-reads the file).
+    sha: object | None = field(default_factory=hashlib.sha256)
+    sha_next: int = 0
+
+    def buffer(self, index: int, load: Loader) -> ChunkBuffer:
+        buf = self.buffers.get(index)
+        if buf is None:
+            stored = load(index)
+            buf = ChunkBuffer(bytearray(stored or b""), dirty=False)
+            self.buffers[index] = buf
+            if index < self.sha_next:
+                self.sha = None
+        return buf
+
+    def write(self, off: int, data: bytes, load: Loader) -> None:
+        view = memoryview(data)
+        pos = 0
+        while pos < len(view):
+            index, coff = divmod(off + pos, CHUNK_SIZE)
+            n = min(CHUNK_SIZE - coff, len(view) - pos)
+            buf = self.buffer(index, load)
+            if len(buf.data) < coff:
+                buf.data.extend(bytes(coff - len(buf.data)))
+            buf.data[coff : coff + n] = view[pos : pos + n]
+            buf.dirty = True
+            if index < self.sha_next:
+                self.sha = None
+            pos += n
+        self.size = max(self.size, off + len(data))
+        self.writes.add(off, len(data))
+
+    def truncate(self, new_size: int, load: Loader) -> int:
+        """Cut or extend to ``new_size``; returns the first chunk index wholly past it.
+
+        The caller drops stored chunks from that index on.
+        """
+        last = (new_size + CHUNK_SIZE - 1) // CHUNK_SIZE  # first index past the end
+        dropped = [i for i in self.buffers if i >= last]
+        for i in dropped:
+            del self.buffers[i]
+        if new_size < self.size:
+            tail = new_size % CHUNK_SIZE
+            if tail:
+                buf = self.buffer(new_size // CHUNK_SIZE, load)
+                if len(buf.data) > tail:
+                    del buf.data[tail:]
+                    buf.dirty = True
+            if new_size < self.sha_next * CHUNK_SIZE:
+                self.sha = None
+        self.size = new_size
+        return last
+
+    def read(self, off: int, size: int, load: Loader) -> bytes:
+        end = min(off + size, self.size)
+        if off >= end:
+            return b""
+        out = bytearray()
+        pos = off
+        while pos < end:
+            index, coff = divmod(pos, CHUNK_SIZE)
+            n = min(CHUNK_SIZE - coff, end - pos)
+            buf = self.buffers.get(index)
+            data = bytes(buf.data) if buf is not None else (load(index) or b"")
+            piece = data[coff : coff + n]
+            out += piece
+            if len(piece) < n:
+                out += bytes(n - len(piece))
+            pos += n
+        return bytes(out)
+
+    def full_dirty(self) -> list[int]:
+        return [i for i, b in self.buffers.items() if b.dirty and len(b.data) == CHUNK_SIZE]
+
+    def excess(self) -> list[int]:
+        """Oldest buffered chunks beyond the memory budget."""
+        extra = len(self.buffers) - MAX_BUFFERED_CHUNKS
+        return list(self.buffers)[:extra] if extra > 0 else []

@@ -1,0 +1,105 @@
+"""What the core stores about each entry, and who is asking.
+
+An :class:`Inode` is encoded as compact JSON in the ``inodes`` database. Times are
+nanoseconds since the epoch. ``changed_ns`` drives the settle window: it is the last
+time the entry (or, for a directory, anything below it) changed.
+"""
+
+from __future__ import annotations
+
+import json
+import stat
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+
+
+class Kind(StrEnum):
+    FILE = "file"
+    DIR = "dir"
+    SYMLINK = "symlink"
+
+
+class State(StrEnum):
+    """The life of a regular file. Directories and symlinks are always ``sealed``."""
+
+    WRITING = "writing"
+    SEALED = "sealed"
+    QUARANTINED = "quarantined"
+
+
+@dataclass
+class Inode:
+    ino: int
+    kind: Kind
+    mode: int  # permission bits only (no file type bits)
+    uid: int
+    gid: int
+    parent: int
+    name: bytes
+    state: State = State.SEALED
+    size: int = 0
+    atime_ns: int = 0
+    mtime_ns: int = 0
+    ctime_ns: int = 0
+    changed_ns: int = 0
+    sealed_ns: int = 0
+    sha256: str = ""
+    target: bytes = b""
+    #: True when the file's durable bytes cover every write acknowledged so far, i.e.
+    #: its last flush came after its last write. Recovery seals only clean files.
+    clean: bool = False
+    extra: dict[str, object] = field(default_factory=dict)
+
+    def st_mode(self) -> int:
+        kind_bits = {
+            Kind.FILE: stat.S_IFREG,
+            Kind.DIR: stat.S_IFDIR,
+            Kind.SYMLINK: stat.S_IFLNK,
+        }[self.kind]
+        return kind_bits | self.mode
+
+    def to_bytes(self) -> bytes:
+        d = asdict(self)
+        d["name"] = self.name.decode("utf-8", "surrogateescape")
+        d["target"] = self.target.decode("utf-8", "surrogateescape")
+        return json.dumps(d, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> Inode:
+        d = json.loads(raw)
+        d["kind"] = Kind(d["kind"])
+        d["state"] = State(d["state"])
+        d["name"] = d["name"].encode("utf-8", "surrogateescape")
+        d["target"] = d["target"].encode("utf-8", "surrogateescape")
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The process behind a request, as the kernel reports it."""
+
+    uid: int
+    gid: int
+    pid: int
+    comm: str = ""
+
+    @classmethod
+    def daemon(cls) -> Caller:
+        import os
+
+        return cls(uid=os.getuid(), gid=os.getgid(), pid=os.getpid(), comm="worm-fs")
+
+
+@dataclass(frozen=True)
+class AttrChange:
+    """A requested ``setattr``: each field is ``None`` when not being changed."""
+
+    mode: int | None = None
+    uid: int | None = None
+    gid: int | None = None
+    size: int | None = None
+    atime_ns: int | None = None
+    mtime_ns: int | None = None
+
+    def is_empty(self) -> bool:
+        return all(v is None for v in asdict(self).values())

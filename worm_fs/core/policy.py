@@ -1,0 +1,140 @@
+"""The write-once rules: what is allowed on which entry, in one table.
+
+Read :data:`RULES` top to bottom. A row is an operation, a column is the kind/state of
+the entry it acts on (for create/mkdir/symlink/mknod, the parent directory). A cell is
+a :class:`Rule`: unconditionally allowed, unconditionally refused with an errno, or
+allowed under one named condition. :func:`decide` evaluates a cell and is the only
+place that picks an errno for a policy refusal.
+
+Conditions:
+
+* ``WRITER``: only through the file's single writable handle (the one ``create``
+  returned), while it is open.
+* ``SETTLING``: only by the uid that created the entry, and only while it is unsettled
+  (it, or for a directory anything below it, changed less than ``settle`` seconds ago).
+  This is what ``tar``, ``cp -p``, ``rsync`` and write-temp-then-rename savers need.
+* ``SETTLING_NOOP``: as ``SETTLING``, and the change must leave the value as it is
+  (``chown`` to the current owner, which ``tar``/``cp -a``/``rsync -a`` do as root).
+"""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass
+from enum import Enum, StrEnum
+
+from worm_fs.core.model import Inode, Kind, State
+
+
+class Op(StrEnum):
+    OPEN_READ = "open_read"
+    OPEN_WRITE = "open_write"  # O_WRONLY, O_RDWR, O_TRUNC or O_APPEND on an existing name
+    WRITE = "write"
+    TRUNCATE = "truncate"
+    CHMOD = "chmod"
+    CHOWN = "chown"
+    UTIMES = "utimes"
+    SETXATTR = "setxattr"
+    REMOVEXATTR = "removexattr"
+    UNLINK = "unlink"
+    RMDIR = "rmdir"
+    RENAME = "rename"  # move an entry to a name that does not exist
+    RENAME_OVER = "rename_over"  # move onto an existing name, or exchange two names
+    LINK = "link"
+    CREATE = "create"  # a new file, directory or symlink in a directory
+    MKNOD = "mknod"  # device nodes, FIFOs, sockets
+
+
+class Cond(Enum):
+    ALWAYS = "always"
+    NEVER = "never"
+    WRITER = "writer"
+    SETTLING = "settling"
+    SETTLING_NOOP = "settling_noop"
+
+
+@dataclass(frozen=True)
+class Rule:
+    cond: Cond
+    errno: int = errno.EPERM
+
+
+class Column(StrEnum):
+    WRITING = "writing"
+    SEALED = "sealed"
+    QUARANTINED = "quarantined"
+    DIR = "dir"
+    SYMLINK = "symlink"
+
+
+ALLOW = Rule(Cond.ALWAYS)
+DENY = Rule(Cond.NEVER)
+WRITER = Rule(Cond.WRITER)
+SETTLING = Rule(Cond.SETTLING)
+SETTLING_NOOP = Rule(Cond.SETTLING_NOOP)
+EXISTS = Rule(Cond.NEVER, errno.EEXIST)
+IS_DIR = Rule(Cond.NEVER, errno.EISDIR)
+NOT_DIR = Rule(Cond.NEVER, errno.ENOTDIR)
+
+_COLUMNS = (Column.WRITING, Column.SEALED, Column.QUARANTINED, Column.DIR, Column.SYMLINK)
+
+# fmt: off
+RULES: dict[Op, tuple[Rule, Rule, Rule, Rule, Rule]] = {
+    #                  WRITING        SEALED         QUARANTINED    DIR            SYMLINK
+    Op.OPEN_READ:     (ALLOW,         ALLOW,         ALLOW,         ALLOW,         ALLOW),
+    Op.OPEN_WRITE:    (DENY,          DENY,          DENY,          IS_DIR,        DENY),
+    Op.WRITE:         (WRITER,        DENY,          DENY,          IS_DIR,        DENY),
+    Op.TRUNCATE:      (WRITER,        DENY,          DENY,          IS_DIR,        DENY),
+    Op.CHMOD:         (SETTLING,      SETTLING,      DENY,          SETTLING,      DENY),
+    Op.CHOWN:         (SETTLING_NOOP, SETTLING_NOOP, DENY,          SETTLING_NOOP, SETTLING_NOOP),
+    Op.UTIMES:        (SETTLING,      SETTLING,      DENY,          SETTLING,      SETTLING),
+    Op.SETXATTR:      (DENY,          DENY,          DENY,          DENY,          DENY),
+    Op.REMOVEXATTR:   (DENY,          DENY,          DENY,          DENY,          DENY),
+    Op.UNLINK:        (DENY,          DENY,          DENY,          IS_DIR,        DENY),
+    Op.RMDIR:         (NOT_DIR,       NOT_DIR,       NOT_DIR,       DENY,          NOT_DIR),
+    Op.RENAME:        (SETTLING,      SETTLING,      DENY,          SETTLING,      SETTLING),
+    Op.RENAME_OVER:   (EXISTS,        EXISTS,        EXISTS,        EXISTS,        EXISTS),
+    Op.LINK:          (DENY,          DENY,          DENY,          DENY,          DENY),
+    Op.CREATE:        (NOT_DIR,       NOT_DIR,       NOT_DIR,       ALLOW,         NOT_DIR),
+    Op.MKNOD:         (DENY,          DENY,          DENY,          DENY,          DENY),
+}
+# fmt: on
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What the conditions need to know about one request."""
+
+    is_creator: bool = False
+    unsettled: bool = False
+    via_writer: bool = False
+    is_noop: bool = False
+
+
+def column_of(inode: Inode) -> Column:
+    if inode.kind is Kind.DIR:
+        return Column.DIR
+    if inode.kind is Kind.SYMLINK:
+        return Column.SYMLINK
+    return {
+        State.WRITING: Column.WRITING,
+        State.SEALED: Column.SEALED,
+        State.QUARANTINED: Column.QUARANTINED,
+    }[inode.state]
+
+
+def rule_for(op: Op, column: Column) -> Rule:
+    return RULES[op][_COLUMNS.index(column)]
+
+
+def decide(op: Op, inode: Inode, facts: Facts) -> int | None:
+    """``None`` if ``op`` on ``inode`` is allowed, else the errno to refuse it with."""
+    rule = rule_for(op, column_of(inode))
+    allowed = {
+        Cond.ALWAYS: True,
+        Cond.NEVER: False,
+        Cond.WRITER: facts.via_writer,
+        Cond.SETTLING: facts.is_creator and facts.unsettled,
+        Cond.SETTLING_NOOP: facts.is_creator and facts.unsettled and facts.is_noop,
+    }[rule.cond]
+    return None if allowed else rule.errno

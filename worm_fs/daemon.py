@@ -1,0 +1,185 @@
+"""Wiring: open the store, recover, mount, serve, and shut down cleanly.
+
+Order of start-up (a failure at any step exits non-zero with a one-line message):
+
+1. take ``STATE_DIR/daemon.lock`` (a second daemon on the same store is refused);
+2. open the store, clear stale LMDB reader slots, create the root on first use;
+3. recover files left writing by a crash (seal or quarantine, audited);
+4. mount, then report readiness (``--ready-fd`` for ``worm-fs mount``, ``READY=1``
+   to systemd when ``NOTIFY_SOCKET`` is set);
+5. serve until SIGTERM/SIGINT or an external unmount, with background tasks for the
+   audit group commit (every 50 ms) and automatic checkpoints.
+
+Shutdown commits buffered audit records, records the unmount, unmounts and closes the
+store. Files still open for writing are left to recovery at the next start.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from worm_fs import fuse_ops
+from worm_fs.audit.anchor import ensure_key, make_checkpoint, origin_for
+from worm_fs.audit.log import AuditLog
+from worm_fs.core.fs import WormCore
+from worm_fs.errors import StoreBusy
+from worm_fs.store import Store
+
+log = logging.getLogger(__name__)
+
+GROUP_COMMIT_INTERVAL = 0.05
+LOCK_FILE = "daemon.lock"
+
+
+@dataclass
+class MountOptions:
+    settle: float = 60.0
+    allow_other: bool = False
+    audit_reads: str = "handle"  # or "each"
+    checkpoint_records: int = 10_000
+    checkpoint_seconds: float = 300.0
+    debug_fuse: bool = False
+
+
+def lock_state_dir(state_dir: Path) -> int:
+    """Take the daemon lock; raises StoreBusy naming the holder."""
+    fd = os.open(state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise StoreBusy(
+            f"another worm-fs daemon (pid {holder}) is serving {state_dir}"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def sd_notify(message: str) -> None:
+    """Send a state line to systemd if we run under it (Type=notify)."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.sendto(message.encode(), address)
+        except OSError as exc:
+            log.warning("sd_notify failed: %s", exc)
+
+
+class Daemon:
+    def __init__(self, state_dir: Path, mountpoint: Path, options: MountOptions) -> None:
+        self.state_dir = state_dir
+        self.mountpoint = mountpoint
+        self.options = options
+        self.lock_fd = lock_state_dir(state_dir)
+        self.store = Store(state_dir)
+        stale = self.store.clear_stale_readers()
+        if stale:
+            log.info("cleared %d stale reader slots", stale)
+        self.log = AuditLog()
+        self.core = WormCore(
+            self.store, self.log, settle_s=options.settle,
+            audit_reads_each=options.audit_reads == "each",
+        )
+        self.core.initialize()
+        self.store_id = self.core.store_id()
+        self.key = ensure_key(state_dir, self.store_id)
+        self.origin = origin_for(self.store_id)
+        started = time.monotonic()
+        recovered = self.core.recover()
+        if recovered["sealed"] or recovered["quarantined"]:
+            log.warning(
+                "recovery: sealed %d file(s), quarantined %d file(s) in %.2fs",
+                len(recovered["sealed"]), len(recovered["quarantined"]),
+                time.monotonic() - started,
+            )
+        self.core.root_xattrs[b"user.worm.pid"] = str(os.getpid()).encode()
+        self.core.root_xattrs[b"user.worm.pubkey"] = self.key.verifier_key().encode()
+        self._last_checkpoint_size = -1
+
+    def run(self, ready_fd: int | None = None) -> None:
+        ops = fuse_ops.WormOperations(self.core)
+        self._record("mount", mountpoint=str(self.mountpoint), settle=self.options.settle,
+                     audit_reads=self.options.audit_reads)
+        fuse_ops.mount(ops, str(self.mountpoint), allow_other=self.options.allow_other,
+                       debug=self.options.debug_fuse)
+        try:
+            trio.run(self._serve, ready_fd)
+        finally:
+            try:
+                self.core.commit_pending_audit()
+                self._record("unmount", mountpoint=str(self.mountpoint),
+                             open_writers=self.core.open_writers())
+                self.checkpoint()
+            finally:
+                fuse_ops.unmount()
+                self.store.close()
+                os.close(self.lock_fd)
+
+    def _record(self, op: str, **fields: object) -> None:
+        self.core.record(op, pid=os.getpid(), **fields)
+
+    def checkpoint(self) -> str:
+        note = make_checkpoint(self.store, self.key, self.origin)
+        self._last_checkpoint_size = int(note.split("\n")[1])
+        return note
+
+    async def _serve(self, ready_fd: int | None) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch_signals)
+            nursery.start_soon(self._group_commit)
+            nursery.start_soon(self._checkpoints)
+            if ready_fd is not None:
+                os.write(ready_fd, b"ready\n")
+                os.close(ready_fd)
+            sd_notify("READY=1")
+            log.info("serving %s from %s", self.mountpoint, self.state_dir)
+            await fuse_ops.serve()
+            sd_notify("STOPPING=1")
+            nursery.cancel_scope.cancel()
+
+    async def _watch_signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                log.info("received %s, unmounting", signal.Signals(signum).name)
+                fuse_ops.stop_serving()
+                return
+
+    async def _group_commit(self) -> None:
+        while True:
+            await trio.sleep(GROUP_COMMIT_INTERVAL)
+            if self.log.pending:
+                try:
+                    await trio.to_thread.run_sync(self.core.commit_pending_audit)
+                except Exception:
+                    log.exception("audit group commit failed; will retry")
+
+    async def _checkpoints(self) -> None:
+        last = trio.current_time()
+        while True:
+            await trio.sleep(1.0)
+            size = self.core.stats()["audit_records"]
+            due_records = size - max(self._last_checkpoint_size, 0) >= (
+                self.options.checkpoint_records
+            )
+            due_time = trio.current_time() - last >= self.options.checkpoint_seconds
+            if size != self._last_checkpoint_size and (due_records or due_time):
+                try:
+                    await trio.to_thread.run_sync(self.checkpoint)
+                    last = trio.current_time()
+                except Exception:
+                    log.exception("automatic checkpoint failed; will retry")

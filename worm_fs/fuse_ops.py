@@ -1,0 +1,304 @@
+"""The pyfuse3 adapter: translates FUSE requests into core calls. The only module that
+imports :mod:`pyfuse3`.
+
+Contract:
+
+* Handlers hold no policy. They build a :class:`~worm_fs.core.model.Caller`, call the
+  core, and turn :class:`~worm_fs.errors.WormError` into ``FUSEError(errno)``. Any other
+  exception is logged with its traceback and answered with ``EIO``; the daemon stays up.
+* Core calls that may block (they commit, fsync or hash) run in worker threads via
+  ``trio.to_thread.run_sync``; lookups run inline (short read transactions only).
+* Every mutating handler is implemented, so refusals are deliberate and audited rather
+  than pyfuse3's default ``ENOSYS``.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import pyfuse3
+import trio
+
+from worm_fs.core.fs import WormCore
+from worm_fs.core.model import AttrChange, Caller, Inode, Kind, State
+from worm_fs.errors import WormError
+
+log = logging.getLogger(__name__)
+
+#: How long the kernel may cache names and attributes that can no longer change.
+IMMUTABLE_TIMEOUT = 3600.0
+#: Directory attributes change as entries are added.
+DIR_ATTR_TIMEOUT = 1.0
+BLKSIZE = 1 << 20
+
+T = TypeVar("T")
+
+
+def _guard(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    """Map product errors to their errno; log anything else and answer EIO."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            return await fn(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except WormError as exc:
+            raise pyfuse3.FUSEError(exc.errno) from None
+        except Exception:
+            log.exception("unexpected error in %s; answering EIO", fn.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm", "rb") as f:
+            return f.read().strip().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def caller_of(ctx: pyfuse3.RequestContext) -> Caller:
+    return Caller(uid=ctx.uid, gid=ctx.gid, pid=ctx.pid, comm=_comm(ctx.pid))
+
+
+def entry_attributes(inode: Inode) -> pyfuse3.EntryAttributes:
+    attr = pyfuse3.EntryAttributes()
+    attr.st_ino = inode.ino
+    attr.generation = 0
+    if inode.kind is Kind.DIR:
+        attr.entry_timeout, attr.attr_timeout = IMMUTABLE_TIMEOUT, DIR_ATTR_TIMEOUT
+    elif inode.kind is Kind.FILE and inode.state is State.WRITING:
+        attr.entry_timeout, attr.attr_timeout = IMMUTABLE_TIMEOUT, 0
+    else:
+        attr.entry_timeout, attr.attr_timeout = IMMUTABLE_TIMEOUT, IMMUTABLE_TIMEOUT
+    attr.st_mode = inode.st_mode()
+    attr.st_nlink = 1
+    attr.st_uid = inode.uid
+    attr.st_gid = inode.gid
+    attr.st_rdev = 0
+    attr.st_size = inode.size
+    attr.st_blksize = BLKSIZE
+    attr.st_blocks = (inode.size + 511) // 512
+    attr.st_atime_ns = inode.atime_ns
+    attr.st_mtime_ns = inode.mtime_ns
+    attr.st_ctime_ns = inode.ctime_ns
+    return attr
+
+
+class WormOperations(pyfuse3.Operations):
+    """FUSE request handlers over a :class:`WormCore`."""
+
+    supports_dot_lookup = False
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, core: WormCore, *, threads: int = 4) -> None:
+        super().__init__()
+        self.core = core
+        self._limiter = trio.CapacityLimiter(threads)
+        self._dirs: dict[int, list[tuple[bytes, Inode]]] = {}
+        self._next_dir_fh = 1
+
+    async def _off_loop(self, fn: Callable[..., T], *args: Any) -> T:
+        return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+
+    # -- lookups -------------------------------------------------------------------
+    @_guard
+    async def lookup(self, parent_inode, name, ctx):
+        return entry_attributes(self.core.lookup(parent_inode, name))
+
+    @_guard
+    async def getattr(self, inode, ctx):
+        return entry_attributes(self.core.getattr(inode))
+
+    @_guard
+    async def readlink(self, inode, ctx):
+        return self.core.readlink(inode)
+
+    @_guard
+    async def opendir(self, inode, ctx):
+        entries = self.core.readdir(inode)
+        fh = self._next_dir_fh
+        self._next_dir_fh += 1
+        self._dirs[fh] = entries
+        return fh
+
+    @_guard
+    async def readdir(self, fh, start_id, token):
+        entries = self._dirs.get(fh, [])
+        for index in range(start_id, len(entries)):
+            name, inode = entries[index]
+            if not pyfuse3.readdir_reply(token, name, entry_attributes(inode), index + 1):
+                break
+
+    @_guard
+    async def releasedir(self, fh):
+        self._dirs.pop(fh, None)
+
+    @_guard
+    async def fsyncdir(self, fh, datasync):
+        return None
+
+    @_guard
+    async def statfs(self, ctx):
+        st = self.core.statfs()
+        out = pyfuse3.StatvfsData()
+        out.f_bsize = BLKSIZE
+        out.f_frsize = st.f_frsize
+        out.f_blocks = st.f_blocks
+        out.f_bfree = st.f_bfree
+        out.f_bavail = st.f_bavail
+        out.f_files = st.f_files
+        out.f_ffree = st.f_ffree
+        out.f_favail = st.f_favail
+        out.f_namemax = 255
+        return out
+
+    @_guard
+    async def getxattr(self, inode, name, ctx):
+        try:
+            return self.core.getxattr(inode, name)
+        except WormError as exc:
+            if exc.errno == errno.ENODATA:
+                raise pyfuse3.FUSEError(pyfuse3.ENOATTR) from None
+            raise
+
+    @_guard
+    async def listxattr(self, inode, ctx):
+        return self.core.listxattr(inode)
+
+    async def forget(self, inode_list):
+        return None  # nothing is ever removed through the mount, so no lookup counts
+
+    # -- creating names ------------------------------------------------------------
+    @_guard
+    async def create(self, parent_inode, name, mode, flags, ctx):
+        fh, inode = await self._off_loop(
+            self.core.create, parent_inode, name, mode, flags, caller_of(ctx)
+        )
+        return pyfuse3.FileInfo(fh=fh, keep_cache=False), entry_attributes(inode)
+
+    @_guard
+    async def mkdir(self, parent_inode, name, mode, ctx):
+        inode = await self._off_loop(self.core.mkdir, parent_inode, name, mode, caller_of(ctx))
+        return entry_attributes(inode)
+
+    @_guard
+    async def symlink(self, parent_inode, name, target, ctx):
+        inode = await self._off_loop(
+            self.core.symlink, parent_inode, name, target, caller_of(ctx)
+        )
+        return entry_attributes(inode)
+
+    # -- refused or restricted changes ---------------------------------------------
+    @_guard
+    async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        await self._off_loop(self.core.mknod, parent_inode, name, mode, caller_of(ctx))
+        raise pyfuse3.FUSEError(errno.EPERM)
+
+    @_guard
+    async def link(self, inode, new_parent_inode, new_name, ctx):
+        await self._off_loop(self.core.link, inode, new_parent_inode, new_name, caller_of(ctx))
+        raise pyfuse3.FUSEError(errno.EPERM)
+
+    @_guard
+    async def unlink(self, parent_inode, name, ctx):
+        await self._off_loop(self.core.unlink, parent_inode, name, caller_of(ctx))
+
+    @_guard
+    async def rmdir(self, parent_inode, name, ctx):
+        await self._off_loop(self.core.rmdir, parent_inode, name, caller_of(ctx))
+
+    @_guard
+    async def setxattr(self, inode, name, value, ctx):
+        await self._off_loop(self.core.setxattr, inode, name, caller_of(ctx))
+
+    @_guard
+    async def removexattr(self, inode, name, ctx):
+        await self._off_loop(self.core.removexattr, inode, name, caller_of(ctx))
+
+    @_guard
+    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+        await self._off_loop(
+            functools.partial(
+                self.core.rename, parent_inode_old, name_old, parent_inode_new, name_new,
+                flags, caller_of(ctx), exchange=bool(flags & pyfuse3.RENAME_EXCHANGE),
+            )
+        )
+
+    @_guard
+    async def setattr(self, inode, attr, fields, fh, ctx):
+        change = AttrChange(
+            mode=attr.st_mode & 0o7777 if fields.update_mode else None,
+            uid=attr.st_uid if fields.update_uid else None,
+            gid=attr.st_gid if fields.update_gid else None,
+            size=attr.st_size if fields.update_size else None,
+            atime_ns=attr.st_atime_ns if fields.update_atime else None,
+            mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
+        )
+        if change.is_empty():
+            return entry_attributes(self.core.getattr(inode))
+        result = await self._off_loop(self.core.setattr, inode, change, fh, caller_of(ctx))
+        return entry_attributes(result)
+
+    # -- file handles --------------------------------------------------------------
+    @_guard
+    async def open(self, inode, flags, ctx):
+        fh, node = await self._off_loop(self.core.open, inode, flags, caller_of(ctx))
+        sealed = node.kind is Kind.FILE and node.state is not State.WRITING
+        return pyfuse3.FileInfo(fh=fh, keep_cache=sealed)
+
+    @_guard
+    async def read(self, fh, off, size):
+        return await self._off_loop(self.core.read, fh, off, size)
+
+    @_guard
+    async def write(self, fh, off, buf):
+        return await self._off_loop(self.core.write, fh, off, buf)
+
+    @_guard
+    async def flush(self, fh):
+        await self._off_loop(self.core.flush, fh)
+
+    @_guard
+    async def fsync(self, fh, datasync):
+        await self._off_loop(self.core.fsync, fh)
+
+    @_guard
+    async def release(self, fh):
+        await self._off_loop(self.core.release, fh)
+
+
+# -- session control, used by the daemon ---------------------------------------------
+def mount(ops: WormOperations, mountpoint: str, *, allow_other: bool, debug: bool = False) -> None:
+    options = set(pyfuse3.default_options)
+    options |= {"fsname=worm-fs", "subtype=worm-fs"}
+    if allow_other:
+        options.add("allow_other")
+    if debug:
+        options.add("debug")
+    pyfuse3.init(ops, mountpoint, options)
+
+
+async def serve() -> None:
+    await pyfuse3.main(min_tasks=4, max_tasks=64)
+
+
+def stop_serving() -> None:
+    pyfuse3.terminate()
+
+
+def unmount(*, clean: bool = True) -> None:
+    pyfuse3.close(unmount=clean)
+
+
+def notify_deleted(parent: int, name: bytes, ino: int) -> None:
+    """Drop a removed name from the kernel's caches (safe from inside a handler)."""
+    pyfuse3.invalidate_entry_async(parent, name, deleted=ino, ignore_enoent=True)

@@ -1,0 +1,24 @@
+"""Storage: the LMDB environment, typed transactions and the chunk store.
+
+The only package that imports :mod:`lmdb`.
+
+* :mod:`.env` -- :class:`Store`, :class:`ReadTxn`, :class:`WriteTxn` over named databases
+* :mod:`.chunks` -- content-addressed chunks (XXH3-128 keys, byte-confirmed dedup,
+  reference counts, digest check on every load)
+"""
+
+from worm_fs.store.chunks import CHUNK_SIZE, check_chunk, load_chunk, put_chunk, release_chunk
+from worm_fs.store.env import ReadTxn, Store, WriteTxn, from_u64, u64
+
+__all__ = [
+    "CHUNK_SIZE",
+    "ReadTxn",
+    "Store",
+    "WriteTxn",
+    "check_chunk",
+    "from_u64",
+    "load_chunk",
+    "put_chunk",
+    "release_chunk",
+    "u64",
+]

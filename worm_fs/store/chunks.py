@@ -1,0 +1,82 @@
+"""Content-addressed chunks with reference counts.
+
+A chunk's key is its XXH3-128 digest followed by one disambiguation byte. XXH3 is fast
+but not collision-resistant, so a dedup hit is trusted only after comparing bytes: two
+different chunks with the same digest get keys ``digest+00`` and ``digest+01``. Every
+load re-hashes the bytes and compares them with the key; a mismatch raises
+:class:`~worm_fs.errors.Corruption`, never returns bad data.
+
+Store-wide counters kept in ``meta`` (same transaction as the change):
+``chunks`` (number of distinct chunks) and ``stored_bytes`` (their total size).
+"""
+
+from __future__ import annotations
+
+import xxhash
+
+from worm_fs.errors import Corruption, StorageError
+from worm_fs.store.env import ReadTxn, WriteTxn
+
+#: Files are split into chunks of this many bytes (the last one may be shorter).
+CHUNK_SIZE = 1 << 20
+
+DIGEST_LEN = 16
+KEY_LEN = DIGEST_LEN + 1
+_MAX_COLLISIONS = 256
+
+
+def digest(data: bytes | bytearray | memoryview) -> bytes:
+    """The XXH3-128 digest of ``data``."""
+    return xxhash.xxh3_128_digest(data)
+
+
+def put_chunk(tx: WriteTxn, data: bytes, chunk_digest: bytes | None = None) -> bytes:
+    """Store ``data`` (or find an identical stored chunk) and take one reference.
+
+    ``chunk_digest`` may be passed when the caller already hashed ``data`` (off the
+    event loop). Returns the chunk key to record in a manifest.
+    """
+    d = chunk_digest if chunk_digest is not None else digest(data)
+    for n in range(_MAX_COLLISIONS):
+        key = d + bytes((n,))
+        existing = tx.get_chunk(key)
+        if existing is None:
+            tx.put_chunk(key, data)
+            tx.set_ref(key, 1)
+            tx.add_counter("chunks", 1)
+            tx.add_counter("stored_bytes", len(data))
+            return key
+        if existing == data:
+            tx.set_ref(key, tx.get_ref(key) + 1)
+            return key
+    raise StorageError("too many chunks share one digest")
+
+
+def release_chunk(tx: WriteTxn, key: bytes) -> int:
+    """Drop one reference to ``key``; frees the chunk at zero. Returns bytes freed."""
+    refs = tx.get_ref(key)
+    if refs > 1:
+        tx.set_ref(key, refs - 1)
+        return 0
+    data = tx.get_chunk(key)
+    tx.set_ref(key, 0)
+    if data is None:
+        return 0
+    tx.delete_chunk(key)
+    tx.add_counter("chunks", -1)
+    tx.add_counter("stored_bytes", -len(data))
+    return len(data)
+
+
+def check_chunk(key: bytes, data: bytes | None) -> bytes:
+    """Return ``data`` if it matches ``key``'s digest, else raise Corruption."""
+    if data is None:
+        raise Corruption(f"chunk {key.hex()} is missing")
+    if len(key) != KEY_LEN or digest(data) != key[:DIGEST_LEN]:
+        raise Corruption(f"chunk {key.hex()} does not match its digest")
+    return data
+
+
+def load_chunk(tx: ReadTxn, key: bytes) -> bytes:
+    """The bytes of chunk ``key``, verified against its digest."""
+    return check_chunk(key, tx.get_chunk(key))

@@ -1,0 +1,315 @@
+"""The LMDB environment and typed transactions over its named databases.
+
+This package is the only place that imports :mod:`lmdb`. Everything above it sees
+:class:`Store`, :class:`ReadTxn` and :class:`WriteTxn`, whose methods are named after
+what they hold (inodes, directory entries, manifests, chunks, the audit log, ...).
+
+Contracts:
+
+* A write transaction is opened, used and committed on one thread, inside ``with``;
+  nothing may ``await`` while one is open (the core is synchronous, so this holds by
+  construction).
+* Commits are synced (no ``NOSYNC``/``NOMETASYNC``/``MAPASYNC``/``WRITEMAP``): when
+  ``Store.write()`` returns, the change is on disk.
+* LMDB failures surface as :class:`~worm_fs.errors.NoSpace` (full map or disk) or
+  :class:`~worm_fs.errors.StorageError`; the transaction is aborted and nothing of it
+  is visible.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import lmdb
+
+from worm_fs.errors import NoSpace, StorageError
+
+#: Address space reserved for the map. Without WRITEMAP the data file grows only as
+#: pages are used, so a large reservation costs nothing on disk.
+DEFAULT_MAP_SIZE = 1 << 40
+
+_DATABASES = (
+    "inodes",  # ino (u64) -> encoded inode
+    "dirents",  # parent ino (u64) + name -> child ino (u64)
+    "manifests",  # ino (u64) + chunk index (u64) -> chunk key
+    "chunks",  # chunk key -> chunk bytes
+    "refs",  # chunk key -> reference count (u64)
+    "writing",  # ino (u64) -> b"" for every file not yet sealed or quarantined
+    "audit",  # seq (u64) -> canonical record bytes
+    "checkpoints",  # tree size (u64) -> signed checkpoint note
+    "deletions",  # request id -> encoded request
+    "meta",  # name -> value (schema version, counters, key ids)
+)
+
+_U64 = struct.Struct(">Q")
+
+
+def u64(n: int) -> bytes:
+    """Encode ``n`` as 8 big-endian bytes (keys sort numerically)."""
+    return _U64.pack(n)
+
+
+def from_u64(b: bytes) -> int:
+    return _U64.unpack(b)[0]
+
+
+class ReadTxn:
+    """A read-only view of the store at one point in time."""
+
+    def __init__(self, txn: lmdb.Transaction, dbs: dict[str, lmdb._Database]) -> None:
+        self._txn = txn
+        self._db = dbs
+
+    # -- inodes ---------------------------------------------------------------------
+    def get_inode(self, ino: int) -> bytes | None:
+        return self._txn.get(u64(ino), db=self._db["inodes"])
+
+    def iter_inodes(self) -> Iterator[tuple[int, bytes]]:
+        with self._txn.cursor(db=self._db["inodes"]) as cur:
+            for key, value in cur:
+                yield from_u64(key), value
+
+    def iter_writing(self) -> list[int]:
+        with self._txn.cursor(db=self._db["writing"]) as cur:
+            return [from_u64(k) for k, _ in cur]
+
+    # -- directory entries ----------------------------------------------------------
+    def get_dirent(self, parent: int, name: bytes) -> int | None:
+        value = self._txn.get(u64(parent) + name, db=self._db["dirents"])
+        return None if value is None else from_u64(value)
+
+    def iter_dirents(self, parent: int, after: bytes | None = None) -> Iterator[tuple[bytes, int]]:
+        """Entries of ``parent`` in name order, starting after ``after`` if given."""
+        prefix = u64(parent)
+        with self._txn.cursor(db=self._db["dirents"]) as cur:
+            if not cur.set_range(prefix + (after or b"")):
+                return
+            for key, value in cur:
+                if not key.startswith(prefix):
+                    return
+                name = key[8:]
+                if after is not None and name == after:
+                    continue
+                yield name, from_u64(value)
+
+    # -- manifests and chunks -------------------------------------------------------
+    def get_manifest(self, ino: int, index: int) -> bytes | None:
+        return self._txn.get(u64(ino) + u64(index), db=self._db["manifests"])
+
+    def iter_manifest(self, ino: int) -> Iterator[tuple[int, bytes]]:
+        prefix = u64(ino)
+        with self._txn.cursor(db=self._db["manifests"]) as cur:
+            if not cur.set_range(prefix):
+                return
+            for key, value in cur:
+                if not key.startswith(prefix):
+                    return
+                yield from_u64(key[8:]), value
+
+    def get_chunk(self, key: bytes) -> bytes | None:
+        return self._txn.get(key, db=self._db["chunks"])
+
+    def iter_chunks(self) -> Iterator[tuple[bytes, bytes]]:
+        with self._txn.cursor(db=self._db["chunks"]) as cur:
+            yield from cur
+
+    def get_ref(self, key: bytes) -> int:
+        value = self._txn.get(key, db=self._db["refs"])
+        return 0 if value is None else from_u64(value)
+
+    # -- audit log ------------------------------------------------------------------
+    def get_record(self, seq: int) -> bytes | None:
+        return self._txn.get(u64(seq), db=self._db["audit"])
+
+    def iter_records(self, start: int = 0) -> Iterator[tuple[int, bytes]]:
+        with self._txn.cursor(db=self._db["audit"]) as cur:
+            if not cur.set_range(u64(start)):
+                return
+            for key, value in cur:
+                yield from_u64(key), value
+
+    def get_checkpoint(self, size: int) -> bytes | None:
+        return self._txn.get(u64(size), db=self._db["checkpoints"])
+
+    def iter_checkpoints(self) -> Iterator[tuple[int, bytes]]:
+        with self._txn.cursor(db=self._db["checkpoints"]) as cur:
+            for key, value in cur:
+                yield from_u64(key), value
+
+    # -- deletion requests ----------------------------------------------------------
+    def get_deletion(self, request_id: bytes) -> bytes | None:
+        return self._txn.get(request_id, db=self._db["deletions"])
+
+    def iter_deletions(self) -> Iterator[tuple[bytes, bytes]]:
+        with self._txn.cursor(db=self._db["deletions"]) as cur:
+            yield from cur
+
+    # -- metadata -------------------------------------------------------------------
+    def get_meta(self, name: str) -> bytes | None:
+        return self._txn.get(name.encode(), db=self._db["meta"])
+
+    def get_counter(self, name: str) -> int:
+        value = self.get_meta(name)
+        return 0 if value is None else from_u64(value)
+
+
+class WriteTxn(ReadTxn):
+    """A read-write transaction; see the module docstring for its contract."""
+
+    def put_inode(self, ino: int, value: bytes) -> None:
+        self._txn.put(u64(ino), value, db=self._db["inodes"])
+
+    def set_writing(self, ino: int, writing: bool) -> None:
+        if writing:
+            self._txn.put(u64(ino), b"", db=self._db["writing"])
+        else:
+            self._txn.delete(u64(ino), db=self._db["writing"])
+
+    def put_dirent(self, parent: int, name: bytes, child: int) -> None:
+        self._txn.put(u64(parent) + name, u64(child), db=self._db["dirents"])
+
+    def delete_dirent(self, parent: int, name: bytes) -> None:
+        self._txn.delete(u64(parent) + name, db=self._db["dirents"])
+
+    def put_manifest(self, ino: int, index: int, key: bytes) -> None:
+        self._txn.put(u64(ino) + u64(index), key, db=self._db["manifests"])
+
+    def delete_manifest(self, ino: int, index: int) -> None:
+        self._txn.delete(u64(ino) + u64(index), db=self._db["manifests"])
+
+    def put_chunk(self, key: bytes, data: bytes) -> None:
+        self._txn.put(key, data, db=self._db["chunks"])
+
+    def delete_chunk(self, key: bytes) -> None:
+        self._txn.delete(key, db=self._db["chunks"])
+
+    def set_ref(self, key: bytes, count: int) -> None:
+        if count:
+            self._txn.put(key, u64(count), db=self._db["refs"])
+        else:
+            self._txn.delete(key, db=self._db["refs"])
+
+    def put_record(self, seq: int, value: bytes) -> None:
+        if not self._txn.put(u64(seq), value, db=self._db["audit"], overwrite=False):
+            raise StorageError(f"audit record {seq} already exists")
+
+    def put_checkpoint(self, size: int, note: bytes) -> None:
+        self._txn.put(u64(size), note, db=self._db["checkpoints"])
+
+    def put_deletion(self, request_id: bytes, value: bytes) -> None:
+        self._txn.put(request_id, value, db=self._db["deletions"])
+
+    def put_meta(self, name: str, value: bytes) -> None:
+        self._txn.put(name.encode(), value, db=self._db["meta"])
+
+    def add_counter(self, name: str, delta: int) -> int:
+        value = max(0, self.get_counter(name) + delta)
+        self.put_meta(name, u64(value))
+        return value
+
+    # -- test and fault-injection hooks -----------------------------------------------
+    def raw_put(self, database: str, key: bytes, value: bytes) -> None:
+        """Write any key of any database; for tests that simulate corruption."""
+        self._txn.put(key, value, db=self._db[database])
+
+    def raw_delete(self, database: str, key: bytes) -> None:
+        self._txn.delete(key, db=self._db[database])
+
+
+def _translate(exc: lmdb.Error) -> Exception:
+    if isinstance(exc, lmdb.MapFullError):
+        return NoSpace("the store's map is full")
+    text = str(exc)
+    if "No space left" in text or getattr(exc, "errno", None) == errno.ENOSPC:
+        return NoSpace("no space left on the store's disk")
+    return StorageError(f"store error: {text}")
+
+
+class Store:
+    """One LMDB environment in a state directory.
+
+    ``readonly`` opens it for inspection (the CLI) next to a running daemon; LMDB
+    allows that across processes.
+    """
+
+    def __init__(
+        self, path: Path, *, readonly: bool = False, map_size: int = DEFAULT_MAP_SIZE
+    ) -> None:
+        self.path = Path(path)
+        self.readonly = readonly
+        try:
+            self._env = lmdb.open(
+                str(self.path / "store"),
+                map_size=map_size,
+                max_dbs=len(_DATABASES) + 2,
+                max_readers=1024,
+                subdir=True,
+                readonly=readonly,
+                sync=True,
+                metasync=True,
+                writemap=False,
+                map_async=False,
+                readahead=False,
+                create=not readonly,
+                mode=0o700,
+            )
+        except lmdb.Error as exc:
+            raise _translate(exc) from None
+        self._dbs: dict[str, lmdb._Database] = {}
+        try:
+            for name in _DATABASES:
+                self._dbs[name] = self._env.open_db(name.encode(), create=not readonly)
+        except lmdb.Error as exc:
+            self._env.close()
+            raise _translate(exc) from None
+
+    @staticmethod
+    def exists(path: Path) -> bool:
+        return (Path(path) / "store" / "data.mdb").exists()
+
+    def clear_stale_readers(self) -> int:
+        """Free reader slots left by killed processes; returns how many."""
+        return self._env.reader_check()
+
+    @contextmanager
+    def read(self) -> Iterator[ReadTxn]:
+        try:
+            with self._env.begin(buffers=False) as txn:
+                yield ReadTxn(txn, self._dbs)
+        except lmdb.Error as exc:
+            raise _translate(exc) from None
+
+    @contextmanager
+    def write(self) -> Iterator[WriteTxn]:
+        """A write transaction, committed (and synced) when the block ends normally."""
+        txn = self._env.begin(write=True)
+        try:
+            yield WriteTxn(txn, self._dbs)
+        except lmdb.Error as exc:
+            txn.abort()
+            raise _translate(exc) from None
+        except BaseException:
+            txn.abort()
+            raise
+        try:
+            txn.commit()
+        except lmdb.Error as exc:
+            raise _translate(exc) from None
+
+    def info(self) -> dict[str, int]:
+        stat = self._env.stat()
+        info = self._env.info()
+        return {
+            "page_size": stat["psize"],
+            "map_size": info["map_size"],
+            "last_page": info["last_pgno"],
+            "file_bytes": os.path.getsize(self.path / "store" / "data.mdb"),
+        }
+
+    def close(self) -> None:
+        self._env.close()
