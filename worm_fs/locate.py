@@ -51,7 +51,9 @@ def locate(path: str | os.PathLike[str], *, allow_state_dir: bool = True) -> Loc
             state_dir = Path(os.getxattr(root, "user.worm.state_dir").decode())
             pid = int(os.getxattr(root, "user.worm.pid").decode())
         except OSError as exc:
-            raise NotAStore(f"{root}: the worm-fs daemon does not answer ({exc.strerror})") from None
+            raise NotAStore(
+                f"{root}: the worm-fs daemon does not answer ({exc.strerror})"
+            ) from None
         return Location(state_dir=state_dir, mountpoint=root, daemon_pid=pid)
     if allow_state_dir and p.is_dir() and Store.exists(p):
         return Location(state_dir=p.resolve(), mountpoint=None)

@@ -380,7 +380,8 @@ class WormCore:
         self._check(Op.MKNOD, "mknod", parent_inode, Facts(), caller, path, mode=mode)
 
     def setxattr(self, ino: int, name: bytes, caller: Caller) -> None:
-        self._refuse_xattr(Op.SETXATTR, "setxattr", ino, name, caller)
+        op = Op.SETXATTR if name.startswith(b"user.") else Op.SET_FOREIGN_XATTR
+        self._refuse_xattr(op, "setxattr", ino, name, caller)
 
     def removexattr(self, ino: int, name: bytes, caller: Caller) -> None:
         self._refuse_xattr(Op.REMOVEXATTR, "removexattr", ino, name, caller)

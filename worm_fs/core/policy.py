@@ -34,7 +34,8 @@ class Op(StrEnum):
     CHMOD = "chmod"
     CHOWN = "chown"
     UTIMES = "utimes"
-    SETXATTR = "setxattr"
+    SETXATTR = "setxattr"  # user.* attributes
+    SET_FOREIGN_XATTR = "set_foreign_xattr"  # ACLs, security labels: not supported at all
     REMOVEXATTR = "removexattr"
     UNLINK = "unlink"
     RMDIR = "rmdir"
@@ -75,28 +76,31 @@ SETTLING_NOOP = Rule(Cond.SETTLING_NOOP)
 EXISTS = Rule(Cond.NEVER, errno.EEXIST)
 IS_DIR = Rule(Cond.NEVER, errno.EISDIR)
 NOT_DIR = Rule(Cond.NEVER, errno.ENOTDIR)
+#: ``cp -a`` and ``rsync -A`` fall back to plain chmod on EOPNOTSUPP, not on EPERM.
+UNSUPPORTED = Rule(Cond.NEVER, errno.EOPNOTSUPP)
 
 _COLUMNS = (Column.WRITING, Column.SEALED, Column.QUARANTINED, Column.DIR, Column.SYMLINK)
 
 # fmt: off
 RULES: dict[Op, tuple[Rule, Rule, Rule, Rule, Rule]] = {
-    #                  WRITING        SEALED         QUARANTINED    DIR            SYMLINK
-    Op.OPEN_READ:     (ALLOW,         ALLOW,         ALLOW,         ALLOW,         ALLOW),
-    Op.OPEN_WRITE:    (DENY,          DENY,          DENY,          IS_DIR,        DENY),
-    Op.WRITE:         (WRITER,        DENY,          DENY,          IS_DIR,        DENY),
-    Op.TRUNCATE:      (WRITER,        DENY,          DENY,          IS_DIR,        DENY),
-    Op.CHMOD:         (SETTLING,      SETTLING,      DENY,          SETTLING,      DENY),
-    Op.CHOWN:         (SETTLING_NOOP, SETTLING_NOOP, DENY,          SETTLING_NOOP, SETTLING_NOOP),
-    Op.UTIMES:        (SETTLING,      SETTLING,      DENY,          SETTLING,      SETTLING),
-    Op.SETXATTR:      (DENY,          DENY,          DENY,          DENY,          DENY),
-    Op.REMOVEXATTR:   (DENY,          DENY,          DENY,          DENY,          DENY),
-    Op.UNLINK:        (DENY,          DENY,          DENY,          IS_DIR,        DENY),
-    Op.RMDIR:         (NOT_DIR,       NOT_DIR,       NOT_DIR,       DENY,          NOT_DIR),
-    Op.RENAME:        (SETTLING,      SETTLING,      DENY,          SETTLING,      SETTLING),
-    Op.RENAME_OVER:   (EXISTS,        EXISTS,        EXISTS,        EXISTS,        EXISTS),
-    Op.LINK:          (DENY,          DENY,          DENY,          DENY,          DENY),
-    Op.CREATE:        (NOT_DIR,       NOT_DIR,       NOT_DIR,       ALLOW,         NOT_DIR),
-    Op.MKNOD:         (DENY,          DENY,          DENY,          DENY,          DENY),
+    #                       WRITING          SEALED          QUARANTINED     DIR            SYMLINK
+    Op.OPEN_READ:           (ALLOW,          ALLOW,          ALLOW,          ALLOW,         ALLOW),
+    Op.OPEN_WRITE:          (DENY,           DENY,           DENY,           IS_DIR,        DENY),
+    Op.WRITE:               (WRITER,         DENY,           DENY,           IS_DIR,        DENY),
+    Op.TRUNCATE:            (WRITER,         DENY,           DENY,           IS_DIR,        DENY),
+    Op.CHMOD:               (SETTLING,       SETTLING,       DENY,           SETTLING,      DENY),
+    Op.CHOWN:               (SETTLING_NOOP,  SETTLING_NOOP,  DENY,           SETTLING_NOOP, SETTLING_NOOP),
+    Op.UTIMES:              (SETTLING,       SETTLING,       DENY,           SETTLING,      SETTLING),
+    Op.SETXATTR:            (DENY,           DENY,           DENY,           DENY,          DENY),
+    Op.SET_FOREIGN_XATTR:   (UNSUPPORTED,    UNSUPPORTED,    UNSUPPORTED,    UNSUPPORTED,   UNSUPPORTED),
+    Op.REMOVEXATTR:         (DENY,           DENY,           DENY,           DENY,          DENY),
+    Op.UNLINK:              (DENY,           DENY,           DENY,           IS_DIR,        DENY),
+    Op.RMDIR:               (NOT_DIR,        NOT_DIR,        NOT_DIR,        DENY,          NOT_DIR),
+    Op.RENAME:              (SETTLING,       SETTLING,       DENY,           SETTLING,      SETTLING),
+    Op.RENAME_OVER:         (EXISTS,         EXISTS,         EXISTS,         EXISTS,        EXISTS),
+    Op.LINK:                (DENY,           DENY,           DENY,           DENY,          DENY),
+    Op.CREATE:              (NOT_DIR,        NOT_DIR,        NOT_DIR,        ALLOW,         NOT_DIR),
+    Op.MKNOD:               (DENY,           DENY,           DENY,           DENY,          DENY),
 }
 # fmt: on
 

@@ -1,0 +1,146 @@
+"""Shared fixtures: real mounts served by a daemon subprocess.
+
+The test process never serves the mount it reads: the daemon runs as
+``python -m worm_fs mount ... --foreground`` in a child process, and every teardown
+unmounts (SIGTERM, then ``fusermount3 -u -z`` if the daemon did not).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from worm_fs.store import Store
+
+WORM_FS = [sys.executable, "-m", "worm_fs"]
+
+
+def run_cli(*args: str, check: bool = False, **kwargs) -> subprocess.CompletedProcess:
+    """Run the ``worm-fs`` command and capture its output."""
+    result = subprocess.run([*WORM_FS, *args], capture_output=True, text=True, timeout=120,
+                            **kwargs)
+    if check and result.returncode != 0:
+        raise AssertionError(f"worm-fs {' '.join(args)} failed ({result.returncode}):\n"
+                             f"{result.stdout}\n{result.stderr}")
+    return result
+
+
+def wait_sealed(path: Path, timeout: float = 10.0) -> None:
+    """Wait for the seal that follows ``close()``.
+
+    The kernel sends FUSE ``release`` asynchronously after the last ``close()``
+    returns, so the seal lands a moment later (the bytes are durable already).
+    """
+    deadline = time.monotonic() + timeout
+    while os.getxattr(path, "user.worm.state") != b"sealed":
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path} was not sealed within {timeout} s")
+        time.sleep(0.005)
+
+
+class Mount:
+    """A worm-fs daemon serving ``path`` from ``state``."""
+
+    def __init__(self, state: Path, path: Path, options: list[str]) -> None:
+        self.state = state
+        self.path = path
+        self.options = options
+        self.proc: subprocess.Popen | None = None
+        self.log = state.parent / f"{state.name}-daemon.log"
+
+    def start(self) -> Mount:
+        self.path.mkdir(parents=True, exist_ok=True)
+        log = open(self.log, "ab")
+        self.proc = subprocess.Popen(
+            [*WORM_FS, "mount", str(self.state), str(self.path), "--foreground", *self.options],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+        )
+        log.close()
+        deadline = time.monotonic() + 30
+        while not os.path.ismount(self.path):
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited with {self.proc.returncode}:\n"
+                                     f"{self.log.read_text(errors='replace')}")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise AssertionError("mount did not come up in 30 s")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> int:
+        """Clean shutdown (SIGTERM); returns the daemon's exit code."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._force_unmount()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        """Crash the daemon (SIGKILL) and clear the dead mount."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._force_unmount()
+
+    def _force_unmount(self) -> None:
+        for _ in range(50):
+            if not _is_mount(self.path):
+                return
+            subprocess.run(["fusermount3", "-u", "-z", str(self.path)], capture_output=True)
+            time.sleep(0.05)
+
+    def restart(self) -> Mount:
+        self.stop()
+        return self.start()
+
+    def store(self, *, write: bool = False) -> Store:
+        """Open the store directly (next to the daemon, or while unmounted)."""
+        return Store(self.state, readonly=not write)
+
+    def daemon_log(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def _is_mount(path: Path) -> bool:
+    with open("/proc/self/mounts") as f:
+        return any(line.split()[1] == str(path) for line in f)
+
+
+@pytest.fixture
+def mount_factory(tmp_path: Path) -> Iterator:
+    mounts: list[Mount] = []
+
+    def make(*options: str, name: str = "m") -> Mount:
+        m = Mount(tmp_path / f"{name}-state", tmp_path / f"{name}-mnt", list(options))
+        mounts.append(m)
+        return m.start()
+
+    yield make
+    for m in mounts:
+        m.stop()
+        if "Traceback" in m.daemon_log():
+            pytest.fail(f"daemon logged a traceback:\n{m.daemon_log()}")
+
+
+@pytest.fixture
+def mnt(mount_factory) -> Mount:
+    """A mount with the default settle window (60 s)."""
+    return mount_factory()
+
+
+@pytest.fixture
+def settled_mnt(mount_factory) -> Mount:
+    """A mount with the settle window off: entries are settled at once."""
+    return mount_factory("--settle", "0")
