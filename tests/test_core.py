@@ -1,0 +1,168 @@
+"""The core called directly, on a real LMDB store, with a fake clock (no mount)."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from worm_fs.audit.log import AuditLog
+from worm_fs.core.fs import ROOT_INO, WormCore
+from worm_fs.core.model import AttrChange, Caller, State
+from worm_fs.errors import Refused
+from worm_fs.store import CHUNK_SIZE, Store
+
+ALICE = Caller(uid=1000, gid=1000, pid=11, comm="alice")
+BOB = Caller(uid=1001, gid=1001, pid=12, comm="bob")
+SECOND = 1_000_000_000
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1_700_000_000 * SECOND
+
+    def __call__(self) -> int:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += int(seconds * SECOND)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def open_core(path: Path, clock: FakeClock, settle: float = 60) -> WormCore:
+    core = WormCore(Store(path), AuditLog(boot_id="test"), settle_s=settle, clock=clock)
+    core.initialize()
+    return core
+
+
+@pytest.fixture
+def core(tmp_path: Path, clock: FakeClock):
+    c = open_core(tmp_path, clock)
+    yield c
+    c.store.close()
+
+
+def write_file(core: WormCore, name: bytes, data: bytes, caller: Caller = ALICE) -> int:
+    fh, inode = core.create(ROOT_INO, name, 0o644, os.O_WRONLY, caller)
+    core.write(fh, 0, data)
+    core.flush(fh)
+    core.release(fh)
+    return inode.ino
+
+
+def records(core: WormCore) -> list[dict]:
+    core.commit_pending_audit()
+    with core.store.read() as rt:
+        return [json.loads(raw) for _, raw in rt.iter_records()]
+
+
+def test_sealed_file_has_its_sha256_and_no_write_bits(core: WormCore) -> None:
+    data = os.urandom(3 * CHUNK_SIZE + 17)
+    ino = write_file(core, b"f", data)
+    inode = core.getattr(ino)
+    assert inode.state is State.SEALED
+    assert inode.sha256 == hashlib.sha256(data).hexdigest()
+    assert inode.mode & 0o222 == 0
+    fh, _ = core.open(ino, os.O_RDONLY, BOB)
+    assert core.read(fh, 0, len(data) + 10) == data
+
+
+def test_refusals_raise_with_errno_and_leave_a_record(core: WormCore) -> None:
+    ino = write_file(core, b"f", b"abc")
+    with pytest.raises(Refused) as exc:
+        core.open(ino, os.O_WRONLY, ALICE)
+    assert exc.value.errno == errno.EPERM
+    with pytest.raises(Refused):
+        core.unlink(ROOT_INO, b"f", ALICE)
+    denied = [r for r in records(core) if r["result"] != "ok"]
+    assert [(r["op"], r["result"], r["path"], r["pid"]) for r in denied] == [
+        ("open", "EPERM", "/f", 11), ("unlink", "EPERM", "/f", 11)]
+
+
+def test_settle_window_allows_the_creator_to_rename_until_it_expires(
+    core: WormCore, clock: FakeClock
+) -> None:
+    write_file(core, b"tmp1", b"x")
+    core.rename(ROOT_INO, b"tmp1", ROOT_INO, b"final1", 0, ALICE)
+    write_file(core, b"tmp2", b"y")
+    with pytest.raises(Refused):
+        core.rename(ROOT_INO, b"tmp2", ROOT_INO, b"final2", 0, BOB)  # not the creator
+    clock.advance(61)
+    with pytest.raises(Refused):
+        core.rename(ROOT_INO, b"tmp2", ROOT_INO, b"final2", 0, ALICE)  # settled
+    with pytest.raises(Refused):
+        core.setattr(core.lookup(ROOT_INO, b"tmp2").ino, AttrChange(mtime_ns=0), None, ALICE)
+    assert core.lookup(ROOT_INO, b"final1").state is State.SEALED
+
+
+def test_a_directory_stays_unsettled_while_anything_below_changes(
+    core: WormCore, clock: FakeClock
+) -> None:
+    d = core.mkdir(ROOT_INO, b"tmp-checkpoint-1", 0o755, ALICE)
+    for _ in range(3):
+        clock.advance(50)
+        fh, _ = core.create(d.ino, f"f{clock.now}".encode(), 0o644, os.O_WRONLY, ALICE)
+        core.write(fh, 0, b"data")
+        core.release(fh)
+    clock.advance(50)  # 150 s after mkdir, 50 s after the last change below it
+    core.rename(ROOT_INO, b"tmp-checkpoint-1", ROOT_INO, b"checkpoint-1", 0, ALICE)
+
+
+def test_recovery_seals_a_flushed_file_and_quarantines_an_unflushed_one(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    core = open_core(tmp_path, clock)
+    fh1, a = core.create(ROOT_INO, b"flushed", 0o644, os.O_WRONLY, ALICE)
+    core.write(fh1, 0, b"complete")
+    core.flush(fh1)
+    fh2, b = core.create(ROOT_INO, b"torn", 0o644, os.O_WRONLY, ALICE)
+    core.write(fh2, 0, b"first part")
+    core.flush(fh2)
+    core.write(fh2, 10, b" and more")  # never flushed: the crash loses it
+    fh3, c = core.create(ROOT_INO, b"never-flushed", 0o644, os.O_WRONLY, ALICE)
+    core.store.close()  # crash: no release
+
+    core = open_core(tmp_path, clock)
+    outcome = core.recover()
+    assert outcome == {"sealed": [str(a.ino)], "quarantined": [str(b.ino), str(c.ino)]}
+    assert core.getattr(a.ino).state is State.SEALED
+    assert core.getattr(a.ino).sha256 == hashlib.sha256(b"complete").hexdigest()
+    torn = core.getattr(b.ino)
+    assert torn.state is State.QUARANTINED and not torn.sha256
+    fh, _ = core.open(b.ino, os.O_RDONLY, BOB)
+    assert core.read(fh, 0, 100) == b"first part"
+    ops = [r["op"] for r in records(core)]
+    assert ops.count("recover_seal") == 1 and ops.count("recover_quarantine") == 2
+    core.store.close()
+
+
+def test_the_audit_seq_continues_across_reopen(tmp_path: Path, clock: FakeClock) -> None:
+    core = open_core(tmp_path, clock)
+    write_file(core, b"a", b"1")
+    first = records(core)
+    core.store.close()
+    core = open_core(tmp_path, clock)
+    write_file(core, b"b", b"2")
+    every = records(core)
+    assert [r["seq"] for r in every] == list(range(len(every)))
+    assert every[: len(first)] == first
+    core.store.close()
+
+
+def test_rewriting_a_stored_chunk_recomputes_the_digest(core: WormCore) -> None:
+    fh, inode = core.create(ROOT_INO, b"z", 0o644, os.O_WRONLY, ALICE)
+    body = bytearray(os.urandom(10 * CHUNK_SIZE))
+    core.write(fh, 0, bytes(body))  # chunks are stored as they fill
+    core.write(fh, 5, b"PATCHED")  # a zip writer patching its header
+    body[5:12] = b"PATCHED"
+    core.release(fh)
+    assert core.getattr(inode.ino).sha256 == hashlib.sha256(body).hexdigest()
+    assert core.stats()["stored_bytes"] == len(body)  # the replaced chunk was freed
