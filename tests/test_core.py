@@ -166,3 +166,25 @@ def test_rewriting_a_stored_chunk_recomputes_the_digest(core: WormCore) -> None:
     core.release(fh)
     assert core.getattr(inode.ino).sha256 == hashlib.sha256(body).hexdigest()
     assert core.stats()["stored_bytes"] == len(body)  # the replaced chunk was freed
+
+
+def test_setting_the_clock_back_does_not_shorten_retention(tmp_path: Path) -> None:
+    from worm_fs.core.deletion import Deletions
+
+    clock = FakeClock()
+    core = WormCore(Store(tmp_path), AuditLog(boot_id="t"), settle_s=0, retention_days=10,
+                    clock=clock)
+    core.initialize()
+    desk = Deletions(core)
+    write_file(core, b"early", b"1")
+    clock.advance(-365 * 86_400)  # someone sets the system clock back a year...
+    ino = write_file(core, b"late", b"2")  # ...then seals a file
+    clock.advance(11 * 86_400)  # 11 days later by the (wrong) wall clock
+    sealed = core.getattr(ino)
+    assert sealed.sealed_ns >= 1_700_000_000 * SECOND  # the seal time did not go back
+    req = desk.request("/late", "cleanup", ALICE)
+    with pytest.raises(Refused) as exc:
+        desk.approve(req.id, Caller(uid=0, gid=0, pid=1), "")
+    assert "retained until" in str(exc.value)
+    assert core.lookup(ROOT_INO, b"late").ino == ino
+    core.store.close()

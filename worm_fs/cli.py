@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from worm_fs import errors
-from worm_fs.errors import UsageError, WormError
+from worm_fs.errors import NotAStore, UsageError, WormError
 from worm_fs.locate import Location, locate, open_store
 
 log = logging.getLogger("worm_fs")
@@ -55,6 +55,11 @@ def _check_mount_args(args: argparse.Namespace) -> tuple[Path, Path]:
     mountpoint = Path(args.mountpoint).absolute()
     if args.settle < 0:
         raise UsageError("--settle must be 0 or more seconds")
+    if args.retention < 0 or args.request_ttl <= 0:
+        raise UsageError("--retention must be 0 or more days, --request-ttl more than 0")
+    from worm_fs.daemon import resolve_group
+
+    resolve_group(args.admin_group)
     if not mountpoint.is_dir():
         raise UsageError(f"mountpoint {mountpoint} does not exist or is not a directory")
     if os.path.ismount(mountpoint):
@@ -91,6 +96,10 @@ def _mount_options(args: argparse.Namespace) -> Any:
         audit_reads=args.audit_reads,
         checkpoint_records=args.checkpoint_records,
         checkpoint_seconds=args.checkpoint_seconds,
+        admin_group=args.admin_group,
+        retention_days=args.retention,
+        request_ttl_days=args.request_ttl,
+        runtime_dir=Path(args.runtime_dir) if args.runtime_dir else None,
         debug_fuse=args.debug_fuse,
     )
 
@@ -121,6 +130,11 @@ def _spawn_daemon(args: argparse.Namespace, state_dir: Path, mountpoint: Path) -
     ]
     if args.allow_other:
         command.append("--allow-other")
+    if args.admin_group is not None:
+        command += ["--admin-group", args.admin_group]
+    if args.runtime_dir:
+        command += ["--runtime-dir", args.runtime_dir]
+    command += ["--retention", str(args.retention), "--request-ttl", str(args.request_ttl)]
     log_path = state_dir / "daemon.log"
     with open(log_path, "ab") as log_file:
         child = subprocess.Popen(
@@ -213,6 +227,8 @@ def cmd_stat(args: argparse.Namespace) -> int:
         "size": st.st_size,
         "sha256": xattr("user.worm.sha256"),
         "sealed_at": xattr("user.worm.sealed_at"),
+        "retain_until": xattr("user.worm.retain_until"),
+        "hold": xattr("user.worm.hold"),
         "mode": oct(stat_mod.S_IMODE(st.st_mode)),
         "uid": st.st_uid,
         "gid": st.st_gid,
@@ -239,6 +255,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
             f"stored bytes:   {d['stored_bytes']} ({_human_bytes(d['stored_bytes'])})",
             f"chunks:         {d['chunks']}",
             f"dedup ratio:    {d['dedup_ratio']}",
+            f"freed bytes:    {d['freed_bytes']} ({d['deleted_entries']} entries deleted)",
             f"audit records:  {d['audit_records']}",
         ])
 
@@ -418,6 +435,91 @@ def cmd_log_prove(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------- deletion, holds
+def _control(path: str, *, admin: bool) -> tuple[Path, str]:
+    """The control socket of the mount containing ``path``, and path's name in the mount."""
+    loc = locate(path, allow_state_dir=False)
+    assert loc.mountpoint is not None
+    attr = "user.worm.admin_control" if admin else "user.worm.control"
+    try:
+        sock = Path(os.getxattr(loc.mountpoint, attr).decode())
+    except OSError:
+        raise NotAStore(f"{loc.mountpoint}: the daemon publishes no control socket") from None
+    p = Path(os.path.abspath(path))
+    real = Path(os.path.realpath(p.parent)) / p.name if p != loc.mountpoint else p
+    rel = os.path.relpath(real, loc.mountpoint)
+    return sock, "/" if rel == "." else "/" + rel
+
+
+def _parse_date(text: str) -> int:
+    from datetime import UTC, datetime
+
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"not a date: {text!r} (use YYYY-MM-DD or ISO 8601)") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return int(when.timestamp() * 1e9)
+
+
+def _request_line(r: dict[str, Any]) -> str:
+    return (f"{r['id']}  {r['state']:<8} {r['path']}  by uid {r['requester_uid']}  "
+            f"{r['files']} file(s), frees {_human_bytes(r['bytes_freed'])}  "
+            f"created {r['created_at']}  reason: {r['reason']}")
+
+
+def cmd_delete_request(args: argparse.Namespace) -> int:
+    sock, rel = _control(args.path, admin=False)
+    r = control_call(sock, "delete_request", path=rel, reason=args.reason)
+    emit(args, r, lambda r: f"{r['id']}\nrequested deletion of {r['path']}: {r['files']} "
+         f"file(s), {_human_bytes(r['logical_bytes'])}, would free "
+         f"{_human_bytes(r['bytes_freed'])}; another admin must approve it")
+    return 0
+
+
+def cmd_delete_list(args: argparse.Namespace) -> int:
+    sock, _ = _control(args.path, admin=False)
+    reqs = control_call(sock, "delete_list")
+    emit(args, reqs, lambda rs: "\n".join(_request_line(r) for r in rs) or "no requests")
+    return 0
+
+
+def cmd_delete_decide(args: argparse.Namespace) -> int:
+    sock, _ = _control(args.path, admin=True)
+    op = "delete_approve" if args.decision == "approve" else "delete_reject"
+    r = control_call(sock, op, id=args.id, reason=args.reason or "")
+    verb = "approved and deleted" if op == "delete_approve" else "rejected"
+    emit(args, r, lambda r: f"{verb} request {r['id']} ({r['path']})")
+    return 0
+
+
+def cmd_hold(args: argparse.Namespace) -> int:
+    sock, rel = _control(args.path, admin=True)
+    if args.action == "set":
+        if not args.reason:
+            raise UsageError("hold set needs --reason")
+        control_call(sock, "hold_set", path=rel, reason=args.reason)
+        print(f"legal hold set on {rel}")
+    else:
+        control_call(sock, "hold_clear", path=rel)
+        print(f"legal hold cleared on {rel}")
+    return 0
+
+
+def cmd_retain(args: argparse.Namespace) -> int:
+    sock, rel = _control(args.path, admin=True)
+    until = control_call(sock, "retain", path=rel, until_ns=_parse_date(args.until))
+    print(f"{rel} retained until {until}")
+    return 0
+
+
+def control_call(sock: Path, op: str, **kwargs: Any) -> Any:
+    from worm_fs.control.client import call
+
+    return call(sock, op, **kwargs)
+
+
 # ---------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -446,6 +548,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sign a checkpoint after N new records (default 10000)")
     p.add_argument("--checkpoint-seconds", type=float, default=300.0, metavar="T",
                    help="or after T seconds with new records (default 300)")
+    p.add_argument("--admin-group", metavar="GROUP",
+                   help="members of GROUP (name or gid) may approve deletions, set holds "
+                   "and extend retention; root always may")
+    p.add_argument("--retention", type=float, default=0.0, metavar="DAYS",
+                   help="keep every sealed file at least DAYS after its seal (default 0)")
+    p.add_argument("--request-ttl", type=float, default=7.0, metavar="DAYS",
+                   help="deletion requests expire after DAYS (default 7)")
+    p.add_argument("--runtime-dir", metavar="DIR",
+                   help="where the control sockets go (default /run/worm-fs/STORE_ID)")
     p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     p.add_argument("--debug-fuse", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
@@ -521,6 +632,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", metavar="PATH")
     p.add_argument("seq", type=int, metavar="SEQ")
     p.set_defaults(func=cmd_log_prove)
+
+    delp = sub.add_parser("delete", help="the two-person deletion procedure",
+                          description="Nothing is deleted through the mount. A user requests "
+                          "a deletion; an admin who is not the requester approves (or "
+                          "rejects) it; legal holds and retention block approval.")
+    delsub = delp.add_subparsers(dest="delete_command", metavar="ACTION", required=True)
+    p = delsub.add_parser("request", help="ask for PATH (a file or a whole directory) to go",
+                          description="Request deletion of PATH; prints the request id.")
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("--reason", required=True, help="why (recorded in the audit log)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_delete_request)
+    p = delsub.add_parser("list", help="requests and their states",
+                          description="List deletion requests: pending, approved, rejected, "
+                          "expired.")
+    p.add_argument("path", metavar="PATH", help="the mountpoint or any path in it")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_delete_list)
+    for decision in ("approve", "reject"):
+        p = delsub.add_parser(decision, help=f"{decision} a request (admins)",
+                              description=f"{decision.capitalize()} request ID. The approver "
+                              "must be an admin and not the requester.")
+        p.add_argument("path", metavar="PATH", help="the mountpoint or any path in it")
+        p.add_argument("id", metavar="ID")
+        p.add_argument("--reason", required=decision == "reject", help="recorded in the log")
+        p.add_argument("--json", action="store_true", help="print JSON")
+        p.set_defaults(func=cmd_delete_decide, decision=decision)
+
+    p = sub.add_parser("hold", help="set or clear a legal hold (admins)",
+                       description="A legal hold on PATH (and everything below it) blocks "
+                       "the approval of any deletion covering it.")
+    p.add_argument("action", choices=("set", "clear"))
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("--reason", help="required for set")
+    p.set_defaults(func=cmd_hold)
+
+    p = sub.add_parser("retain", help="extend retention (admins)",
+                       description="Retain PATH (and everything below it) until DATE. "
+                       "Retention can be extended, never shortened.")
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("--until", required=True, metavar="DATE", help="YYYY-MM-DD or ISO 8601")
+    p.set_defaults(func=cmd_retain)
     return parser
 
 

@@ -17,6 +17,7 @@ store. Files still open for writing are left to recovery at the next start.
 from __future__ import annotations
 
 import fcntl
+import grp
 import logging
 import os
 import signal
@@ -30,8 +31,11 @@ import trio
 from worm_fs import fuse_ops
 from worm_fs.audit.anchor import ensure_key, make_checkpoint, origin_for
 from worm_fs.audit.log import AuditLog
+from worm_fs.control.server import ADMIN_SOCKET, REQUEST_SOCKET, ControlServer
+from worm_fs.core.clock import advance_clock
+from worm_fs.core.deletion import Deletions
 from worm_fs.core.fs import WormCore
-from worm_fs.errors import StoreBusy
+from worm_fs.errors import StoreBusy, UsageError
 from worm_fs.store import Store
 
 log = logging.getLogger(__name__)
@@ -47,7 +51,23 @@ class MountOptions:
     audit_reads: str = "handle"  # or "each"
     checkpoint_records: int = 10_000
     checkpoint_seconds: float = 300.0
+    admin_group: str | None = None
+    retention_days: float = 0.0
+    request_ttl_days: float = 7.0
+    runtime_dir: Path | None = None
     debug_fuse: bool = False
+
+
+def resolve_group(name: str | None) -> int | None:
+    """A group name or number as a gid; UsageError if there is no such group."""
+    if name is None:
+        return None
+    if name.isdigit():
+        return int(name)
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise UsageError(f"no such group: {name}") from None
 
 
 def lock_state_dir(state_dir: Path) -> int:
@@ -94,9 +114,18 @@ class Daemon:
         self.core = WormCore(
             self.store, self.log, settle_s=options.settle,
             audit_reads_each=options.audit_reads == "each",
+            retention_days=options.retention_days,
         )
         self.core.initialize()
         self.store_id = self.core.store_id()
+        admin_gid = resolve_group(options.admin_group)
+        self.deletions = Deletions(
+            self.core, admin_gids=frozenset() if admin_gid is None else frozenset({admin_gid}),
+            request_ttl_s=options.request_ttl_days * 86_400,
+        )
+        self.runtime_dir = options.runtime_dir or Path("/run/worm-fs") / self.store_id
+        self.control = ControlServer(self.deletions, on_removed=self._forget_removed,
+                                     admin_gid=admin_gid)
         self.key = ensure_key(state_dir, self.store_id)
         self.origin = origin_for(self.store_id)
         started = time.monotonic()
@@ -109,6 +138,10 @@ class Daemon:
             )
         self.core.root_xattrs[b"user.worm.pid"] = str(os.getpid()).encode()
         self.core.root_xattrs[b"user.worm.pubkey"] = self.key.verifier_key().encode()
+        self.core.root_xattrs[b"user.worm.control"] = str(
+            self.runtime_dir / REQUEST_SOCKET).encode()
+        self.core.root_xattrs[b"user.worm.admin_control"] = str(
+            self.runtime_dir / ADMIN_SOCKET).encode()
         self._last_checkpoint_size = -1
 
     def run(self, ready_fd: int | None = None) -> None:
@@ -127,8 +160,18 @@ class Daemon:
                 self.checkpoint()
             finally:
                 fuse_ops.unmount()
+                for name in (REQUEST_SOCKET, ADMIN_SOCKET):
+                    (self.runtime_dir / name).unlink(missing_ok=True)
                 self.store.close()
                 os.close(self.lock_fd)
+
+    def _forget_removed(self, removed: list[tuple[int, bytes, int]]) -> None:
+        for parent, name, ino in reversed(removed):
+            fuse_ops.notify_deleted(parent, name, ino)
+
+    def _advance_clock(self) -> None:
+        with self.core.transaction() as (tx, _):
+            advance_clock(tx, self.core.clock())
 
     def _record(self, op: str, **fields: object) -> None:
         self.core.record(op, pid=os.getpid(), **fields)
@@ -143,6 +186,7 @@ class Daemon:
             nursery.start_soon(self._watch_signals)
             nursery.start_soon(self._group_commit)
             nursery.start_soon(self._checkpoints)
+            await nursery.start(self.control.serve, self.runtime_dir)
             if ready_fd is not None:
                 os.write(ready_fd, b"ready\n")
                 os.close(ready_fd)
@@ -170,8 +214,15 @@ class Daemon:
 
     async def _checkpoints(self) -> None:
         last = trio.current_time()
+        ticks = 0
         while True:
             await trio.sleep(1.0)
+            ticks += 1
+            if ticks % 60 == 1:  # keep the retention clock's high-water mark current
+                try:
+                    await trio.to_thread.run_sync(self._advance_clock)
+                except Exception:
+                    log.exception("could not record the clock high-water mark")
             size = self.core.stats()["audit_records"]
             due_records = size - max(self._last_checkpoint_size, 0) >= (
                 self.options.checkpoint_records

@@ -27,10 +27,11 @@ from dataclasses import replace
 from typing import Any
 
 from worm_fs.audit.log import AuditBatch, AuditLog
+from worm_fs.core.clock import advance_clock
 from worm_fs.core.handles import Handle, WriteHandle
 from worm_fs.core.model import AttrChange, Caller, Inode, Kind, State
 from worm_fs.core.policy import Facts, Op, decide
-from worm_fs.errors import Corruption, NotFound, Refused, UsageError, WormError
+from worm_fs.errors import Corruption, NotFound, Refused, StorageError, UsageError, WormError
 from worm_fs.store import (
     CHUNK_SIZE,
     ReadTxn,
@@ -47,6 +48,9 @@ ROOT_INO = 1
 SCHEMA_VERSION = 1
 NAME_MAX = 255
 
+#: Buffered records beyond which opens are refused until the log catches up.
+MAX_PENDING_RECORDS = 100_000
+
 #: Chunks a writer lets fill before storing them in one transaction.
 STORE_BATCH_CHUNKS = 8
 
@@ -57,6 +61,8 @@ XATTR_SHA256 = b"user.worm.sha256"
 XATTR_STATE = b"user.worm.state"
 XATTR_SEALED_AT = b"user.worm.sealed_at"
 XATTR_STATE_DIR = b"user.worm.state_dir"
+XATTR_RETAIN = b"user.worm.retain_until"
+XATTR_HOLD = b"user.worm.hold"
 
 
 def wants_write(flags: int) -> bool:
@@ -73,22 +79,25 @@ class WormCore:
         *,
         settle_s: float = 60.0,
         audit_reads_each: bool = False,
+        retention_days: float = 0.0,
         clock: Any = time.time_ns,
     ) -> None:
         self.store = store
         self.log = log
         self.settle_ns = int(settle_s * 1e9)
         self.audit_reads_each = audit_reads_each
-        self._clock = clock
+        self.clock = clock
+        self.retention_ns = int(retention_days * 86_400 * 1e9)
         self._lock = threading.RLock()
         self._handles: dict[int, Handle] = {}
         self._writers: dict[int, WriteHandle] = {}
         self._next_fh = 1
+        self.audit_failing = False
         self.root_xattrs: dict[bytes, bytes] = {XATTR_STATE_DIR: str(store.path).encode()}
 
     # ------------------------------------------------------------------ transactions
     @contextmanager
-    def _txn(self) -> Iterator[tuple[WriteTxn, AuditBatch]]:
+    def transaction(self) -> Iterator[tuple[WriteTxn, AuditBatch]]:
         """A write transaction with an audit batch; commits both or neither."""
         with self._lock:
             with self.store.write() as tx:
@@ -99,15 +108,29 @@ class WormCore:
 
     def record(self, op: str, **fields: Any) -> None:
         """Durably append one record about the daemon itself (mount, unmount, ...)."""
-        with self._txn() as (_, batch):
+        with self.transaction() as (_, batch):
             batch.add(self.log.stamp(op, **fields))
 
     def commit_pending_audit(self) -> int:
-        """Write buffered records (group commit). Returns how many were written."""
+        """Write buffered records (group commit). Returns how many were written.
+
+        If this fails, :meth:`require_log` refuses new opens until a commit succeeds
+        (fail closed: nothing is served that the log cannot record).
+        """
         if not self.log.pending:
             return 0
-        with self._txn() as (_, batch):
-            return batch.drained
+        try:
+            with self.transaction() as (_, batch):
+                drained = batch.drained
+        except WormError:
+            self.audit_failing = True
+            raise
+        self.audit_failing = False
+        return drained
+
+    def require_log(self) -> None:
+        if self.audit_failing or self.log.pending > MAX_PENDING_RECORDS:
+            raise StorageError("the audit log cannot be written; refusing until it can")
 
     # ------------------------------------------------------------------ setup
     def initialize(self) -> bool:
@@ -118,13 +141,13 @@ class WormCore:
                 if version != SCHEMA_VERSION:
                     raise UsageError(f"store schema {version} is not supported")
                 return False
-        now = self._clock()
+        now = self.clock()
         root = Inode(
             ino=ROOT_INO, kind=Kind.DIR, mode=0o755, uid=os.getuid(), gid=os.getgid(),
             parent=ROOT_INO, name=b"", atime_ns=now, mtime_ns=now, ctime_ns=now,
             changed_ns=now,
         )
-        with self._txn() as (tx, batch):
+        with self.transaction() as (tx, batch):
             tx.put_meta("schema_version", str(SCHEMA_VERSION).encode())
             tx.put_meta("store_id", secrets.token_hex(8).encode())
             tx.put_meta("next_ino", u64(ROOT_INO + 1))
@@ -137,7 +160,7 @@ class WormCore:
             return (rt.get_meta("store_id") or b"").decode()
 
     # ------------------------------------------------------------------ helpers
-    def _inode(self, txn: ReadTxn, ino: int) -> Inode:
+    def inode_in(self, txn: ReadTxn, ino: int) -> Inode:
         raw = txn.get_inode(ino)
         if raw is None:
             raise NotFound(f"inode {ino} does not exist")
@@ -155,12 +178,20 @@ class WormCore:
         base = self._path(txn, parent).rstrip("/")
         return f"{base}/{name.decode('utf-8', 'surrogateescape')}"
 
+    def retention_of(self, inode: Inode) -> int:
+        """When ``inode``'s own retention ends (ns; 0 = none): the later of a retention
+        set on it and, for a sealed file, its seal time plus the mount's retention."""
+        until = int(inode.extra.get("retain_until_ns", 0))  # type: ignore[arg-type]
+        if inode.kind is Kind.FILE and inode.sealed_ns and self.retention_ns:
+            until = max(until, inode.sealed_ns + self.retention_ns)
+        return until
+
     def _unsettled(self, inode: Inode) -> bool:
         if self.settle_ns <= 0:
             return False
         if inode.kind is Kind.FILE and inode.state is State.WRITING:
             return True
-        return self._clock() - inode.changed_ns < self.settle_ns
+        return self.clock() - inode.changed_ns < self.settle_ns
 
     def _facts(self, inode: Inode, caller: Caller, **extra: bool) -> Facts:
         return Facts(
@@ -188,7 +219,7 @@ class WormCore:
                 f"({inode.state.value})", path=path, ino=inode.ino, **fields,
             )
 
-    def _touch(self, tx: WriteTxn, ino: int, now: int, *, mtime: bool = False) -> None:
+    def touch(self, tx: WriteTxn, ino: int, now: int, *, mtime: bool = False) -> None:
         """Mark ``ino`` and its ancestors as changed now (restarts their settle window)."""
         first = True
         for _ in range(4096):
@@ -227,18 +258,18 @@ class WormCore:
             child = rt.get_dirent(parent, name)
             if child is None:
                 raise NotFound()
-            return self._inode(rt, child)
+            return self.inode_in(rt, child)
 
     def getattr(self, ino: int) -> Inode:
         with self.store.read() as rt:
-            return self._inode(rt, ino)
+            return self.inode_in(rt, ino)
 
     def readdir(self, ino: int) -> list[tuple[bytes, Inode]]:
         with self.store.read() as rt:
-            inode = self._inode(rt, ino)
+            inode = self.inode_in(rt, ino)
             if inode.kind is not Kind.DIR:
                 raise WormError("not a directory", errno=errno.ENOTDIR)
-            return [(name, self._inode(rt, child)) for name, child in rt.iter_dirents(ino)]
+            return [(name, self.inode_in(rt, child)) for name, child in rt.iter_dirents(ino)]
 
     def readlink(self, ino: int) -> bytes:
         inode = self.getattr(ino)
@@ -262,7 +293,12 @@ class WormCore:
             out[XATTR_STATE] = inode.state.value.encode()
             if inode.state is State.SEALED:
                 out[XATTR_SHA256] = inode.sha256.encode()
-                out[XATTR_SEALED_AT] = _iso(inode.sealed_ns).encode()
+                out[XATTR_SEALED_AT] = iso_time(inode.sealed_ns).encode()
+        if self.retention_of(inode):
+            out[XATTR_RETAIN] = iso_time(self.retention_of(inode)).encode()
+        hold = inode.extra.get("hold")
+        if isinstance(hold, dict):
+            out[XATTR_HOLD] = str(hold.get("reason", "")).encode()
         if ino == ROOT_INO:
             out.update(self.root_xattrs)
         return out
@@ -277,7 +313,7 @@ class WormCore:
     def _prepare_new(
         self, tx: WriteTxn, parent: int, name: bytes, op: str, caller: Caller
     ) -> tuple[Inode, str]:
-        parent_inode = self._inode(tx, parent)
+        parent_inode = self.inode_in(tx, parent)
         path = self._child_path(tx, parent, name)
         err = decide(Op.CREATE, parent_inode, Facts())
         if err is not None:
@@ -290,7 +326,7 @@ class WormCore:
         self, tx: WriteTxn, parent: int, name: bytes, kind: Kind, mode: int, caller: Caller,
         **fields: Any,
     ) -> Inode:
-        now = self._clock()
+        now = self.clock()
         inode = Inode(
             ino=self._new_ino(tx), kind=kind, mode=mode & 0o7777, uid=caller.uid,
             gid=caller.gid, parent=parent, name=name, atime_ns=now, mtime_ns=now,
@@ -298,7 +334,7 @@ class WormCore:
         )
         tx.put_inode(inode.ino, inode.to_bytes())
         tx.put_dirent(parent, name, inode.ino)
-        self._touch(tx, parent, now, mtime=True)
+        self.touch(tx, parent, now, mtime=True)
         return inode
 
     def create(
@@ -306,7 +342,7 @@ class WormCore:
     ) -> tuple[int, Inode]:
         """A new file and its single writable handle."""
         self._check_name(name)
-        with self._txn() as (tx, batch):
+        with self.transaction() as (tx, batch):
             _, path = self._prepare_new(tx, parent, name, "create", caller)
             inode = self._add_entry(
                 tx, parent, name, Kind.FILE, mode, caller, state=State.WRITING, clean=False
@@ -326,7 +362,7 @@ class WormCore:
 
     def mkdir(self, parent: int, name: bytes, mode: int, caller: Caller) -> Inode:
         self._check_name(name)
-        with self._txn() as (tx, batch):
+        with self.transaction() as (tx, batch):
             _, path = self._prepare_new(tx, parent, name, "mkdir", caller)
             inode = self._add_entry(tx, parent, name, Kind.DIR, mode, caller)
             batch.add(self.log.stamp(
@@ -336,7 +372,7 @@ class WormCore:
 
     def symlink(self, parent: int, name: bytes, target: bytes, caller: Caller) -> Inode:
         self._check_name(name)
-        with self._txn() as (tx, batch):
+        with self.transaction() as (tx, batch):
             _, path = self._prepare_new(tx, parent, name, "symlink", caller)
             inode = self._add_entry(
                 tx, parent, name, Kind.SYMLINK, 0o777, caller, size=len(target), target=target
@@ -356,7 +392,7 @@ class WormCore:
             child = rt.get_dirent(parent, name)
             if child is None:
                 raise self._refuse(audit_op, errno.ENOENT, caller, "no such entry", path=path)
-            inode = self._inode(rt, child)
+            inode = self.inode_in(rt, child)
         self._check(op, audit_op, inode, self._facts(inode, caller), caller, path, **fields)
         raise AssertionError(f"policy allowed {op}")  # the table never allows these
 
@@ -368,14 +404,14 @@ class WormCore:
 
     def link(self, ino: int, new_parent: int, new_name: bytes, caller: Caller) -> None:
         with self.store.read() as rt:
-            inode = self._inode(rt, ino)
+            inode = self.inode_in(rt, ino)
             path = self._path(rt, ino)
             new_path = self._child_path(rt, new_parent, new_name)
         self._check(Op.LINK, "link", inode, Facts(), caller, path, new_path=new_path)
 
     def mknod(self, parent: int, name: bytes, mode: int, caller: Caller) -> None:
         with self.store.read() as rt:
-            parent_inode = self._inode(rt, parent)
+            parent_inode = self.inode_in(rt, parent)
             path = self._child_path(rt, parent, name)
         self._check(Op.MKNOD, "mknod", parent_inode, Facts(), caller, path, mode=mode)
 
@@ -388,7 +424,7 @@ class WormCore:
 
     def _refuse_xattr(self, op: Op, audit_op: str, ino: int, name: bytes, caller: Caller) -> None:
         with self.store.read() as rt:
-            inode = self._inode(rt, ino)
+            inode = self.inode_in(rt, ino)
             path = self._path(rt, ino)
         self._check(op, audit_op, inode, Facts(), caller, path,
                     name=name.decode("utf-8", "surrogateescape"))
@@ -399,32 +435,32 @@ class WormCore:
         caller: Caller, *, exchange: bool = False,
     ) -> None:
         self._check_name(new_name)
-        with self._txn() as (tx, batch):
+        with self.transaction() as (tx, batch):
             path = self._child_path(tx, old_parent, old_name)
             new_path = self._child_path(tx, new_parent, new_name)
             paths = {"path": path, "new_path": new_path, "flags": flags}
             child = tx.get_dirent(old_parent, old_name)
             if child is None:
                 raise self._refuse("rename", errno.ENOENT, caller, "no such entry", **paths)
-            inode = self._inode(tx, child)
+            inode = self.inode_in(tx, child)
             target = tx.get_dirent(new_parent, new_name)
             if target is not None or exchange:
                 self._check(Op.RENAME_OVER, "rename", inode, Facts(), caller, **paths)
             self._check(Op.RENAME, "rename", inode, self._facts(inode, caller), caller, **paths)
-            dest = self._inode(tx, new_parent)
+            dest = self.inode_in(tx, new_parent)
             if dest.kind is not Kind.DIR:
                 raise self._refuse("rename", errno.ENOTDIR, caller, "not a directory", **paths)
             if inode.kind is Kind.DIR and self._is_under(tx, new_parent, inode.ino):
                 raise self._refuse("rename", errno.EINVAL, caller,
                                    "cannot move a directory into itself", **paths)
-            now = self._clock()
+            now = self.clock()
             tx.delete_dirent(old_parent, old_name)
             tx.put_dirent(new_parent, new_name, inode.ino)
             stored = Inode.from_bytes(tx.get_inode(inode.ino) or b"")
             stored.parent, stored.name, stored.ctime_ns = new_parent, new_name, now
             tx.put_inode(inode.ino, stored.to_bytes())
-            self._touch(tx, old_parent, now, mtime=True)
-            self._touch(tx, new_parent, now, mtime=True)
+            self.touch(tx, old_parent, now, mtime=True)
+            self.touch(tx, new_parent, now, mtime=True)
             batch.add(self.log.stamp("rename", ino=inode.ino, **paths, **self._who(caller)))
 
     def _is_under(self, txn: ReadTxn, ino: int, ancestor: int) -> bool:
@@ -433,14 +469,14 @@ class WormCore:
                 return True
             if ino == ROOT_INO:
                 return False
-            ino = self._inode(txn, ino).parent
+            ino = self.inode_in(txn, ino).parent
         return False
 
     # ------------------------------------------------------------------ setattr
     def setattr(self, ino: int, change: AttrChange, fh: int | None, caller: Caller) -> Inode:
         with self._lock:
             with self.store.read() as rt:
-                inode = self._inode(rt, ino)
+                inode = self.inode_in(rt, ino)
                 path = self._path(rt, ino)
             writer = self._writers.get(ino)
             via_writer = writer is not None and fh == writer.fh
@@ -458,8 +494,8 @@ class WormCore:
                 self._check(Op.UTIMES, "utimes", inode, facts, caller, path, **fields)
             if change.size is not None and writer is not None:
                 self._truncate(writer, change.size)
-            with self._txn() as (tx, batch):
-                stored = self._inode(tx, ino)
+            with self.transaction() as (tx, batch):
+                stored = self.inode_in(tx, ino)
                 if change.mode is not None:
                     mode = change.mode & 0o7777
                     if stored.kind is Kind.FILE and stored.state is not State.WRITING:
@@ -475,7 +511,7 @@ class WormCore:
                     self._store_buffers(tx, writer, list(writer.buffers), keep=True)
                     stored.size = writer.size
                     self._drop_chunks_from(tx, writer.ino, -(-writer.size // CHUNK_SIZE))
-                stored.ctime_ns = self._clock()
+                stored.ctime_ns = self.clock()
                 tx.put_inode(ino, stored.to_bytes())
                 batch.add(self.log.stamp(
                     "setattr", path=path, ino=ino, applied_mode=stored.mode, **fields,
@@ -498,8 +534,9 @@ class WormCore:
     def open(self, ino: int, flags: int, caller: Caller) -> tuple[int, Inode]:
         """A read handle; every write-access open of an existing name is refused."""
         with self.store.read() as rt:
-            inode = self._inode(rt, ino)
+            inode = self.inode_in(rt, ino)
             path = self._path(rt, ino)
+        self.require_log()
         op = Op.OPEN_WRITE if wants_write(flags) else Op.OPEN_READ
         self._check(op, "open", inode, self._facts(inode, caller), caller, path, flags=flags)
         with self._lock:
@@ -541,7 +578,7 @@ class WormCore:
         with self.store.read() as rt:
             if writer is not None:
                 return writer.read(off, size, lambda i: self._load_stored(rt, handle.ino, i))
-            inode = self._inode(rt, handle.ino)
+            inode = self.inode_in(rt, handle.ino)
             end = min(off + size, inode.size)
             out = bytearray()
             pos = off
@@ -582,11 +619,11 @@ class WormCore:
                 self._mark_dirty(writer)
             with self.store.read() as rt:
                 writer.write(off, data, lambda i: self._load_stored(rt, writer.ino, i))
-            writer.mtime_ns = self._clock()
+            writer.mtime_ns = self.clock()
             ready = writer.full_dirty()
             excess = writer.excess()
             if len(ready) >= STORE_BATCH_CHUNKS or excess:
-                with self._txn() as (tx, _):
+                with self.transaction() as (tx, _):
                     self._store_buffers(tx, writer, sorted(set(ready) | set(excess)),
                                         keep=False)
                     self._persist_inode(tx, writer, clean=False)
@@ -594,7 +631,7 @@ class WormCore:
 
     def _mark_dirty(self, writer: WriteHandle) -> None:
         """Record durably that the file has writes not covered by a flush."""
-        with self._txn() as (tx, _):
+        with self.transaction() as (tx, _):
             self._persist_inode(tx, writer, clean=False)
         writer.durable_clean = False
 
@@ -641,10 +678,10 @@ class WormCore:
             self._flush_writer(writer)
 
     def _flush_writer(self, writer: WriteHandle) -> None:
-        with self._txn() as (tx, batch):
+        with self.transaction() as (tx, batch):
             self._store_buffers(tx, writer, list(writer.buffers), keep=True)
             inode = self._persist_inode(tx, writer, clean=True)
-            self._touch(tx, writer.ino, self._clock())
+            self.touch(tx, writer.ino, self.clock())
             batch.add(self.log.stamp(
                 "flush", path=self._path(tx, writer.ino), ino=writer.ino, size=inode.size,
                 writes=writer.writes.summary(), **self._who(writer.caller),
@@ -697,20 +734,25 @@ class WormCore:
             return sha.hexdigest()
 
     def _seal(self, ino: int, digest: str, caller: Caller, op: str) -> None:
-        now = self._clock()
-        with self._txn() as (tx, batch):
+        with self.transaction() as (tx, batch):
+            now = advance_clock(tx, self.clock())  # retention counts from trusted time
             inode = Inode.from_bytes(tx.get_inode(ino) or b"")
             inode.state = State.SEALED
             inode.mode &= ~0o222
             inode.sha256 = digest
             inode.sealed_ns = now
+            if self.retention_ns:  # stamped, so a later, shorter mount option cannot shorten it
+                inode.extra["retain_until_ns"] = max(
+                    int(inode.extra.get("retain_until_ns", 0)),  # type: ignore[arg-type]
+                    now + self.retention_ns,
+                )
             inode.clean = True
             inode.ctime_ns = now
             tx.put_inode(ino, inode.to_bytes())
             tx.set_writing(ino, False)
             tx.add_counter("files", 1)
             tx.add_counter("logical_bytes", inode.size)
-            self._touch(tx, ino, now)
+            self.touch(tx, ino, now)
             batch.add(self.log.stamp(
                 op, path=self._path(tx, ino), ino=ino, size=inode.size, sha256=digest,
                 **self._who(caller),
@@ -735,8 +777,8 @@ class WormCore:
         return {"sealed": sealed, "quarantined": quarantined}
 
     def _quarantine(self, ino: int, caller: Caller) -> None:
-        now = self._clock()
-        with self._txn() as (tx, batch):
+        now = self.clock()
+        with self.transaction() as (tx, batch):
             inode = Inode.from_bytes(tx.get_inode(ino) or b"")
             inode.state = State.QUARANTINED
             inode.mode &= ~0o222
@@ -768,6 +810,8 @@ def store_stats(store: Store) -> dict[str, Any]:
             "chunks": rt.get_counter("chunks"),
             "dedup_ratio": round(logical / stored, 4) if stored else 1.0,
             "audit_records": rt.get_counter("audit_next_seq"),
+            "freed_bytes": rt.get_counter("freed_bytes"),
+            "deleted_entries": rt.get_counter("deleted_entries"),
         }
 
 
@@ -803,6 +847,6 @@ def _change_fields(change: AttrChange) -> dict[str, Any]:
     return fields
 
 
-def _iso(ns: int) -> str:
+def iso_time(ns: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ns / 1e9))
 

@@ -82,6 +82,8 @@ class Caller:
     gid: int
     pid: int
     comm: str = ""
+    #: Supplementary groups (control channel only; FUSE requests do not carry them).
+    groups: frozenset[int] = frozenset()
 
     @classmethod
     def daemon(cls) -> Caller:

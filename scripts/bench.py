@@ -1,0 +1,917 @@
+#!/usr/bin/env python3
+"""Benchmark worm-fs against a native directory on the same disk.
+
+Run through ``scripts/bench`` (which builds the venv first); ``--help`` explains the
+metrics, targets and options. Only the ``worm-fs`` command line is used, never the
+package's internals, so the benchmark measures what users get.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from array import array
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+KiB = 1 << 10
+MiB = 1 << 20
+GiB = 1 << 30
+BLOCK = MiB  # write and read block size
+STAMP_EVERY = 4 * KiB  # a unique counter every 4 KiB defeats dedup of repeated data
+POOL_SIZE = 64 * MiB  # pregenerated random bytes the written data is cut from
+SMALL_FILE_SIZE = 4 * KiB
+SEAL_TIMEOUT = 600.0  # seconds a closed worm-fs file may take to report "sealed"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+DEFAULTS = {"size": GiB, "big_size": 4 * GiB, "small_files": 2000, "reps": 3}
+QUICK = {"size": 64 * MiB, "big_size": 256 * MiB, "small_files": 200, "reps": 1}
+
+
+class BenchError(Exception):
+    """The run could not measure; the message is the one-line reason."""
+
+
+class NotMeasured(Exception):
+    """A metric that cannot be measured yet; its row shows ``n/a (reason)``."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(reason)
+        self.key = key
+        self.reason = reason
+
+
+class Interrupted(BaseException):
+    """SIGTERM or SIGHUP, handled like Ctrl-C."""
+
+
+# ---------------------------------------------------------------------- metrics and targets
+@dataclass(frozen=True)
+class Target:
+    op: str  # ">=" or "<="
+    value: float
+    relative: bool  # True: compare worm-fs/native; False: compare the worm-fs value
+
+    def text(self, unit: str) -> str:
+        if self.relative:
+            return f"{self.op} {self.value:g}x"
+        return f"{self.op} {self.value:g} {unit}"
+
+    def met(self, worm: float | None, ratio: float | None) -> bool | None:
+        value = ratio if self.relative else worm
+        if value is None:
+            return None
+        return value >= self.value if self.op == ">=" else value <= self.value
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    label: str
+    unit: str
+    digits: int
+    target: Target | None
+    native: bool = True  # has a native counterpart
+
+
+METRICS = (
+    Metric("seq_write", "sequential write + fsync", "MB/s", 1, Target(">=", 0.5, True)),
+    Metric("cold_read", "cold sequential read", "MB/s", 1, Target(">=", 1.0, True)),
+    Metric("warm_read", "warm re-read", "MB/s", 1, Target(">=", 0.75, True)),
+    Metric("small_files", "small files (4 KiB, create+write+close)", "files/s", 0,
+           Target(">=", 3000, False)),
+    Metric("stat", "os.stat over the small files", "calls/s", 0, Target(">=", 15000, False)),
+    Metric("cpu_per_gib", "daemon CPU per GiB written", "s/GiB", 2, Target("<=", 1.2, False),
+           native=False),
+    Metric("peak_rss", "daemon peak RSS (big-file write)", "MiB", 1, Target("<=", 200, False),
+           native=False),
+    Metric("audit_cold_read", "cold read, --audit-reads each", "MB/s", 1,
+           Target(">=", 0.7, True)),
+    Metric("audit_warm_read", "warm re-read, --audit-reads each", "MB/s", 1, None),
+    Metric("frag_write", "write after deleting half (fragmentation)", "MB/s", 1, None),
+)
+METRIC_BY_KEY = {m.key: m for m in METRICS}
+
+
+@dataclass
+class Results:
+    samples: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
+
+    def add(self, key: str, side: str, value: float) -> None:
+        assert key in METRIC_BY_KEY, key
+        self.samples.setdefault(key, {}).setdefault(side, []).append(value)
+
+    def rows(self) -> list[dict[str, Any]]:
+        rows = []
+        for m in METRICS:
+            got = self.samples.get(m.key, {})
+            native = statistics.median(got["native"]) if got.get("native") else None
+            worm = statistics.median(got["worm"]) if got.get("worm") else None
+            ratio = worm / native if worm is not None and native else None
+            note = self.notes.get(m.key)
+            met = m.target.met(worm, ratio) if m.target else None
+            if note:
+                status = f"n/a ({note})"
+            elif m.target is None:
+                status = "-"
+            elif met is None:
+                status = "n/a"
+            else:
+                status = "met" if met else "MISSED"
+            rows.append({
+                "key": m.key, "metric": m.label, "unit": m.unit,
+                "native": native, "worm": worm, "ratio": ratio,
+                "target": m.target.text(m.unit) if m.target else None,
+                "met": met, "status": status, "note": note,
+                "samples": {side: got.get(side, []) for side in ("native", "worm")},
+            })
+        return rows
+
+
+# ---------------------------------------------------------------------- small helpers
+def parse_size(text: str) -> int:
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", text, re.IGNORECASE)
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 512M, 1G, 4GiB)")
+    scale = {"": 1, "k": KiB, "m": MiB, "g": GiB, "t": 1 << 40}[match.group(2).lower()]
+    value = int(float(match.group(1)) * scale)
+    if value < SMALL_FILE_SIZE:
+        raise argparse.ArgumentTypeError(f"size too small: {text!r} (at least 4 KiB)")
+    return value
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more: {text!r}")
+    return value
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024:
+            return f"{n:.0f} {unit}" if n == int(n) else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def mounts() -> list[tuple[str, str, str]]:
+    """(device, mountpoint, fstype) of every mount, from /proc/self/mounts."""
+    out = []
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) >= 3:
+                out.append((fields[0], fields[1].replace("\\040", " "), fields[2]))
+    return out
+
+
+def is_mounted(path: Path) -> bool:
+    """Whether ``path`` is a mountpoint, even a dead FUSE one (os.path.ismount says no)."""
+    return any(mp == str(path) for _, mp, _ in mounts())
+
+
+def mount_of(path: Path) -> tuple[str, str, str]:
+    """The mount holding ``path``: (device, mountpoint, fstype)."""
+    real = str(path.resolve())
+    best = ("?", "/", "?")
+    for dev, mp, fstype in mounts():
+        if (real == mp or real.startswith(mp.rstrip("/") + "/")) and len(mp) >= len(best[1]):
+            best = (dev, mp, fstype)
+    return best
+
+
+def drop_caches() -> None:
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+    except OSError as exc:
+        raise BenchError(f"cannot drop the page cache (/proc/sys/vm/drop_caches: "
+                         f"{exc.strerror}); run as root on a host that allows it") from None
+
+
+def daemon_cpu_seconds(pid: int) -> float:
+    """utime + stime of all the daemon's threads."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def reset_peak_rss(pid: int) -> None:
+    with open(f"/proc/{pid}/clear_refs", "w") as f:
+        f.write("5\n")
+
+
+def peak_rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * KiB
+    raise BenchError(f"no VmHWM in /proc/{pid}/status")
+
+
+def machine_info(work_dir: Path) -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    ram = 0
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    ram = int(line.split()[1]) * KiB
+    except OSError:
+        pass
+    device, mountpoint, fstype = mount_of(work_dir)
+    try:
+        from importlib.metadata import version
+
+        worm_version = version("worm-fs")
+    except Exception:
+        worm_version = "?"
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "ram_bytes": ram,
+        "kernel": platform.release(),
+        "work_dir": str(work_dir),
+        "filesystem": fstype,
+        "device": device,
+        "device_mountpoint": mountpoint,
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "worm_fs_version": worm_version,
+    }
+
+
+# ---------------------------------------------------------------------- test data
+class RandomData:
+    """Incompressible, never-repeating data cut from one pregenerated random pool.
+
+    Each block is a slice of the pool at a random 4 KiB offset, with a run-wide counter
+    written over its first 8 bytes of every 4 KiB, so no two 4 KiB pieces written in a
+    run are equal (worm-fs deduplicates chunks; repeated data would flatter it). The
+    slice is returned as a view, so nothing is copied before ``os.write``.
+    """
+
+    def __init__(self, pool_size: int = POOL_SIZE) -> None:
+        self.pool = bytearray(os.urandom(pool_size + BLOCK))
+        self.view = memoryview(self.pool)
+        self.words = self.view.cast("Q")
+        self.rng = random.Random(os.urandom(16))
+        self.counter = self.rng.getrandbits(62)
+        self.slots = pool_size // STAMP_EVERY
+
+    def block(self, n: int = BLOCK) -> memoryview:
+        assert 0 < n <= BLOCK
+        off = self.rng.randrange(self.slots) * STAMP_EVERY
+        count = -(-n // STAMP_EVERY)
+        step = STAMP_EVERY // 8
+        first = off // 8
+        self.words[first : first + count * step : step] = array(
+            "Q", range(self.counter, self.counter + count)
+        )
+        self.counter += count
+        return self.view[off : off + n]
+
+
+# ---------------------------------------------------------------------- worm-fs mounts
+def worm_command() -> list[str]:
+    script = Path(sys.executable).parent / "worm-fs"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "worm_fs"]
+
+
+class WormMount:
+    """One ``worm-fs mount``; :meth:`stop` always leaves nothing mounted or running."""
+
+    def __init__(self, state_dir: Path, mountpoint: Path, audit_reads: str) -> None:
+        self.state_dir = state_dir
+        self.mountpoint = mountpoint
+        self.audit_reads = audit_reads
+        self.pid: int | None = None
+        self.started = False
+
+    def start(self) -> None:
+        self.mountpoint.mkdir(exist_ok=True)
+        self.started = True  # from here on, stop() has something to clean
+        try:
+            done = subprocess.run(
+                [*worm_command(), "mount", str(self.state_dir), str(self.mountpoint),
+                 "--audit-reads", self.audit_reads],
+                stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300,
+            )
+        except subprocess.TimeoutExpired:
+            raise BenchError("worm-fs mount did not return within 300 s") from None
+        if done.returncode != 0:
+            lines = (done.stderr or done.stdout).strip().splitlines()
+            raise BenchError(f"worm-fs mount failed (exit {done.returncode}): "
+                             f"{lines[-1] if lines else 'no message'}")
+        try:
+            self.pid = int(os.getxattr(self.mountpoint, "user.worm.pid"))
+        except (OSError, ValueError) as exc:
+            raise BenchError(f"mounted, but no daemon pid in user.worm.pid: {exc}") from None
+        if not os.path.exists(f"/proc/{self.pid}/stat"):
+            raise BenchError(f"worm-fs daemon pid {self.pid} is not running")
+
+    def stop(self) -> list[str]:
+        """Unmount and wait for the daemon to exit; returns warnings (never raises)."""
+        if not self.started:
+            return []
+        self.started = False
+        warnings: list[str] = []
+        if is_mounted(self.mountpoint):
+            try:
+                done = subprocess.run(
+                    [*worm_command(), "umount", str(self.mountpoint)],
+                    stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120,
+                )
+                if done.returncode != 0:
+                    warnings.append(f"worm-fs umount: {done.stderr.strip()}")
+            except subprocess.TimeoutExpired:
+                warnings.append("worm-fs umount did not return within 120 s")
+        if is_mounted(self.mountpoint):
+            subprocess.run(["fusermount3", "-u", "-z", str(self.mountpoint)],
+                           capture_output=True, timeout=60)
+            warnings.append(f"lazily unmounted {self.mountpoint} with fusermount3 -u -z")
+        if self.pid is not None and not self._wait_exit(30):
+            warnings.append(f"worm-fs daemon {self.pid} still running; sent SIGTERM")
+            self._signal(signal.SIGTERM)
+            if not self._wait_exit(10):
+                warnings.append(f"worm-fs daemon {self.pid} killed")
+                self._signal(signal.SIGKILL)
+                self._wait_exit(5)
+        if is_mounted(self.mountpoint):
+            warnings.append(f"{self.mountpoint} is still mounted")
+        return warnings
+
+    def _signal(self, signum: int) -> None:
+        try:
+            os.kill(self.pid or 0, signum)
+        except ProcessLookupError:
+            pass
+
+    def _wait_exit(self, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                with open(f"/proc/{self.pid}/stat") as f:
+                    if f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                        return True
+            except OSError:
+                return True
+            time.sleep(0.05)
+        return False
+
+
+def wait_sealed(path: str, deadline: float) -> None:
+    """Wait until worm-fs reports ``path`` sealed (writers' closes seal asynchronously)."""
+    delay = 0.0005
+    while True:
+        try:
+            state = os.getxattr(path, "user.worm.state")
+        except OSError as exc:
+            raise BenchError(f"cannot read the state of {path}: {exc.strerror}") from None
+        if state == b"sealed":
+            return
+        if state not in (b"writing",):
+            raise BenchError(f"{path} ended {state.decode(errors='replace')}, not sealed")
+        if time.monotonic() > deadline:
+            raise BenchError(f"{path} not sealed {SEAL_TIMEOUT:.0f} s after close")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+# ---------------------------------------------------------------------- the benchmark
+@dataclass
+class Side:
+    name: str  # "native" or "worm" (keys in results)
+    label: str
+    root: Path
+    worm: bool
+    seq_files: dict[int, str] = field(default_factory=dict)
+
+
+@dataclass
+class Config:
+    size: int
+    big_size: int
+    small_files: int
+    reps: int
+    stat_passes: int
+    base_dir: Path
+    json: bool
+    quick: bool
+
+
+class Bench:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.results = Results()
+        self.work: Path | None = None
+        self.mount: WormMount | None = None
+        self.native: Side | None = None
+        self.wormside: Side | None = None
+        self.data: RandomData | None = None
+        self.machine: dict[str, Any] = {}
+        self.duration = 0.0
+        self._line_open = False
+
+    # -- progress (stderr) ---------------------------------------------------------
+    def say(self, message: str) -> None:
+        self._end_line()
+        print(f"bench: {message}", file=sys.stderr, flush=True)
+
+    @contextmanager
+    def step(self, message: str) -> Iterator[list[str]]:
+        """Print ``message ...`` now and what the body appends to the list when done."""
+        self._end_line()
+        print(f"bench: {message} ...", end="", file=sys.stderr, flush=True)
+        self._line_open = True
+        outcome: list[str] = []
+        yield outcome
+        print(f" {' '.join(outcome) or 'done'}", file=sys.stderr, flush=True)
+        self._line_open = False
+
+    def _end_line(self) -> None:
+        if self._line_open:
+            print(file=sys.stderr, flush=True)
+            self._line_open = False
+
+    # -- setup ---------------------------------------------------------------------
+    def space_needed(self) -> tuple[int, int, int]:
+        """Bytes for (native files, worm-fs store, margin)."""
+        cfg = self.cfg
+        small = cfg.reps * cfg.small_files
+        native = cfg.reps * cfg.size + small * SMALL_FILE_SIZE
+        # each 4 KiB chunk takes two LMDB overflow pages; 1 MiB chunks one page extra
+        store = (cfg.reps * cfg.size + cfg.big_size) * (1 + 4 * KiB / MiB) + small * 12 * KiB
+        margin = max(512 * MiB, (native + store) // 10)
+        return native, int(store), int(margin)
+
+    def preflight(self) -> None:
+        cfg = self.cfg
+        if sys.platform != "linux":
+            raise BenchError("worm-fs benchmarks need Linux")
+        if os.geteuid() != 0:
+            raise BenchError("must run as root: dropping the page cache for cold reads needs "
+                             "it (sudo scripts/bench)")
+        if not os.path.exists("/dev/fuse"):
+            raise BenchError("/dev/fuse is missing: load the fuse module or install fuse3")
+        if shutil.which("fusermount3") is None:
+            raise BenchError("fusermount3 is not installed (apt-get install fuse3)")
+        if not cfg.base_dir.is_dir():
+            raise BenchError(f"--dir {cfg.base_dir} is not a directory")
+        if mount_of(cfg.base_dir)[2].startswith("fuse"):
+            raise BenchError(f"--dir {cfg.base_dir} is on a FUSE filesystem; pick a local disk")
+        native, store, margin = self.space_needed()
+        st = os.statvfs(cfg.base_dir)
+        free = st.f_bavail * st.f_frsize
+        need = native + store + 2 * margin
+        if free < need:
+            raise BenchError(
+                f"not enough free space in {cfg.base_dir}: need {human_bytes(need)} "
+                f"(native {human_bytes(native)} + worm-fs store {human_bytes(store)} + "
+                f"margin {human_bytes(2 * margin)}), have {human_bytes(free)}; use --dir "
+                "elsewhere or lower --size/--big-size/--reps"
+            )
+        drop_caches()  # fails early when the host does not allow it
+
+    def setup(self) -> None:
+        self.work = Path(tempfile.mkdtemp(prefix="worm-fs-bench-", dir=self.cfg.base_dir))
+        self.say(f"work dir {self.work}")
+        self.machine = machine_info(self.work)
+        native_dir = self.work / "native"
+        native_dir.mkdir()
+        self.native = Side("native", "native", native_dir, worm=False)
+        self.wormside = Side("worm", "worm-fs", self.work / "mnt", worm=True)
+        with self.step(f"generating {human_bytes(POOL_SIZE)} of random data"):
+            self.data = RandomData()
+
+    def start_mount(self, audit_reads: str) -> None:
+        assert self.work is not None
+        with self.step(f"mounting worm-fs (--audit-reads {audit_reads})") as out:
+            self.mount = WormMount(self.work / "state", self.work / "mnt", audit_reads)
+            self.mount.start()
+            out.append(f"daemon pid {self.mount.pid}")
+
+    def stop_mount(self) -> None:
+        if self.mount is not None:
+            for warning in self.mount.stop():
+                self.say(f"warning: {warning}")
+            self.mount = None
+
+    def cleanup(self) -> None:
+        self._end_line()
+        self.stop_mount()
+        if self.work is None or not self.work.exists():
+            return
+        if any(mp == str(self.work) or mp.startswith(f"{self.work}/")
+               for _, mp, _ in mounts()):
+            self.say(f"warning: something is still mounted below {self.work}; left in place")
+            return
+        shutil.rmtree(self.work, ignore_errors=True)
+        if self.work.exists():
+            self.say(f"warning: could not remove {self.work}")
+        else:
+            self.say(f"removed {self.work}")
+
+    # -- the run ---------------------------------------------------------------------
+    def sides(self, rep: int) -> list[Side]:
+        """A/B order, swapped every repetition (AB, BA, AB, ...) so neither side is
+        always first."""
+        assert self.native is not None and self.wormside is not None
+        pair = [self.native, self.wormside]
+        return pair if rep % 2 == 0 else pair[::-1]
+
+    def run(self) -> None:
+        cfg = self.cfg
+        started = time.monotonic()
+        self.preflight()
+        self.setup()
+        self.start_mount("handle")
+        for rep in range(cfg.reps):
+            for side in self.sides(rep):
+                for phase in REP_PHASES:
+                    try:
+                        phase(self, side, rep)
+                    except NotMeasured as exc:
+                        self.results.notes[exc.key] = exc.reason
+        self.measure_peak_rss()
+        self.stop_mount()
+        self.start_mount("each")
+        for rep in range(cfg.reps):
+            for side in self.sides(rep):
+                self.reads(side, rep, "audit_cold_read", "audit_warm_read")
+        self.stop_mount()
+        self.duration = time.monotonic() - started
+
+    def tag(self, side: Side, rep: int) -> str:
+        return f"[rep {rep + 1}/{self.cfg.reps} {side.label}]"
+
+    def daemon_pid(self) -> int:
+        assert self.mount is not None and self.mount.pid is not None
+        return self.mount.pid
+
+    def write_file(self, path: str, size: int) -> None:
+        assert self.data is not None
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            left = size
+            while left:
+                n = min(BLOCK, left)
+                view = self.data.block(n)
+                while view:
+                    view = view[os.write(fd, view):]
+                left -= n
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def read_file(self, path: str, expected: int) -> float:
+        """Read ``path`` front to back in 1 MiB blocks; returns MB/s."""
+        buf = bytearray(BLOCK)
+        total = 0
+        t0 = time.perf_counter()
+        with open(path, "rb", buffering=0) as f:
+            while n := f.readinto(buf):
+                total += n
+        elapsed = time.perf_counter() - t0
+        if total != expected:
+            raise BenchError(f"read {total} bytes of {path}, expected {expected}")
+        return expected / elapsed / 1e6
+
+    def phase_sequential(self, side: Side, rep: int) -> None:
+        """Sequential write with fsync (and daemon CPU), cold read, warm re-read."""
+        size = self.cfg.size
+        path = str(side.root / f"seq-r{rep}.bin")
+        drop_caches()  # both sides start from the same, clean cache
+        with self.step(f"{self.tag(side, rep)} write {human_bytes(size)} + fsync") as out:
+            cpu0 = daemon_cpu_seconds(self.daemon_pid()) if side.worm else 0.0
+            t0 = time.perf_counter()
+            self.write_file(path, size)
+            if side.worm:
+                wait_sealed(path, time.monotonic() + SEAL_TIMEOUT)
+            elapsed = time.perf_counter() - t0
+            mb_s = size / elapsed / 1e6
+            self.results.add("seq_write", side.name, mb_s)
+            out.append(f"{mb_s:.1f} MB/s")
+            if side.worm:
+                cpu = (daemon_cpu_seconds(self.daemon_pid()) - cpu0) / (size / GiB)
+                self.results.add("cpu_per_gib", side.name, cpu)
+                out.append(f"(daemon CPU {cpu:.2f} s/GiB)")
+        side.seq_files[rep] = path
+        self.reads(side, rep, "cold_read", "warm_read")
+
+    def reads(self, side: Side, rep: int, cold_key: str, warm_key: str) -> None:
+        path, size = side.seq_files[rep], self.cfg.size
+        drop_caches()
+        with self.step(f"{self.tag(side, rep)} {METRIC_BY_KEY[cold_key].label}") as out:
+            mb_s = self.read_file(path, size)
+            self.results.add(cold_key, side.name, mb_s)
+            out.append(f"{mb_s:.1f} MB/s")
+        with self.step(f"{self.tag(side, rep)} {METRIC_BY_KEY[warm_key].label}") as out:
+            mb_s = self.read_file(path, size)
+            self.results.add(warm_key, side.name, mb_s)
+            out.append(f"{mb_s:.1f} MB/s")
+
+    def phase_small_files(self, side: Side, rep: int) -> None:
+        """N new 4 KiB files created, written, closed (and, on worm-fs, sealed); then
+        several passes of os.stat over them."""
+        assert self.data is not None
+        n = self.cfg.small_files
+        directory = side.root / f"small-r{rep}"
+        directory.mkdir()
+        paths = [str(directory / f"f{i:05d}") for i in range(n)]
+        contents = [bytes(self.data.block(SMALL_FILE_SIZE)) for _ in range(n)]
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        with self.step(f"{self.tag(side, rep)} {n} small files") as out:
+            t0 = time.perf_counter()
+            for path, data in zip(paths, contents, strict=True):
+                fd = os.open(path, flags, 0o644)
+                try:
+                    if os.write(fd, data) != len(data):
+                        raise BenchError(f"short write to {path}")
+                finally:
+                    os.close(fd)
+            if side.worm:  # a close seals asynchronously: count until all report sealed
+                deadline = time.monotonic() + SEAL_TIMEOUT
+                for path in paths:
+                    wait_sealed(path, deadline)
+            rate = n / (time.perf_counter() - t0)
+            self.results.add("small_files", side.name, rate)
+            out.append(f"{rate:.0f} files/s")
+        passes = self.cfg.stat_passes
+        with self.step(f"{self.tag(side, rep)} os.stat x {passes} passes") as out:
+            stat = os.stat
+            t0 = time.perf_counter()
+            for _ in range(passes):
+                for path in paths:
+                    stat(path)
+            rate = n * passes / (time.perf_counter() - t0)
+            self.results.add("stat", side.name, rate)
+            out.append(f"{rate:.0f} calls/s")
+
+    def phase_fragmentation(self, side: Side, rep: int) -> None:
+        """Write after deleting half (fragmentation) -- placeholder.
+
+        Fill in once worm-fs has its deletion procedure: write a set of new files,
+        delete every other one through that procedure (and ``os.unlink`` on the native
+        side), then time a new ``--size`` sequential write with fsync and record it
+        with ``self.results.add("frag_write", side.name, mb_s)``. Add its space to
+        :meth:`space_needed`.
+        """
+        raise NotMeasured("frag_write", "needs deletion")
+
+    def measure_peak_rss(self) -> None:
+        assert self.wormside is not None
+        pid, size = self.daemon_pid(), self.cfg.big_size
+        path = str(self.wormside.root / "big.bin")
+        with self.step(f"[worm-fs] daemon peak RSS writing {human_bytes(size)}") as out:
+            reset_peak_rss(pid)
+            t0 = time.perf_counter()
+            self.write_file(path, size)
+            wait_sealed(path, time.monotonic() + SEAL_TIMEOUT)
+            elapsed = time.perf_counter() - t0
+            rss = peak_rss_bytes(pid) / MiB
+            self.results.add("peak_rss", "worm", rss)
+            out.append(f"{rss:.1f} MiB (wrote at {size / elapsed / 1e6:.1f} MB/s)")
+
+    # -- report ----------------------------------------------------------------------
+    def report(self) -> dict[str, Any]:
+        cfg = self.cfg
+        rows = self.results.rows()
+        return {
+            "machine": self.machine,
+            "config": {
+                "size": cfg.size, "big_size": cfg.big_size, "small_files": cfg.small_files,
+                "small_file_size": SMALL_FILE_SIZE, "reps": cfg.reps,
+                "stat_passes": cfg.stat_passes, "block_size": BLOCK, "quick": cfg.quick,
+                "order": "A/B alternating per repetition (native,worm / worm,native / ...)",
+                "statistic": "median over repetitions; ratio = worm-fs / native",
+                "mb": "1 MB = 10^6 bytes",
+            },
+            "metrics": rows,
+            "all_targets_met": all(r["met"] is not False for r in rows),
+            "duration_s": round(self.duration, 1),
+        }
+
+
+#: What one repetition runs on each side, in order. A new measurement is one more
+#: method here (and its Metric row above); raise NotMeasured to show "n/a (reason)".
+REP_PHASES: tuple[Callable[[Bench, Side, int], None], ...] = (
+    Bench.phase_sequential,
+    Bench.phase_small_files,
+    Bench.phase_fragmentation,
+)
+
+
+def fmt(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def render_text(report: dict[str, Any]) -> str:
+    m, c = report["machine"], report["config"]
+    lines = [
+        "worm-fs benchmark",
+        f"  cpu:        {m['cpu']} ({m['cores']} cores)",
+        f"  ram:        {human_bytes(m['ram_bytes'])}",
+        f"  kernel:     {m['kernel']}",
+        f"  work dir:   {m['work_dir']} on {m['device']} ({m['filesystem']}, "
+        f"mounted at {m['device_mountpoint']})",
+        f"  python:     {m['python']}; worm-fs {m['worm_fs_version']}",
+        f"  run:        write {human_bytes(c['size'])} in {human_bytes(c['block_size'])} "
+        f"blocks; big file {human_bytes(c['big_size'])}; {c['small_files']} x "
+        f"{human_bytes(c['small_file_size'])} files; {c['stat_passes']} stat passes; "
+        f"{c['reps']} rep(s), A/B alternating{' (--quick)' if c['quick'] else ''}",
+        f"  reporting:  medians; ratio = worm-fs / native; 1 MB = 10^6 bytes; "
+        f"took {report['duration_s']:.0f} s",
+        "",
+    ]
+    header = ("metric", "native", "worm-fs", "ratio", "target", "result")
+    table = [header]
+    for r in report["metrics"]:
+        digits = METRIC_BY_KEY[r["key"]].digits
+        table.append((
+            f"{r['metric']} ({r['unit']})",
+            fmt(r["native"], digits) if METRIC_BY_KEY[r["key"]].native else "-",
+            fmt(r["worm"], digits),
+            "-" if r["ratio"] is None else f"{r['ratio']:.2f}x",
+            r["target"] or "-",
+            r["status"],
+        ))
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for i, row in enumerate(table):
+        cells = [row[0].ljust(widths[0])]
+        cells += [row[j].rjust(widths[j]) for j in (1, 2, 3)]
+        cells += [row[4].ljust(widths[4]), row[5]]
+        lines.append("  ".join(cells).rstrip())
+        if i == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    met = sum(1 for r in report["metrics"] if r["met"] is True)
+    missed = [r["metric"] for r in report["metrics"] if r["met"] is False]
+    lines.append("")
+    lines.append(f"targets: {met} met, {len(missed)} missed"
+                 + (f" ({'; '.join(missed)})" if missed else ""))
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- command line
+DESCRIPTION = """\
+Measure worm-fs against a native directory on the same disk, in one run.
+
+A work directory is created under --dir (default /var/tmp) holding a native directory,
+a fresh worm-fs store and its mountpoint. Both sides get the same operations, in A/B
+order alternating every repetition (native first, then worm-fs first, ...), and the
+report gives the median of each metric over --reps repetitions:
+
+  1. sequential write + fsync: --size bytes written in 1 MiB blocks from a
+     pregenerated random buffer, os.fsync, close -> MB/s. On worm-fs the time runs
+     until the file reports sealed (user.worm.state), since a close seals it.
+  2. cold sequential read of that file after `sync; echo 3 > drop_caches` -> MB/s.
+  3. warm re-read: the same file again right away, no cache drop -> MB/s.
+  4. small files: --small-files new 4 KiB files created, written and closed -> files/s
+     (on worm-fs, counted until every one of them reports sealed).
+  5. os.stat calls per second over those files, --stat-passes passes.
+  6. daemon CPU seconds per GiB written: utime+stime of the daemon (its pid is the
+     xattr user.worm.pid on the mount root) over step 1, divided by GiB.
+  7. daemon peak RSS (VmHWM, reset via /proc/PID/clear_refs) while writing one
+     --big-size file, once per run -> MiB. No native counterpart.
+  8. steps 2 and 3 again on a separate mount of the same store started with
+     --audit-reads each (one audit record per read call), on the files of step 1.
+  9. write after deleting half (fragmentation): placeholder, shown as
+     "n/a (needs deletion)" until worm-fs has its deletion procedure.
+
+worm-fs files are write-once: a file is sealed (read-only) when its writer closes it
+and can never be written again, so every repetition writes NEW files (seq-rN.bin,
+small-rN/) and the re-reads read existing sealed files. The written data never
+repeats (a counter every 4 KiB), so worm-fs's chunk dedup cannot flatter it.
+"""
+
+EPILOG = """\
+targets (ratio = worm-fs / native):
+  seq write >= 0.5x; cold read >= 1.0x; warm re-read >= 0.75x;
+  audit-each cold read >= 0.7x; small files >= 3000 files/s; stat >= 15000 calls/s;
+  daemon CPU <= 1.2 s/GiB; daemon peak RSS <= 200 MiB.
+
+requirements: root (to drop the page cache), /dev/fuse and fusermount3, and free space
+in --dir for both sides: about reps x --size + the small files natively, plus
+reps x --size + --big-size in the store, plus a margin; the run refuses to start
+without it. Everything it creates is removed at the end and everything it mounted is
+unmounted, also after a failure or Ctrl-C (fusermount3 -u -z as a last resort).
+
+progress goes to stderr; the report (or --json) to stdout.
+exit status: 0 measured (whether or not the targets were met); 1 could not measure
+(one-line reason on stderr: not root, mount failed, not enough space, ...);
+2 bad arguments; 130 interrupted.
+
+examples:
+  scripts/bench                     full run (about 10 GiB written; several minutes)
+  scripts/bench --quick             smoke run with small sizes
+  scripts/bench --reps 5 --json     more repetitions, machine-readable output
+  scripts/bench --dir /mnt/nvme     benchmark another disk
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="scripts/bench", description=DESCRIPTION, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--reps", type=positive_int, metavar="N",
+                        help="repetitions per side; medians are reported (default 3)")
+    parser.add_argument("--size", type=parse_size, metavar="SIZE",
+                        help="sequential file size, e.g. 512M, 1G (default 1 GiB)")
+    parser.add_argument("--big-size", type=parse_size, metavar="SIZE",
+                        help="file written while measuring the daemon's peak RSS "
+                        "(default 4 GiB)")
+    parser.add_argument("--small-files", type=positive_int, metavar="N",
+                        help="4 KiB files per repetition and side (default 2000)")
+    parser.add_argument("--stat-passes", type=positive_int, default=5, metavar="N",
+                        help="os.stat passes over the small files (default 5)")
+    parser.add_argument("--dir", type=Path, default=Path("/var/tmp"), metavar="DIR",
+                        help="where the temporary work directory goes; it decides the "
+                        "disk measured (default /var/tmp)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke-test sizes: 64 MiB file, 256 MiB big file, 200 small "
+                        "files, 1 rep (explicit options still win)")
+    parser.add_argument("--json", action="store_true",
+                        help="print the machine description and results as one JSON object")
+    return parser
+
+
+def config_from(args: argparse.Namespace) -> Config:
+    base = QUICK if args.quick else DEFAULTS
+    pick = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in base.items()}
+    return Config(
+        size=pick["size"], big_size=pick["big_size"], small_files=pick["small_files"],
+        reps=pick["reps"], stat_passes=args.stat_passes, base_dir=args.dir.absolute(),
+        json=args.json, quick=args.quick,
+    )
+
+
+def _raise_interrupted(signum: int, frame: object) -> None:
+    raise Interrupted(signal.Signals(signum).name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    bench = Bench(config_from(args))
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _raise_interrupted)
+    failure: str | None = None
+    code = 0
+    try:
+        bench.run()
+    except BenchError as exc:
+        failure, code = str(exc), 1
+    except (KeyboardInterrupt, Interrupted) as exc:
+        failure, code = f"interrupted ({exc or 'SIGINT'})", 130
+    except OSError as exc:
+        failure, code = f"{exc.filename or 'I/O'}: {exc.strerror or exc}", 1
+    except Exception as exc:  # a bug: show where, then the one-line reason
+        bench._end_line()
+        traceback.print_exc()
+        failure, code = f"internal error: {type(exc).__name__}: {exc}", 1
+    finally:
+        # A second Ctrl-C must not leave a mount behind.
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_IGN)
+        bench.cleanup()
+    if failure is not None:
+        print(f"bench: could not measure: {failure}", file=sys.stderr)
+        return code
+    report = bench.report()
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(render_text(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

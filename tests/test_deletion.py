@@ -1,0 +1,263 @@
+"""The two-person deletion procedure, over the real control sockets, as real uids.
+
+Other users are played by forked children that drop to another uid/gid (and the admin
+group, gid 4242) with setuid before running the CLI's ``main``; the daemon sees them
+through ``SO_PEERCRED``.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import json
+import os
+import shutil
+import socket
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Mount, run_cli, wait_sealed
+from worm_fs.cli import main as cli_main
+
+ADMIN_GID = 4242
+ALICE = (1001, 1001, ())  # a user
+BOB = (1002, 1002, ())  # another user, not an admin
+CAROL = (1003, 1003, (ADMIN_GID,))  # an admin
+DAVE = (1004, 1004, (ADMIN_GID,))  # another admin
+ROOT = (0, 0, ())
+
+
+def as_user(who: tuple[int, int, tuple[int, ...]], *argv: str) -> tuple[int, str, str]:
+    """Run ``worm-fs ARGV`` in a forked child with another identity."""
+    uid, gid, groups = who
+    out_r, out_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        code = 70
+        try:
+            os.close(out_r)
+            os.setgroups(list(groups))
+            os.setgid(gid)
+            os.setuid(uid)
+            out, err = io.StringIO(), io.StringIO()
+            with redirect_stdout(out), redirect_stderr(err):
+                code = cli_main(list(argv))
+            os.write(out_w, json.dumps([out.getvalue(), err.getvalue()]).encode())
+        except BaseException as exc:  # noqa: BLE001 - report anything to the parent
+            os.write(out_w, json.dumps(["", f"child failed: {exc!r}"]).encode())
+        finally:
+            os._exit(code)
+    os.close(out_w)
+    with os.fdopen(out_r, "rb") as r:
+        data = r.read()
+    _, status = os.waitpid(pid, 0)
+    out, err = json.loads(data or b'["", ""]')
+    return os.waitstatus_to_exitcode(status), out, err
+
+
+@pytest.fixture
+def public_base() -> Iterator[Path]:
+    """A directory other uids can traverse (pytest's tmp_path is root-only)."""
+    base = Path(tempfile.mkdtemp(prefix="worm-fs-test-", dir="/tmp"))
+    os.chmod(base, 0o755)
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def store_factory(public_base: Path) -> Iterator:
+    mounts: list[Mount] = []
+
+    def make(*options: str) -> Mount:
+        m = Mount(public_base / "state", public_base / "mnt",
+                  ["--allow-other", "--admin-group", str(ADMIN_GID),
+                   "--runtime-dir", str(public_base / "run"), *options])
+        mounts.append(m)
+        m.start()
+        return m
+
+    yield make
+    for m in mounts:
+        m.stop()
+
+
+@pytest.fixture
+def store(store_factory) -> Mount:
+    m = store_factory()
+    (m.path / "runs").mkdir()
+    (m.path / "runs" / "old.bin").write_bytes(os.urandom(3_000_000))
+    (m.path / "runs" / "shared.bin").write_bytes(b"s" * 1_048_576)
+    (m.path / "keep.bin").write_bytes(b"s" * 1_048_576)  # shares its chunk with shared.bin
+    wait_sealed(m.path / "keep.bin")
+    return m
+
+
+def request(m: Mount, who, path: str = "runs") -> str:
+    code, out, err = as_user(who, "delete", "request", str(m.path / path), "--reason",
+                             "obsolete", "--json")
+    assert code == 0, err
+    return json.loads(out)["id"]
+
+
+def records(m: Mount) -> list[dict]:
+    out = run_cli("log", "show", str(m.path), "--json", check=True).stdout
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def test_request_then_approval_by_another_admin_deletes_and_frees(store: Mount) -> None:
+    before = json.loads(run_cli("stats", str(store.path), "--json", check=True).stdout)
+    rid = request(store, ALICE)
+    code, out, err = as_user(ALICE, "delete", "list", str(store.path), "--json")
+    assert code == 0, err
+    listed = json.loads(out)
+    assert [(r["id"], r["state"], r["path"], r["requester_uid"]) for r in listed] == [
+        (rid, "pending", "/runs", ALICE[0])]
+    assert listed[0]["files"] == 2
+    assert listed[0]["bytes_freed"] == 3_000_000  # shared.bin's chunk stays for keep.bin
+
+    code, out, err = as_user(CAROL, "delete", "approve", str(store.path), rid, "--json")
+    assert code == 0, err
+    assert json.loads(out)["state"] == "approved"
+    assert not (store.path / "runs").exists()
+    assert "runs" not in os.listdir(store.path)
+    assert (store.path / "keep.bin").read_bytes() == b"s" * 1_048_576
+    after = json.loads(run_cli("stats", str(store.path), "--json", check=True).stdout)
+    assert before["stored_bytes"] - after["stored_bytes"] == 3_000_000
+    assert after["freed_bytes"] == 3_000_000 and after["files"] == before["files"] - 2
+    assert run_cli("verify", str(store.path)).returncode == 0
+
+    ops = [(r["op"], r.get("uid")) for r in records(store) if r.get("request_id") == rid]
+    assert ("delete_request", ALICE[0]) in ops and ("delete_approve", CAROL[0]) in ops
+    assert sorted(r["path"] for r in records(store) if r["op"] == "delete") == [
+        "/runs", "/runs/old.bin", "/runs/shared.bin"]
+    assert run_cli("log", "verify", str(store.path)).returncode == 0
+
+
+def test_the_requester_cannot_approve_even_as_admin(store: Mount) -> None:
+    rid = request(store, CAROL)
+    code, _, err = as_user(CAROL, "delete", "approve", str(store.path), rid)
+    assert code == 3 and "must not be the requester" in err
+    assert (store.path / "runs" / "old.bin").exists()
+    refused = [r for r in records(store) if r["op"] == "delete_approve"]
+    assert refused and refused[-1]["result"] == "EPERM" and refused[-1]["uid"] == CAROL[0]
+
+
+def test_a_non_admin_cannot_approve(store: Mount) -> None:
+    rid = request(store, ALICE)
+    code, _, err = as_user(BOB, "delete", "approve", str(store.path), rid)
+    assert code == 3
+    assert "admin" in err.lower()
+    assert (store.path / "runs" / "old.bin").exists()
+
+
+def test_rejected_requests_can_never_be_approved(store: Mount) -> None:
+    rid = request(store, ALICE)
+    assert as_user(CAROL, "delete", "reject", str(store.path), rid, "--reason", "no")[0] == 0
+    code, _, err = as_user(DAVE, "delete", "approve", str(store.path), rid)
+    assert code == 3 and "rejected" in err
+    assert (store.path / "runs" / "old.bin").exists()
+
+
+def test_a_legal_hold_blocks_approval_until_cleared(store: Mount) -> None:
+    assert as_user(CAROL, "hold", "set", str(store.path / "runs"), "--reason", "lawsuit")[0] == 0
+    st = json.loads(run_cli("stat", str(store.path / "runs" / "old.bin"), "--json").stdout)
+    rid = request(store, ALICE, "runs/old.bin")  # the hold is on the directory above
+    code, _, err = as_user(DAVE, "delete", "approve", str(store.path), rid)
+    assert code == 3 and "legal hold" in err
+    assert st["state"] == "sealed"
+    assert as_user(BOB, "hold", "clear", str(store.path / "runs"))[0] == 3  # not an admin
+    assert as_user(CAROL, "hold", "clear", str(store.path / "runs"))[0] == 0
+    assert as_user(DAVE, "delete", "approve", str(store.path), rid)[0] == 0
+    assert not (store.path / "runs" / "old.bin").exists()
+
+
+def test_retention_blocks_approval_and_only_extends(store_factory) -> None:
+    m = store_factory("--retention", "30")
+    (m.path / "model.bin").write_bytes(b"m")
+    wait_sealed(m.path / "model.bin")
+    st = json.loads(run_cli("stat", str(m.path / "model.bin"), "--json").stdout)
+    assert st["retain_until"] > time.strftime("%Y-%m-%d", time.gmtime(time.time() + 29 * 86400))
+    rid = request(m, ALICE, "model.bin")
+    code, _, err = as_user(CAROL, "delete", "approve", str(m.path), rid)
+    assert code == 3 and "retained until" in err
+    assert as_user(CAROL, "retain", str(m.path / "model.bin"), "--until", "2099-01-01")[0] == 0
+    code, _, err = as_user(CAROL, "retain", str(m.path / "model.bin"), "--until", "2030-01-01")
+    assert code == 3 and "only be extended" in err
+    st = json.loads(run_cli("stat", str(m.path / "model.bin"), "--json").stdout)
+    assert st["retain_until"].startswith("2099-01-01")
+
+
+def test_requests_expire(store_factory) -> None:
+    m = store_factory("--request-ttl", "0.00002")  # under 2 seconds
+    (m.path / "f").write_bytes(b"f")
+    rid = request(m, ALICE, "f")
+    time.sleep(2)
+    code, out, _ = as_user(ALICE, "delete", "list", str(m.path), "--json")
+    assert json.loads(out)[0]["state"] == "expired"
+    code, _, err = as_user(CAROL, "delete", "approve", str(m.path), rid)
+    assert code == 3 and "expired" in err
+    assert (m.path / "f").exists()
+
+
+def test_the_mount_itself_never_deletes(store: Mount) -> None:
+    for fn, target in ((os.unlink, "runs/old.bin"), (shutil.rmtree, "runs")):
+        with pytest.raises(OSError) as exc:
+            fn(store.path / target)
+        assert exc.value.errno == errno.EPERM
+    assert (store.path / "runs" / "old.bin").exists()
+
+
+def test_admin_ops_are_refused_on_the_request_socket(store: Mount) -> None:
+    sock = os.getxattr(store.path, "user.worm.control").decode()
+    rid = request(store, ALICE)
+    reply = raw_exchange(sock, {"v": 1, "op": "delete_approve", "id": rid, "reason": ""})
+    assert reply["ok"] is False and reply["errno"] == "EPERM"
+    assert (store.path / "runs" / "old.bin").exists()
+
+
+def raw_exchange(sock_path: str, message: object | bytes) -> dict:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(sock_path)
+        data = message if isinstance(message, bytes) else json.dumps(message).encode() + b"\n"
+        s.sendall(data)
+        answer = b""
+        while not answer.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    return json.loads(answer)
+
+
+HOSTILE = [
+    b"not json\n",
+    b"[1, 2, 3]\n",
+    b'{"op": "delete_request", "path": "/runs", "reason": "x"}\n',  # no version
+    b'{"v": 1, "op": "format_disk"}\n',
+    b'{"v": 1, "op": "delete_request", "path": 5, "reason": "x"}\n',
+    b'{"v": 1, "op": "delete_request", "path": "/../etc", "reason": "x"}\n',
+    b'{"v": 1, "op": "delete_request", "path": "/runs", "reason": "' + b"x" * 70_000 + b'"}\n',
+    b"\xff\xfe\n",
+]
+
+
+@pytest.mark.parametrize("message", HOSTILE, ids=range(len(HOSTILE)))
+def test_hostile_messages_get_an_error_and_change_nothing(store: Mount, message: bytes) -> None:
+    sock = os.getxattr(store.path, "user.worm.control").decode()
+    reply = raw_exchange(sock, message)
+    assert reply["ok"] is False and reply["error"]
+    assert raw_exchange(sock, {"v": 1, "op": "delete_list"}) == {"v": 1, "ok": True,
+                                                                   "result": []}
+
+
+def test_identity_claims_in_messages_are_ignored(store: Mount) -> None:
+    sock = os.getxattr(store.path, "user.worm.control").decode()
+    reply = raw_exchange(sock, {"v": 1, "op": "delete_request", "path": "/runs",
+                                "reason": "x", "uid": 1003, "requester_uid": 1003})
+    assert reply["ok"] and reply["result"]["requester_uid"] == 0  # we are root

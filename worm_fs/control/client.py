@@ -1,0 +1,67 @@
+"""The CLI's side of the control channel: one request, one answer, over a Unix socket."""
+
+from __future__ import annotations
+
+import errno as errno_mod
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+from worm_fs.control import protocol
+from worm_fs.errors import (
+    EXIT_BUSY,
+    EXIT_REFUSED,
+    EXIT_USAGE,
+    NotAStore,
+    NotFound,
+    Refused,
+    StoreBusy,
+    UsageError,
+    WormError,
+)
+
+TIMEOUT = 60.0
+
+
+def call(socket_path: Path, op: str, **args: Any) -> Any:
+    """Send ``op`` and return its result; a refusal raises the matching WormError."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(TIMEOUT)
+            sock.connect(str(socket_path))
+            sock.sendall(protocol.encode({"v": protocol.VERSION, "op": op, **args}))
+            answer = bytearray()
+            while not answer.endswith(b"\n"):
+                data = sock.recv(65536)
+                if not data:
+                    break
+                answer += data
+    except PermissionError:
+        raise Refused(f"permission denied on {socket_path} (admins only)") from None
+    except FileNotFoundError:
+        raise NotAStore(f"{socket_path} is missing: is the daemon running?") from None
+    except OSError as exc:
+        raise WormError(f"control socket {socket_path}: {exc.strerror or exc}") from None
+    try:
+        reply = json.loads(answer)
+    except ValueError:
+        raise WormError("the daemon sent no answer") from None
+    if reply.get("ok"):
+        return reply.get("result")
+    raise _error(reply)
+
+
+def _error(reply: dict[str, Any]) -> WormError:
+    message = str(reply.get("error", "request failed"))
+    err = getattr(errno_mod, str(reply.get("errno")), errno_mod.EIO)
+    code = reply.get("exit")
+    if err == errno_mod.ENOENT:
+        return NotFound(message)
+    if code == EXIT_REFUSED:
+        return Refused(message, errno=err)
+    if code == EXIT_BUSY:
+        return StoreBusy(message)
+    if code == EXIT_USAGE:
+        return UsageError(message)
+    return WormError(message, errno=err)

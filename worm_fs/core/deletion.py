@@ -1,0 +1,367 @@
+"""The only way anything leaves the store: request, approval by another admin, execution.
+
+Contract:
+
+* Identities (:class:`~worm_fs.core.model.Caller`) come from the control channel's
+  ``SO_PEERCRED``; nothing a message claims about its sender is used.
+* An approval is checked and executed in **one** write transaction: the names go, the
+  reference counts drop, chunks no other file references are freed, and the audit
+  records of the decision and of every removed entry commit with it.
+* Refusals are audited like every other refusal and raised as
+  :class:`~worm_fs.errors.Refused` (or NotFound).
+* Time for retention and expiry comes from :func:`trusted_now`, which never goes back:
+  setting the system clock back does not shorten a retention period.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import secrets
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from worm_fs.core.clock import advance_clock, trusted_now
+from worm_fs.core.fs import ROOT_INO, WormCore, iso_time, path_of
+from worm_fs.core.model import Caller, Inode, Kind, State
+from worm_fs.errors import NotFound, Refused, UsageError
+from worm_fs.store import ReadTxn, WriteTxn, release_chunk, u64
+
+
+@dataclass
+class DeletionRequest:
+    id: str
+    state: str  # pending, approved, rejected, expired
+    path: str
+    ino: int
+    requester_uid: int
+    requester_pid: int
+    requester_comm: str
+    reason: str
+    created_ns: int
+    expires_ns: int
+    files: int
+    entries: int
+    logical_bytes: int
+    bytes_freed: int
+    decided_by_uid: int | None = None
+    decision_reason: str = ""
+    decided_ns: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> DeletionRequest:
+        return cls(**json.loads(raw))
+
+    def shown_state(self, now: int) -> str:
+        return "expired" if self.state == "pending" and now >= self.expires_ns else self.state
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """What a request covers, as of one transaction."""
+
+    entries: list[tuple[int, Inode]]  # post-order: children before their directory
+    files: int
+    logical_bytes: int
+    bytes_freed: int
+
+
+class Deletions:
+    """Deletion requests, decisions, legal holds and retention over one core."""
+
+    def __init__(
+        self, core: WormCore, *, admin_gids: frozenset[int] = frozenset(),
+        request_ttl_s: float = 7 * 86_400,
+    ) -> None:
+        self.core = core
+        self.admin_gids = admin_gids
+        self.request_ttl_ns = int(request_ttl_s * 1e9)
+
+    # ------------------------------------------------------------------ helpers
+    def is_admin(self, who: Caller) -> bool:
+        return who.uid == 0 or bool(({who.gid} | set(who.groups)) & self.admin_gids)
+
+    def _refuse(self, op: str, err: int, who: Caller, why: str, **fields: Any) -> Refused:
+        self.core.log.note(self.core.log.stamp(
+            op, err, reason=why, uid=who.uid, gid=who.gid, pid=who.pid, comm=who.comm, **fields
+        ))
+        return Refused(why, errno=err)
+
+    def _require_admin(self, op: str, who: Caller, **fields: Any) -> None:
+        if not self.is_admin(who):
+            raise self._refuse(op, errno.EPERM, who, "only an admin may do this", **fields)
+
+    def resolve(self, txn: ReadTxn, path: str) -> int:
+        """The inode at ``path`` (relative to the mount root, e.g. ``/runs/a``)."""
+        parts = [p for p in path.split("/") if p not in ("", ".")]
+        if ".." in parts:
+            raise UsageError("paths may not contain '..'")
+        ino = ROOT_INO
+        for part in parts:
+            child = txn.get_dirent(ino, part.encode("utf-8", "surrogateescape"))
+            if child is None:
+                raise NotFound(f"{path}: no such file or directory")
+            ino = child
+        return ino
+
+    def _can_see(self, txn: ReadTxn, ino: int, who: Caller) -> bool:
+        """Whether ``who`` may traverse every directory above ``ino``."""
+        if who.uid == 0:
+            return True
+        groups = {who.gid} | set(who.groups)
+        inode = self.core.inode_in(txn, ino)
+        while True:
+            parent = self.core.inode_in(txn, inode.parent)
+            if parent.uid == who.uid:
+                bit = 0o100
+            elif parent.gid in groups:
+                bit = 0o010
+            else:
+                bit = 0o001
+            if not parent.mode & bit:
+                return False
+            if parent.ino == ROOT_INO:
+                return True
+            inode = parent
+
+    def _coverage(self, txn: ReadTxn, ino: int) -> Coverage:
+        entries: list[tuple[int, Inode]] = []
+
+        def walk(n: int) -> None:
+            inode = self.core.inode_in(txn, n)
+            if inode.kind is Kind.DIR:
+                for _, child in list(txn.iter_dirents(n)):
+                    walk(child)
+            entries.append((n, inode))
+
+        walk(ino)
+        refs: Counter[bytes] = Counter()
+        files = logical = 0
+        for n, inode in entries:
+            if inode.kind is Kind.FILE:
+                files += 1
+                logical += inode.size
+                refs.update(key for _, key in txn.iter_manifest(n))
+        freed = 0
+        for key, count in refs.items():
+            if txn.get_ref(key) <= count:
+                freed += len(txn.get_chunk(key) or b"")
+        return Coverage(entries, files, logical, freed)
+
+    def retained_until(self, txn: ReadTxn, ino: int) -> int:
+        """The latest retention over ``ino`` and its ancestors (0 = none)."""
+        until = 0
+        for n in self._lineage(txn, ino):
+            until = max(until, self.core.retention_of(self.core.inode_in(txn, n)))
+        return until
+
+    def _lineage(self, txn: ReadTxn, ino: int) -> list[int]:
+        chain = [ino]
+        while chain[-1] != ROOT_INO and len(chain) < 4096:
+            chain.append(self.core.inode_in(txn, chain[-1]).parent)
+        return chain
+
+    def _load(self, txn: ReadTxn, request_id: str) -> DeletionRequest:
+        raw = txn.get_deletion(request_id.encode())
+        if raw is None:
+            raise NotFound(f"no deletion request {request_id}")
+        return DeletionRequest.from_bytes(raw)
+
+    # ------------------------------------------------------------------ requests
+    def request(self, path: str, reason: str, who: Caller) -> DeletionRequest:
+        if not reason.strip():
+            raise UsageError("a reason is required")
+        with self.core.transaction() as (tx, batch):
+            try:
+                ino = self.resolve(tx, path)
+            except NotFound:
+                raise self._refuse("delete_request", errno.ENOENT, who, "no such entry",
+                                   path=path) from None
+            if ino == ROOT_INO:
+                raise self._refuse("delete_request", errno.EPERM, who,
+                                   "the mount root cannot be deleted", path=path)
+            if not self._can_see(tx, ino, who):
+                raise self._refuse("delete_request", errno.EACCES, who,
+                                   "you cannot see this path", path=path)
+            cover = self._coverage(tx, ino)
+            now = advance_clock(tx, self.core.clock())
+            req = DeletionRequest(
+                id=secrets.token_hex(6), state="pending", path=path_of(tx, ino), ino=ino,
+                requester_uid=who.uid, requester_pid=who.pid, requester_comm=who.comm,
+                reason=reason, created_ns=now, expires_ns=now + self.request_ttl_ns,
+                files=cover.files, entries=len(cover.entries),
+                logical_bytes=cover.logical_bytes, bytes_freed=cover.bytes_freed,
+            )
+            tx.put_deletion(req.id.encode(), req.to_bytes())
+            batch.add(self.core.log.stamp(
+                "delete_request", request_id=req.id, path=req.path, ino=ino, reason=reason,
+                files=req.files, bytes_freed=req.bytes_freed, uid=who.uid, gid=who.gid,
+                pid=who.pid, comm=who.comm,
+            ))
+        return req
+
+    def list(self) -> list[tuple[DeletionRequest, str]]:
+        """Every request with its state as of now (pending ones past expiry: expired)."""
+        with self.core.store.read() as rt:
+            now = trusted_now(rt, self.core.clock())
+            reqs = [DeletionRequest.from_bytes(raw) for _, raw in rt.iter_deletions()]
+        reqs.sort(key=lambda r: r.created_ns)
+        return [(r, r.shown_state(now)) for r in reqs]
+
+    def reject(self, request_id: str, who: Caller, reason: str) -> DeletionRequest:
+        if not reason.strip():
+            raise UsageError("a reason is required")
+        self._require_admin("delete_reject", who, request_id=request_id)
+        with self.core.transaction() as (tx, batch):
+            req = self._load(tx, request_id)
+            now = advance_clock(tx, self.core.clock())
+            if req.shown_state(now) != "pending":
+                raise self._refuse("delete_reject", errno.EPERM, who,
+                                   f"request is {req.shown_state(now)}", request_id=request_id)
+            req.state, req.decided_by_uid = "rejected", who.uid
+            req.decision_reason, req.decided_ns = reason, now
+            tx.put_deletion(req.id.encode(), req.to_bytes())
+            batch.add(self.core.log.stamp(
+                "delete_reject", request_id=req.id, path=req.path, reason=reason,
+                uid=who.uid, gid=who.gid, pid=who.pid, comm=who.comm,
+            ))
+        return req
+
+    def approve(
+        self, request_id: str, who: Caller, reason: str = ""
+    ) -> tuple[DeletionRequest, list[tuple[int, bytes, int]]]:
+        """Approve and execute. Returns the request and the (parent, name, ino) removed."""
+        self._require_admin("delete_approve", who, request_id=request_id)
+        expired = False
+        with self.core.transaction() as (tx, batch):
+            req = self._load(tx, request_id)
+            now = advance_clock(tx, self.core.clock())
+            fields = {"request_id": req.id, "path": req.path}
+            state = req.shown_state(now)
+            if state == "expired" and req.state == "pending":
+                req.state = "expired"
+                tx.put_deletion(req.id.encode(), req.to_bytes())
+                batch.add(self.core.log.stamp("delete_expire", **fields))
+                expired = True
+            elif state != "pending":
+                raise self._refuse("delete_approve", errno.EPERM, who, f"request is {state}",
+                                   **fields)
+            elif who.uid == req.requester_uid:
+                raise self._refuse("delete_approve", errno.EPERM, who,
+                                   "the approver must not be the requester", **fields)
+            else:
+                removed = self._execute(tx, batch, req, who, now, reason)
+        if expired:
+            raise self._refuse("delete_approve", errno.EPERM, who, "request is expired",
+                               request_id=request_id)
+        return req, removed
+
+    def _execute(
+        self, tx: WriteTxn, batch: Any, req: DeletionRequest, who: Caller, now: int, reason: str
+    ) -> list[tuple[int, bytes, int]]:
+        fields = {"request_id": req.id, "path": req.path}
+        raw = tx.get_inode(req.ino)
+        if raw is None or path_of(tx, req.ino) != req.path:
+            raise self._refuse("delete_approve", errno.ENOENT, who,
+                               "the requested entry no longer exists at that path", **fields)
+        cover = self._coverage(tx, req.ino)
+        for n, inode in cover.entries:
+            if inode.kind is Kind.FILE and inode.state is State.WRITING:
+                raise self._refuse("delete_approve", errno.EBUSY, who,
+                                   f"{path_of(tx, n)} is still being written", **fields)
+        for n in [n for n, _ in cover.entries] + self._lineage(tx, req.ino)[1:]:
+            hold = self.core.inode_in(tx, n).extra.get("hold")
+            if hold:
+                raise self._refuse("delete_approve", errno.EPERM, who,
+                                   f"{path_of(tx, n)} is under legal hold", **fields)
+        until = max([self.retained_until(tx, req.ino)]
+                    + [self.core.retention_of(i) for _, i in cover.entries])
+        if until > now:
+            raise self._refuse("delete_approve", errno.EPERM, who,
+                               f"retained until {iso_time(until)}", **fields)
+
+        batch.add(self.core.log.stamp(
+            "delete_approve", reason=reason or None, uid=who.uid, gid=who.gid, pid=who.pid,
+            comm=who.comm, requester_uid=req.requester_uid, **fields,
+        ))
+        removed: list[tuple[int, bytes, int]] = []
+        freed = 0
+        for n, inode in cover.entries:
+            path = path_of(tx, n)
+            if inode.kind is Kind.FILE:
+                for index, key in list(tx.iter_manifest(n)):
+                    freed += release_chunk(tx, key)
+                    tx.delete_manifest(n, index)
+                if inode.state is State.SEALED:
+                    tx.add_counter("files", -1)
+                    tx.add_counter("logical_bytes", -inode.size)
+                elif inode.state is State.QUARANTINED:
+                    tx.add_counter("quarantined", -1)
+            tx.delete_dirent(inode.parent, inode.name)
+            tx.raw_delete("inodes", u64(n))
+            removed.append((inode.parent, inode.name, n))
+            batch.add(self.core.log.stamp(
+                "delete", path=path, ino=n, kind=inode.kind.value, size=inode.size,
+                sha256=inode.sha256 or None, request_id=req.id,
+            ))
+        tx.add_counter("freed_bytes", freed)
+        tx.add_counter("deleted_entries", len(removed))
+        req.state, req.decided_by_uid, req.decided_ns = "approved", who.uid, now
+        req.decision_reason = reason
+        req.extra["bytes_freed_actual"] = freed
+        tx.put_deletion(req.id.encode(), req.to_bytes())
+        self.core.touch(tx, cover.entries[-1][1].parent, now, mtime=True)
+        return removed
+
+    # ------------------------------------------------------------------ holds, retention
+    def hold_set(self, path: str, who: Caller, reason: str) -> None:
+        if not reason.strip():
+            raise UsageError("a reason is required")
+        self._set_extra("hold_set", path, who, "hold",
+                        {"reason": reason, "by_uid": who.uid}, reason=reason)
+
+    def hold_clear(self, path: str, who: Caller) -> None:
+        self._set_extra("hold_clear", path, who, "hold", None)
+
+    def retain(self, path: str, who: Caller, until_ns: int) -> int:
+        self._require_admin("retain", who, path=path)
+        with self.core.transaction() as (tx, batch):
+            ino = self.resolve(tx, path)
+            inode = self.core.inode_in(tx, ino)
+            current = self.core.retention_of(inode)
+            if until_ns < current:
+                why = f"retention can only be extended (now until {iso_time(current)})"
+                raise self._refuse("retain", errno.EPERM, who, why, path=path,
+                                   until=iso_time(until_ns))
+            stored = Inode.from_bytes(tx.get_inode(ino) or b"")
+            stored.extra["retain_until_ns"] = until_ns
+            tx.put_inode(ino, stored.to_bytes())
+            batch.add(self.core.log.stamp(
+                "retain", path=path_of(tx, ino), ino=ino, until=iso_time(until_ns), uid=who.uid,
+                gid=who.gid, pid=who.pid, comm=who.comm,
+            ))
+        return until_ns
+
+    def _set_extra(
+        self, op: str, path: str, who: Caller, key: str, value: Any, **fields: Any
+    ) -> None:
+        self._require_admin(op, who, path=path)
+        with self.core.transaction() as (tx, batch):
+            ino = self.resolve(tx, path)
+            stored = Inode.from_bytes(tx.get_inode(ino) or b"")
+            if value is None:
+                stored.extra.pop(key, None)
+            else:
+                stored.extra[key] = value
+            tx.put_inode(ino, stored.to_bytes())
+            batch.add(self.core.log.stamp(
+                op, path=path_of(tx, ino), ino=ino, uid=who.uid, gid=who.gid, pid=who.pid,
+                comm=who.comm, **fields,
+            ))
+
+
