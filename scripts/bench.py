@@ -69,7 +69,8 @@ class Target:
 
     def text(self, unit: str) -> str:
         if self.relative:
-            return f"{self.op} {self.value:g}x"
+            value = f"{self.value:g}" if self.value % 1 else f"{self.value:.1f}"
+            return f"{self.op} {value}x"
         return f"{self.op} {self.value:g} {unit}"
 
     def met(self, worm: float | None, ratio: float | None) -> bool | None:
@@ -93,9 +94,9 @@ METRICS = (
     Metric("seq_write", "sequential write + fsync", "MB/s", 1, Target(">=", 0.5, True)),
     Metric("cold_read", "cold sequential read", "MB/s", 1, Target(">=", 1.0, True)),
     Metric("warm_read", "warm re-read", "MB/s", 1, Target(">=", 0.75, True)),
-    Metric("small_files", "small files (4 KiB, create+write+close)", "files/s", 0,
+    Metric("small_files", "small files, 4 KiB create+write+close", "files/s", 0,
            Target(">=", 3000, False)),
-    Metric("stat", "os.stat over the small files", "calls/s", 0, Target(">=", 15000, False)),
+    Metric("stat", "os.stat over those files", "calls/s", 0, Target(">=", 15000, False)),
     Metric("cpu_per_gib", "daemon CPU per GiB written", "s/GiB", 2, Target("<=", 1.2, False),
            native=False),
     Metric("peak_rss", "daemon peak RSS (big-file write)", "MiB", 1, Target("<=", 200, False),
@@ -136,15 +137,24 @@ class Results:
                 status = "met" if met else "MISSED"
             rows.append({
                 "key": m.key, "metric": m.label, "unit": m.unit,
-                "native": native, "worm": worm, "ratio": ratio,
+                "native": _round(native), "worm": _round(worm), "ratio": _round(ratio),
                 "target": m.target.text(m.unit) if m.target else None,
+                "target_spec": (
+                    {"op": m.target.op, "value": m.target.value,
+                     "of": "ratio" if m.target.relative else "worm"} if m.target else None
+                ),
                 "met": met, "status": status, "note": note,
-                "samples": {side: got.get(side, []) for side in ("native", "worm")},
+                "samples": {side: [_round(v) for v in got.get(side, [])]
+                            for side in ("native", "worm")},
             })
         return rows
 
 
 # ---------------------------------------------------------------------- small helpers
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
 def parse_size(text: str) -> int:
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", text, re.IGNORECASE)
     if not match:
@@ -352,12 +362,15 @@ class WormMount:
                 )
                 if done.returncode != 0:
                     warnings.append(f"worm-fs umount: {done.stderr.strip()}")
-            except subprocess.TimeoutExpired:
-                warnings.append("worm-fs umount did not return within 120 s")
+            except (OSError, subprocess.SubprocessError) as exc:
+                warnings.append(f"worm-fs umount: {exc}")
         if is_mounted(self.mountpoint):
-            subprocess.run(["fusermount3", "-u", "-z", str(self.mountpoint)],
-                           capture_output=True, timeout=60)
-            warnings.append(f"lazily unmounted {self.mountpoint} with fusermount3 -u -z")
+            try:
+                subprocess.run(["fusermount3", "-u", "-z", str(self.mountpoint)],
+                               capture_output=True, timeout=60)
+                warnings.append(f"lazily unmounted {self.mountpoint} (fusermount3 -u -z)")
+            except (OSError, subprocess.SubprocessError) as exc:
+                warnings.append(f"fusermount3 -u -z: {exc}")
         if self.pid is not None and not self._wait_exit(30):
             warnings.append(f"worm-fs daemon {self.pid} still running; sent SIGTERM")
             self._signal(signal.SIGTERM)
@@ -370,8 +383,10 @@ class WormMount:
         return warnings
 
     def _signal(self, signum: int) -> None:
+        if not self.pid or self.pid <= 1:
+            return  # never a process group or init
         try:
-            os.kill(self.pid or 0, signum)
+            os.kill(self.pid, signum)
         except ProcessLookupError:
             pass
 
@@ -890,7 +905,7 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as exc:
         failure, code = str(exc), 1
     except (KeyboardInterrupt, Interrupted) as exc:
-        failure, code = f"interrupted ({exc or 'SIGINT'})", 130
+        failure, code = f"interrupted ({str(exc) or 'SIGINT'})", 130
     except OSError as exc:
         failure, code = f"{exc.filename or 'I/O'}: {exc.strerror or exc}", 1
     except Exception as exc:  # a bug: show where, then the one-line reason

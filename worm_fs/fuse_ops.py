@@ -105,6 +105,11 @@ class WormOperations(pyfuse3.Operations):
         self._limiter = trio.CapacityLimiter(threads)
         self._dirs: dict[int, list[tuple[bytes, Inode]]] = {}
         self._next_dir_fh = 1
+        #: Set once the kernel's INIT request has been answered.
+        self.initialized = trio.Event()
+
+    def init(self) -> None:
+        self.initialized.set()  # runs on the trio thread, inside pyfuse3's main loop
 
     async def _off_loop(self, fn: Callable[..., T], *args: Any) -> T:
         return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)

@@ -540,7 +540,8 @@ class WormCore:
         op = Op.OPEN_WRITE if wants_write(flags) else Op.OPEN_READ
         self._check(op, "open", inode, self._facts(inode, caller), caller, path, flags=flags)
         with self._lock:
-            handle = Handle(fh=self._new_fh(), ino=ino, caller=caller, flags=flags)
+            handle = Handle(fh=self._new_fh(), ino=ino, caller=caller, flags=flags,
+                            size=None if inode.state is State.WRITING else inode.size)
             self._handles[handle.fh] = handle
         self.log.note(self.log.stamp(
             "open", path=path, ino=ino, flags=flags, **self._who(caller)
@@ -558,47 +559,67 @@ class WormCore:
         return None if key is None else load_chunk(rt, key)
 
     def read(self, fh: int, off: int, size: int) -> bytes:
-        with self._lock:
-            handle = self._handle(fh)
-            try:
-                data = self._read(handle, off, size)
-            except Corruption as exc:
-                self._report_corruption(handle, str(exc))
-                raise
-            handle.reads.add(off, len(data))
-            if self.audit_reads_each:
-                self.log.note(self.log.stamp(
-                    "read", ino=handle.ino, offset=off, bytes=len(data), fh=fh,
-                    **self._who(handle.caller),
-                ))
-            return data
+        """Read through a handle.
 
-    def _read(self, handle: Handle, off: int, size: int) -> bytes:
+        Reads of sealed and quarantined files (immutable) run without the core lock, so
+        several can fault in store pages at once; a file still being written is read
+        under the lock, from its writer's buffers and the store.
+        """
+        handle = self._handle(fh)
+        try:
+            writer = self._writers.get(handle.ino)
+            if writer is not None:
+                with self._lock:
+                    data = self._read_writing(handle, off, size)
+            else:
+                data = self._read_immutable(handle, off, size)
+        except Corruption as exc:
+            self._report_corruption(handle, str(exc))
+            raise
+        with handle.lock:
+            handle.reads.add(off, len(data))
+        if self.audit_reads_each:
+            self.log.note(self.log.stamp(
+                "read", ino=handle.ino, offset=off, bytes=len(data), fh=fh,
+                **self._who(handle.caller),
+            ))
+        return data
+
+    def _read_writing(self, handle: Handle, off: int, size: int) -> bytes:
         writer = self._writers.get(handle.ino)
         with self.store.read() as rt:
-            if writer is not None:
-                return writer.read(off, size, lambda i: self._load_stored(rt, handle.ino, i))
-            inode = self.inode_in(rt, handle.ino)
-            end = min(off + size, inode.size)
-            out = bytearray()
-            pos = off
-            while pos < end:
-                index, coff = divmod(pos, CHUNK_SIZE)
-                n = min(CHUNK_SIZE - coff, end - pos)
-                key = rt.get_manifest(handle.ino, index)
-                if key is None:
-                    data = b""
-                elif key == handle.cached_key:
-                    data = handle.cached_data
-                else:
-                    data = check_chunk(key, rt.get_chunk(key))
-                    handle.cached_key, handle.cached_data = key, data
-                piece = data[coff : coff + n]
-                out += piece
-                if len(piece) < n:
-                    out += bytes(n - len(piece))
-                pos += n
-            return bytes(out)
+            if writer is None:  # sealed meanwhile
+                return self._read_chunks(rt, handle, off, size)
+            return writer.read(off, size, lambda i: self._load_stored(rt, handle.ino, i))
+
+    def _read_immutable(self, handle: Handle, off: int, size: int) -> bytes:
+        with self.store.read() as rt:
+            return self._read_chunks(rt, handle, off, size)
+
+    def _read_chunks(self, rt: ReadTxn, handle: Handle, off: int, size: int) -> bytes:
+        if handle.size is None:
+            handle.size = self.inode_in(rt, handle.ino).size
+        end = min(off + size, handle.size)
+        pieces: list[bytes] = []
+        pos = off
+        while pos < end:
+            index, coff = divmod(pos, CHUNK_SIZE)
+            n = min(CHUNK_SIZE - coff, end - pos)
+            key = rt.get_manifest(handle.ino, index)
+            cached_key, cached_data = handle.cache
+            if key is None:
+                data = b""
+            elif key == cached_key:
+                data = cached_data
+            else:
+                data = check_chunk(key, rt.get_chunk(key))
+                handle.cache = (key, data)  # one assignment: safe for concurrent readers
+            piece = data if coff == 0 and n == len(data) else data[coff : coff + n]
+            pieces.append(piece)
+            if len(piece) < n:
+                pieces.append(bytes(n - len(piece)))
+            pos += n
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     def _report_corruption(self, handle: Handle, what: str) -> None:
         with self.store.read() as rt:

@@ -9,6 +9,7 @@ are needed they call the ``load`` function the core passes in.
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -62,10 +63,13 @@ class Handle:
     caller: Caller
     flags: int
     reads: RangeLog = field(default_factory=RangeLog)
-    #: The last chunk this handle verified and read, so sequential reads of one chunk
-    #: hash and copy it once.
-    cached_key: bytes = b""
-    cached_data: bytes = b""
+    #: Size of an immutable file (None while it is being written).
+    size: int | None = None
+    #: (key, bytes) of the last chunk this handle verified, so sequential reads of one
+    #: chunk hash and copy it once. Replaced as a whole, never mutated.
+    cache: tuple[bytes, bytes] = (b"", b"")
+    #: Guards ``reads`` against concurrent readers of one handle.
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 
 @dataclass

@@ -254,7 +254,7 @@ class Store:
                 metasync=True,
                 writemap=False,
                 map_async=False,
-                readahead=False,
+                readahead=True,  # chunk values are read front to back
                 create=not readonly,
                 mode=0o700,
             )
