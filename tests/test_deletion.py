@@ -93,7 +93,8 @@ def store(store_factory) -> Mount:
     (m.path / "runs" / "old.bin").write_bytes(os.urandom(3_000_000))
     (m.path / "runs" / "shared.bin").write_bytes(b"s" * 1_048_576)
     (m.path / "keep.bin").write_bytes(b"s" * 1_048_576)  # shares its chunk with shared.bin
-    wait_sealed(m.path / "keep.bin")
+    for name in ("runs/old.bin", "runs/shared.bin", "keep.bin"):
+        wait_sealed(m.path / name)
     return m
 
 
