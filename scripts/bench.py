@@ -20,6 +20,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from array import array
@@ -113,6 +114,7 @@ METRIC_BY_KEY = {m.key: m for m in METRICS}
 class Results:
     samples: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)
+    details: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def add(self, key: str, side: str, value: float) -> None:
         assert key in METRIC_BY_KEY, key
@@ -232,12 +234,47 @@ def reset_peak_rss(pid: int) -> None:
         f.write("5\n")
 
 
-def peak_rss_bytes(pid: int) -> int:
+def memory_status(pid: int) -> dict[str, int]:
+    """The Vm*/Rss* lines of /proc/PID/status, in bytes."""
+    out = {}
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * KiB
-    raise BenchError(f"no VmHWM in /proc/{pid}/status")
+            name, _, rest = line.partition(":")
+            if name.startswith(("Vm", "Rss")) and rest.strip().endswith("kB"):
+                out[name] = int(rest.split()[0]) * KiB
+    if "VmHWM" not in out:
+        raise BenchError(f"no VmHWM in /proc/{pid}/status")
+    return out
+
+
+class MemorySampler(threading.Thread):
+    """Samples a process's anonymous and file-backed RSS while a measurement runs.
+
+    VmHWM is the metric; the samples only tell what it is made of (the daemon's own
+    memory vs. pages of the mapped store file, which the kernel can reclaim).
+    """
+
+    def __init__(self, pid: int, interval: float = 0.05) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.interval = interval
+        self.peak_anon = 0
+        self.peak_file = 0
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            try:
+                status = memory_status(self.pid)
+            except (OSError, BenchError):
+                return
+            self.peak_anon = max(self.peak_anon, status.get("RssAnon", 0))
+            self.peak_file = max(self.peak_file, status.get("RssFile", 0))
+            self._stop_event.wait(self.interval)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join()
 
 
 def machine_info(work_dir: Path) -> dict[str, Any]:
@@ -361,7 +398,9 @@ class WormMount:
                     stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120,
                 )
                 if done.returncode != 0:
-                    warnings.append(f"worm-fs umount: {done.stderr.strip()}")
+                    lines = done.stderr.strip().splitlines() or ["no message"]
+                    warnings.append(f"worm-fs umount failed (exit {done.returncode}): "
+                                    f"{lines[-1]}")
             except (OSError, subprocess.SubprocessError) as exc:
                 warnings.append(f"worm-fs umount: {exc}")
         if is_mounted(self.mountpoint):
@@ -454,6 +493,7 @@ class Bench:
         self.data: RandomData | None = None
         self.machine: dict[str, Any] = {}
         self.duration = 0.0
+        self.current = "setup"  # the step running, named in failure messages
         self._line_open = False
 
     # -- progress (stderr) ---------------------------------------------------------
@@ -465,6 +505,7 @@ class Bench:
     def step(self, message: str) -> Iterator[list[str]]:
         """Print ``message ...`` now and what the body appends to the list when done."""
         self._end_line()
+        self.current = message
         print(f"bench: {message} ...", end="", file=sys.stderr, flush=True)
         self._line_open = True
         outcome: list[str] = []
@@ -478,15 +519,16 @@ class Bench:
             self._line_open = False
 
     # -- setup ---------------------------------------------------------------------
-    def space_needed(self) -> tuple[int, int, int]:
-        """Bytes for (native files, worm-fs store, margin)."""
+    def space_needed(self) -> tuple[int, int]:
+        """Bytes needed for the native files and for the worm-fs store, margins included."""
         cfg = self.cfg
         small = cfg.reps * cfg.small_files
         native = cfg.reps * cfg.size + small * SMALL_FILE_SIZE
-        # each 4 KiB chunk takes two LMDB overflow pages; 1 MiB chunks one page extra
-        store = (cfg.reps * cfg.size + cfg.big_size) * (1 + 4 * KiB / MiB) + small * 12 * KiB
-        margin = max(512 * MiB, (native + store) // 10)
-        return native, int(store), int(margin)
+        # 1 MiB chunks take one LMDB page extra, 4 KiB chunks two overflow pages + metadata
+        store = int((cfg.reps * cfg.size + cfg.big_size) * (1 + 4 * KiB / MiB)
+                    + small * 12 * KiB)
+        return (native + max(256 * MiB, native // 10),
+                store + max(256 * MiB, store // 10))
 
     def preflight(self) -> None:
         cfg = self.cfg
@@ -503,16 +545,15 @@ class Bench:
             raise BenchError(f"--dir {cfg.base_dir} is not a directory")
         if mount_of(cfg.base_dir)[2].startswith("fuse"):
             raise BenchError(f"--dir {cfg.base_dir} is on a FUSE filesystem; pick a local disk")
-        native, store, margin = self.space_needed()
+        native, store = self.space_needed()
         st = os.statvfs(cfg.base_dir)
         free = st.f_bavail * st.f_frsize
-        need = native + store + 2 * margin
-        if free < need:
+        if free < native + store:
             raise BenchError(
-                f"not enough free space in {cfg.base_dir}: need {human_bytes(need)} "
-                f"(native {human_bytes(native)} + worm-fs store {human_bytes(store)} + "
-                f"margin {human_bytes(2 * margin)}), have {human_bytes(free)}; use --dir "
-                "elsewhere or lower --size/--big-size/--reps"
+                f"not enough free space in {cfg.base_dir}: need {human_bytes(native + store)} "
+                f"(native side {human_bytes(native)} + worm-fs store {human_bytes(store)}, "
+                f"10% margin each), have {human_bytes(free)}; use --dir elsewhere or lower "
+                "--size/--big-size/--reps"
             )
         drop_caches()  # fails early when the host does not allow it
 
@@ -539,6 +580,16 @@ class Bench:
             for warning in self.mount.stop():
                 self.say(f"warning: {warning}")
             self.mount = None
+
+    def daemon_log_tail(self) -> str | None:
+        """The last line of the daemon's log, to explain a failure."""
+        if self.work is None:
+            return None
+        try:
+            lines = (self.work / "state" / "daemon.log").read_text(errors="replace").splitlines()
+        except OSError:
+            return None
+        return lines[-1] if lines else None
 
     def cleanup(self) -> None:
         self._end_line()
@@ -569,6 +620,7 @@ class Bench:
         self.preflight()
         self.setup()
         self.start_mount("handle")
+        self.measure_peak_rss()  # first, on a fresh daemon: nothing else is mapped yet
         for rep in range(cfg.reps):
             for side in self.sides(rep):
                 for phase in REP_PHASES:
@@ -576,7 +628,6 @@ class Bench:
                         phase(self, side, rep)
                     except NotMeasured as exc:
                         self.results.notes[exc.key] = exc.reason
-        self.measure_peak_rss()
         self.stop_mount()
         self.start_mount("each")
         for rep in range(cfg.reps):
@@ -703,18 +754,33 @@ class Bench:
         raise NotMeasured("frag_write", "needs deletion")
 
     def measure_peak_rss(self) -> None:
+        """Daemon VmHWM while writing one --big-size file (reset through clear_refs)."""
         assert self.wormside is not None
         pid, size = self.daemon_pid(), self.cfg.big_size
         path = str(self.wormside.root / "big.bin")
+        drop_caches()
         with self.step(f"[worm-fs] daemon peak RSS writing {human_bytes(size)}") as out:
             reset_peak_rss(pid)
-            t0 = time.perf_counter()
-            self.write_file(path, size)
-            wait_sealed(path, time.monotonic() + SEAL_TIMEOUT)
-            elapsed = time.perf_counter() - t0
-            rss = peak_rss_bytes(pid) / MiB
-            self.results.add("peak_rss", "worm", rss)
-            out.append(f"{rss:.1f} MiB (wrote at {size / elapsed / 1e6:.1f} MB/s)")
+            sampler = MemorySampler(pid)
+            sampler.start()
+            try:
+                t0 = time.perf_counter()
+                self.write_file(path, size)
+                wait_sealed(path, time.monotonic() + SEAL_TIMEOUT)
+                elapsed = time.perf_counter() - t0
+            finally:
+                sampler.stop()
+            hwm = memory_status(pid)["VmHWM"] / MiB
+            self.results.add("peak_rss", "worm", hwm)
+            self.results.details["peak_rss"] = {
+                "vm_hwm_mib": round(hwm, 1),
+                "sampled_peak_rss_anon_mib": round(sampler.peak_anon / MiB, 1),
+                "sampled_peak_rss_file_mib": round(sampler.peak_file / MiB, 1),
+                "big_write_mb_s": round(size / elapsed / 1e6, 1),
+            }
+            out.append(f"{hwm:.1f} MiB (sampled peaks: anon {sampler.peak_anon / MiB:.0f} "
+                       f"MiB, file-backed {sampler.peak_file / MiB:.0f} MiB; wrote at "
+                       f"{size / elapsed / 1e6:.1f} MB/s)")
 
     # -- report ----------------------------------------------------------------------
     def report(self) -> dict[str, Any]:
@@ -731,6 +797,7 @@ class Bench:
                 "mb": "1 MB = 10^6 bytes",
             },
             "metrics": rows,
+            "details": self.results.details,
             "all_targets_met": all(r["met"] is not False for r in rows),
             "duration_s": round(self.duration, 1),
         }
@@ -787,6 +854,13 @@ def render_text(report: dict[str, Any]) -> str:
         lines.append("  ".join(cells).rstrip())
         if i == 0:
             lines.append("  ".join("-" * w for w in widths))
+    rss = report["details"].get("peak_rss")
+    if rss:
+        lines.append("")
+        lines.append(f"peak RSS: VmHWM {rss['vm_hwm_mib']} MiB; sampled peaks: anonymous "
+                     f"{rss['sampled_peak_rss_anon_mib']} MiB, file-backed (mapped store) "
+                     f"{rss['sampled_peak_rss_file_mib']} MiB; the {human_bytes(c['big_size'])}"
+                     f" file was written at {rss['big_write_mb_s']} MB/s")
     met = sum(1 for r in report["metrics"] if r["met"] is True)
     missed = [r["metric"] for r in report["metrics"] if r["met"] is False]
     lines.append("")
@@ -815,7 +889,9 @@ report gives the median of each metric over --reps repetitions:
   6. daemon CPU seconds per GiB written: utime+stime of the daemon (its pid is the
      xattr user.worm.pid on the mount root) over step 1, divided by GiB.
   7. daemon peak RSS (VmHWM, reset via /proc/PID/clear_refs) while writing one
-     --big-size file, once per run -> MiB. No native counterpart.
+     --big-size file, once per run and first, on the freshly mounted daemon (later
+     reads map store pages that would count) -> MiB. No native counterpart; the
+     report also shows sampled anonymous vs file-backed (mapped store) RSS.
   8. steps 2 and 3 again on a separate mount of the same store started with
      --audit-reads each (one audit record per read call), on the files of step 1.
   9. write after deleting half (fragmentation): placeholder, shown as
@@ -907,7 +983,8 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, Interrupted) as exc:
         failure, code = f"interrupted ({str(exc) or 'SIGINT'})", 130
     except OSError as exc:
-        failure, code = f"{exc.filename or 'I/O'}: {exc.strerror or exc}", 1
+        where = f" ({exc.filename})" if exc.filename else ""
+        failure, code = f"{bench.current}: {exc.strerror or exc}{where}", 1
     except Exception as exc:  # a bug: show where, then the one-line reason
         bench._end_line()
         traceback.print_exc()
@@ -916,6 +993,8 @@ def main(argv: list[str] | None = None) -> int:
         # A second Ctrl-C must not leave a mount behind.
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, signal.SIG_IGN)
+        if failure is not None and code != 130 and (tail := bench.daemon_log_tail()):
+            bench.say(f"last line of the worm-fs daemon log: {tail}")
         bench.cleanup()
     if failure is not None:
         print(f"bench: could not measure: {failure}", file=sys.stderr)

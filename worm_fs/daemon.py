@@ -184,6 +184,7 @@ class Daemon:
                 fuse_ops.unmount()
                 for name in (REQUEST_SOCKET, ADMIN_SOCKET):
                     (self.runtime_dir / name).unlink(missing_ok=True)
+                self.core.close()
                 self.store.close()
                 os.close(self.lock_fd)
 

@@ -31,6 +31,7 @@ from worm_fs.core.clock import advance_clock
 from worm_fs.core.handles import Handle, WriteHandle
 from worm_fs.core.model import AttrChange, Caller, Inode, Kind, State
 from worm_fs.core.policy import Facts, Op, decide
+from worm_fs.core.storer import ChunkStorer
 from worm_fs.errors import Corruption, NotFound, Refused, StorageError, UsageError, WormError
 from worm_fs.store import (
     CHUNK_SIZE,
@@ -50,9 +51,6 @@ NAME_MAX = 255
 
 #: Buffered records beyond which opens are refused until the log catches up.
 MAX_PENDING_RECORDS = 100_000
-
-#: Chunks a writer lets fill before storing them in one transaction.
-STORE_BATCH_CHUNKS = 8
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND
 
@@ -89,6 +87,7 @@ class WormCore:
         self.clock = clock
         self.retention_ns = int(retention_days * 86_400 * 1e9)
         self._lock = threading.RLock()
+        self._storer = ChunkStorer(store, threading.Condition(self._lock))
         self._handles: dict[int, Handle] = {}
         self._writers: dict[int, WriteHandle] = {}
         self._next_fh = 1
@@ -493,6 +492,9 @@ class WormCore:
             if change.atime_ns is not None or change.mtime_ns is not None:
                 self._check(Op.UTIMES, "utimes", inode, facts, caller, path, **fields)
             if change.size is not None and writer is not None:
+                self._storer.drain(writer)
+                if writer.error is not None:
+                    raise writer.error
                 self._truncate(writer, change.size)
             with self.transaction() as (tx, batch):
                 stored = self.inode_in(tx, ino)
@@ -508,7 +510,7 @@ class WormCore:
                     if writer is not None:
                         writer.mtime_ns = change.mtime_ns
                 if change.size is not None and writer is not None:
-                    self._store_buffers(tx, writer, list(writer.buffers), keep=True)
+                    self._settle_writer(tx, writer)
                     stored.size = writer.size
                     self._drop_chunks_from(tx, writer.ino, -(-writer.size // CHUNK_SIZE))
                 stored.ctime_ns = self.clock()
@@ -517,6 +519,8 @@ class WormCore:
                     "setattr", path=path, ino=ino, applied_mode=stored.mode, **fields,
                     **self._who(caller),
                 ))
+            if change.size is not None and writer is not None:
+                self._settled(writer)
             return self.getattr(ino)
 
     def _truncate(self, writer: WriteHandle, size: int) -> None:
@@ -631,24 +635,27 @@ class WormCore:
 
     # ------------------------------------------------------------------ write / flush
     def write(self, fh: int, off: int, data: bytes) -> int:
+        """Copy ``data`` into the writer's chunk buffers; full chunks go to the storer.
+
+        Blocks only when the storer is :data:`~worm_fs.core.storer.MAX_IN_FLIGHT`
+        chunks behind (the core lock is not held then).
+        """
         with self._lock:
             handle = self._handle(fh)
             writer = self._writers.get(handle.ino)
             if writer is None or writer.fh != fh:
                 raise WormError("handle is not writable", errno=errno.EBADF)
+            if writer.error is not None:
+                raise writer.error
             if writer.durable_clean:
                 self._mark_dirty(writer)
             with self.store.read() as rt:
                 writer.write(off, data, lambda i: self._load_stored(rt, writer.ino, i))
             writer.mtime_ns = self.clock()
-            ready = writer.full_dirty()
-            excess = writer.excess()
-            if len(ready) >= STORE_BATCH_CHUNKS or excess:
-                with self.transaction() as (tx, _):
-                    self._store_buffers(tx, writer, sorted(set(ready) | set(excess)),
-                                        keep=False)
-                    self._persist_inode(tx, writer, clean=False)
-            return len(data)
+            handoff = writer.hand_off()
+        for index, chunk in handoff:
+            self._storer.submit(writer, index, chunk)
+        return len(data)
 
     def _mark_dirty(self, writer: WriteHandle) -> None:
         """Record durably that the file has writes not covered by a flush."""
@@ -664,28 +671,34 @@ class WormCore:
         tx.put_inode(writer.ino, inode.to_bytes())
         return inode
 
-    def _store_buffers(
-        self, tx: WriteTxn, writer: WriteHandle, indices: list[int], *, keep: bool
+    def _store_chunk(
+        self, tx: WriteTxn, writer: WriteHandle, index: int, data: bytes | bytearray
     ) -> None:
-        """Store the dirty chunks among ``indices``; drop them from memory unless ``keep``."""
-        for index in sorted(indices):
-            buf = writer.buffers.get(index)
-            if buf is None:
-                continue
+        key = put_chunk(tx, data)
+        old = tx.get_manifest(writer.ino, index)
+        tx.put_manifest(writer.ino, index, key)
+        if old is not None:
+            release_chunk(tx, old)
+        writer.feed_sha(index, data)
+
+    def _settle_writer(self, tx: WriteTxn, writer: WriteHandle) -> None:
+        """Store whatever the writer holds: chunks the storer failed on, then buffers.
+
+        Call with the core lock held, after :meth:`ChunkStorer.drain`.
+        """
+        for index in sorted(writer.pending):
+            self._store_chunk(tx, writer, index, writer.pending[index])
+        for index in sorted(writer.buffers):
+            buf = writer.buffers[index]
             if buf.dirty:
-                data = bytes(buf.data)
-                key = put_chunk(tx, data)
-                old = tx.get_manifest(writer.ino, index)
-                tx.put_manifest(writer.ino, index, key)
-                if old is not None:
-                    release_chunk(tx, old)
-                buf.dirty = False
-                if (writer.sha is not None and index == writer.sha_next
-                        and len(data) == CHUNK_SIZE):
-                    writer.sha.update(data)  # type: ignore[attr-defined]
-                    writer.sha_next += 1
-            if not keep:
-                del writer.buffers[index]
+                self._store_chunk(tx, writer, index, buf.data)
+
+    def _settled(self, writer: WriteHandle) -> None:
+        """After the transaction that stored them committed."""
+        writer.pending.clear()
+        for buf in writer.buffers.values():
+            buf.dirty = False
+        writer.error = None
 
     def flush(self, fh: int) -> None:
         """Make everything written through ``fh`` durable (each ``close``)."""
@@ -699,14 +712,16 @@ class WormCore:
             self._flush_writer(writer)
 
     def _flush_writer(self, writer: WriteHandle) -> None:
+        self._storer.drain(writer)
         with self.transaction() as (tx, batch):
-            self._store_buffers(tx, writer, list(writer.buffers), keep=True)
+            self._settle_writer(tx, writer)
             inode = self._persist_inode(tx, writer, clean=True)
             self.touch(tx, writer.ino, self.clock())
             batch.add(self.log.stamp(
                 "flush", path=self._path(tx, writer.ino), ino=writer.ino, size=inode.size,
                 writes=writer.writes.summary(), **self._who(writer.caller),
             ))
+        self._settled(writer)
         writer.writes = type(writer.writes)()
         writer.durable_clean = True
 
@@ -801,6 +816,8 @@ class WormCore:
         now = self.clock()
         with self.transaction() as (tx, batch):
             inode = Inode.from_bytes(tx.get_inode(ino) or b"")
+            for index, key in tx.iter_manifest(ino):  # chunks stored after the last flush
+                inode.size = max(inode.size, index * CHUNK_SIZE + len(tx.get_chunk(key) or b""))
             inode.state = State.QUARANTINED
             inode.mode &= ~0o222
             inode.ctime_ns = now
@@ -815,6 +832,10 @@ class WormCore:
 
     def open_writers(self) -> int:
         return len(self._writers)
+
+    def close(self) -> None:
+        """Stop the storer thread (after the last request)."""
+        self._storer.close()
 
 
 def store_stats(store: Store) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import hashlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from worm_fs.core.model import Caller
 from worm_fs.store import CHUNK_SIZE
@@ -80,27 +81,59 @@ class ChunkBuffer:
 
 @dataclass
 class WriteHandle(Handle):
-    """The single writable handle of a file, from ``create`` to the seal."""
+    """The single writable handle of a file, from ``create`` to the seal.
+
+    Chunks move from ``buffers`` (being written, in memory) to ``pending`` (handed to
+    the storer, not yet committed) to the store. ``load`` functions passed in must look
+    in ``pending`` before the store (see :meth:`stored_or_pending`).
+    """
 
     size: int = 0
     mtime_ns: int = 0
     buffers: dict[int, ChunkBuffer] = field(default_factory=dict)
+    pending: dict[int, bytearray] = field(default_factory=dict)
+    #: Chunks submitted to the storer and not yet processed.
+    queued: int = 0
+    #: The storer's last failure; reported by the next write or flush.
+    error: Exception | None = None
     #: True while the durable inode says ``clean`` (no write since the last flush).
     durable_clean: bool = False
     writes: RangeLog = field(default_factory=RangeLog)
-    #: SHA-256 over chunks [0, sha_next) fed in order as full chunks were stored;
-    #: None once an earlier chunk changed (the seal then re-reads the file).
-    sha: object | None = field(default_factory=hashlib.sha256)
+    #: SHA-256 over chunks [0, sha_next), fed in order as full chunks are stored;
+    #: None once a chunk that may already be in it changed (the seal then re-reads).
+    sha: Any = field(default_factory=hashlib.sha256)
     sha_next: int = 0
+    sha_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def feed_sha(self, index: int, data: bytes | bytearray) -> None:
+        """Extend the running digest if ``data`` is the next full chunk (storer thread)."""
+        with self.sha_lock:
+            if self.sha is not None and index == self.sha_next and len(data) == CHUNK_SIZE:
+                self.sha.update(data)
+                self.sha_next += 1
+
+    def sha_broken(self) -> None:
+        with self.sha_lock:
+            self.sha = None
+
+    def _touching(self, index: int) -> None:
+        """A chunk that may already be digested is about to change."""
+        with self.sha_lock:
+            if index < self.sha_next or index in self.pending:
+                self.sha = None
+
+    def stored_or_pending(self, index: int, load: Loader) -> bytes | bytearray | None:
+        pending = self.pending.get(index)
+        return pending if pending is not None else load(index)
 
     def buffer(self, index: int, load: Loader) -> ChunkBuffer:
         buf = self.buffers.get(index)
         if buf is None:
-            stored = load(index)
+            stored = self.stored_or_pending(index, load)
+            if stored is not None:
+                self._touching(index)
             buf = ChunkBuffer(bytearray(stored or b""), dirty=False)
             self.buffers[index] = buf
-            if index < self.sha_next:
-                self.sha = None
         return buf
 
     def write(self, off: int, data: bytes, load: Loader) -> None:
@@ -114,8 +147,6 @@ class WriteHandle(Handle):
                 buf.data.extend(bytes(coff - len(buf.data)))
             buf.data[coff : coff + n] = view[pos : pos + n]
             buf.dirty = True
-            if index < self.sha_next:
-                self.sha = None
             pos += n
         self.size = max(self.size, off + len(data))
         self.writes.add(off, len(data))
@@ -123,11 +154,11 @@ class WriteHandle(Handle):
     def truncate(self, new_size: int, load: Loader) -> int:
         """Cut or extend to ``new_size``; returns the first chunk index wholly past it.
 
-        The caller drops stored chunks from that index on.
+        Call with nothing pending (after the storer drained). The caller drops stored
+        chunks from the returned index on.
         """
         last = (new_size + CHUNK_SIZE - 1) // CHUNK_SIZE  # first index past the end
-        dropped = [i for i in self.buffers if i >= last]
-        for i in dropped:
+        for i in [i for i in self.buffers if i >= last]:
             del self.buffers[i]
         if new_size < self.size:
             tail = new_size % CHUNK_SIZE
@@ -137,9 +168,23 @@ class WriteHandle(Handle):
                     del buf.data[tail:]
                     buf.dirty = True
             if new_size < self.sha_next * CHUNK_SIZE:
-                self.sha = None
+                self.sha_broken()
         self.size = new_size
         return last
+
+    def hand_off(self) -> list[tuple[int, bytearray]]:
+        """Move full chunks, and the oldest beyond the memory budget, to ``pending``.
+
+        Returns the dirty ones, in index order, for the caller to submit to the storer.
+        """
+        out: list[tuple[int, bytearray]] = []
+        for index in sorted(dict.fromkeys(self.full_dirty() + self.excess())):
+            buf = self.buffers.pop(index)
+            if buf.dirty:
+                self.pending[index] = buf.data
+                self.queued += 1
+                out.append((index, buf.data))
+        return out
 
     def read(self, off: int, size: int, load: Loader) -> bytes:
         end = min(off + size, self.size)
@@ -151,7 +196,7 @@ class WriteHandle(Handle):
             index, coff = divmod(pos, CHUNK_SIZE)
             n = min(CHUNK_SIZE - coff, end - pos)
             buf = self.buffers.get(index)
-            data = bytes(buf.data) if buf is not None else (load(index) or b"")
+            data = buf.data if buf is not None else (self.stored_or_pending(index, load) or b"")
             piece = data[coff : coff + n]
             out += piece
             if len(piece) < n:

@@ -1,0 +1,113 @@
+"""The chunk storer: hashes and stores filled chunks of files being written, off the
+request path, in batched transactions.
+
+A writer hands a chunk over (:meth:`ChunkStorer.submit`) as soon as it is full and goes
+on receiving data; one storer thread digests it (XXH3-128 for the key, SHA-256 for the
+file's running digest), puts it into LMDB and points the file's manifest at it. Many
+chunks share one synced commit.
+
+Contract:
+
+* Chunks of one file are stored in the order they were submitted, so a later version of
+  a chunk always wins.
+* Until committed, a chunk stays in ``writer.pending`` where reads find it.
+* The storer never takes the core lock while it hashes or commits; it takes it briefly
+  afterwards to retire what it stored and wake waiters (:meth:`ChunkStorer.drain`).
+* A failed commit (full disk, I/O error) leaves the chunks pending and the error on the
+  writer; the writer's next ``write``/``flush`` reports it and ``flush`` retries.
+* At most :data:`MAX_IN_FLIGHT` chunks wait; ``submit`` blocks beyond that
+  (back-pressure on the writer instead of unbounded memory).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from typing import TYPE_CHECKING
+
+from worm_fs.errors import WormError
+from worm_fs.store import CHUNK_SIZE, Store, put_chunk, release_chunk
+from worm_fs.store.chunks import digest
+
+if TYPE_CHECKING:
+    from worm_fs.core.handles import WriteHandle
+
+log = logging.getLogger(__name__)
+
+MAX_IN_FLIGHT = 32
+#: Chunks stored per transaction at most (LMDB slows with hundreds of MiB dirty).
+BATCH_CHUNKS = 32
+
+Item = tuple["WriteHandle", int, bytearray]
+
+
+class ChunkStorer:
+    def __init__(self, store: Store, cond: threading.Condition) -> None:
+        self._store = store
+        self._cond = cond  # shares the core's lock
+        self._queue: queue.Queue[Item | None] = queue.Queue(maxsize=MAX_IN_FLIGHT)
+        self._thread = threading.Thread(target=self._run, name="worm-fs-storer", daemon=True)
+        self._thread.start()
+
+    def submit(self, writer: WriteHandle, index: int, data: bytearray) -> None:
+        """Queue a chunk (already in ``writer.pending``). Call without the core lock."""
+        self._queue.put((writer, index, data))
+
+    def drain(self, writer: WriteHandle) -> None:
+        """Wait until none of ``writer``'s chunks is queued. Call with the core lock held."""
+        while writer.queued and writer.error is None:
+            self._cond.wait()
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=30)
+
+    # ------------------------------------------------------------------ the thread
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < BATCH_CHUNKS:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._store_batch(batch)
+                    return
+                batch.append(item)
+            self._store_batch(batch)
+
+    def _store_batch(self, batch: list[Item]) -> None:
+        error: WormError | None = None
+        try:
+            digests = [digest(data) for _, _, data in batch]
+            for writer, index, data in batch:
+                writer.feed_sha(index, data)
+            with self._store.write() as tx:
+                for (writer, index, data), d in zip(batch, digests, strict=True):
+                    key = put_chunk(tx, data, d)
+                    old = tx.get_manifest(writer.ino, index)
+                    tx.put_manifest(writer.ino, index, key)
+                    if old is not None:
+                        release_chunk(tx, old)
+        except WormError as exc:
+            error = exc
+        except Exception as exc:  # a bug: keep the daemon alive, fail the writer
+            log.exception("chunk storer failed")
+            error = WormError(f"storing chunks failed: {exc}")
+        with self._cond:
+            for writer, index, data in batch:
+                writer.queued -= 1
+                if error is not None:
+                    writer.error = error
+                    writer.sha_broken()
+                elif writer.pending.get(index) is data:
+                    del writer.pending[index]
+            self._cond.notify_all()
+
+
+__all__ = ["CHUNK_SIZE", "ChunkStorer"]
