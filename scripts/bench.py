@@ -312,6 +312,7 @@ def machine_info(work_dir: Path) -> dict[str, Any]:
         "device": device,
         "device_mountpoint": mountpoint,
         "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "load_at_start": os.getloadavg()[0],
         "worm_fs_version": worm_version,
     }
 
@@ -635,6 +636,7 @@ class Bench:
                 self.reads(side, rep, "audit_cold_read", "audit_warm_read")
         self.stop_mount()
         self.duration = time.monotonic() - started
+        self.machine["load_at_end"] = os.getloadavg()[0]
 
     def tag(self, side: Side, rep: int) -> str:
         return f"[rep {rep + 1}/{self.cfg.reps} {side.label}]"
@@ -826,6 +828,8 @@ def render_text(report: dict[str, Any]) -> str:
         f"  work dir:   {m['work_dir']} on {m['device']} ({m['filesystem']}, "
         f"mounted at {m['device_mountpoint']})",
         f"  python:     {m['python']}; worm-fs {m['worm_fs_version']}",
+        f"  load:       1-min load average {m['load_at_start']:.2f} at start, "
+        f"{m.get('load_at_end', float('nan')):.2f} at end (other work skews results)",
         f"  run:        write {human_bytes(c['size'])} in {human_bytes(c['block_size'])} "
         f"blocks; big file {human_bytes(c['big_size'])}; {c['small_files']} x "
         f"{human_bytes(c['small_file_size'])} files; {c['stat_passes']} stat passes; "

@@ -75,7 +75,8 @@ class Handle:
 
 @dataclass
 class ChunkBuffer:
-    data: bytearray
+    #: A bytearray while being filled; a read-only view when a write covered it whole.
+    data: bytearray | memoryview
     dirty: bool = True
 
 
@@ -91,7 +92,7 @@ class WriteHandle(Handle):
     size: int = 0
     mtime_ns: int = 0
     buffers: dict[int, ChunkBuffer] = field(default_factory=dict)
-    pending: dict[int, bytearray] = field(default_factory=dict)
+    pending: dict[int, bytearray | memoryview] = field(default_factory=dict)
     #: Chunks submitted to the storer and not yet processed.
     queued: int = 0
     #: The storer's last failure; reported by the next write or flush.
@@ -105,7 +106,7 @@ class WriteHandle(Handle):
     sha_next: int = 0
     sha_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def feed_sha(self, index: int, data: bytes | bytearray) -> None:
+    def feed_sha(self, index: int, data: bytes | bytearray | memoryview) -> None:
         """Extend the running digest if ``data`` is the next full chunk (storer thread)."""
         with self.sha_lock:
             if self.sha is not None and index == self.sha_next and len(data) == CHUNK_SIZE:
@@ -122,7 +123,9 @@ class WriteHandle(Handle):
             if index < self.sha_next or index in self.pending:
                 self.sha = None
 
-    def stored_or_pending(self, index: int, load: Loader) -> bytes | bytearray | None:
+    def stored_or_pending(
+        self, index: int, load: Loader
+    ) -> bytes | bytearray | memoryview | None:
         pending = self.pending.get(index)
         return pending if pending is not None else load(index)
 
@@ -142,7 +145,17 @@ class WriteHandle(Handle):
         while pos < len(view):
             index, coff = divmod(off + pos, CHUNK_SIZE)
             n = min(CHUNK_SIZE - coff, len(view) - pos)
+            if coff == 0 and n == CHUNK_SIZE and index not in self.buffers:
+                # A whole chunk: keep a view of the request's bytes, no copy. It is handed
+                # to the storer at once and never modified in place.
+                if self.stored_or_pending(index, load) is not None:
+                    self._touching(index)
+                self.buffers[index] = ChunkBuffer(view[pos : pos + n])
+                pos += n
+                continue
             buf = self.buffer(index, load)
+            if not isinstance(buf.data, bytearray):
+                buf.data = bytearray(buf.data)
             if len(buf.data) < coff:
                 buf.data.extend(bytes(coff - len(buf.data)))
             buf.data[coff : coff + n] = view[pos : pos + n]
@@ -164,6 +177,8 @@ class WriteHandle(Handle):
             tail = new_size % CHUNK_SIZE
             if tail:
                 buf = self.buffer(new_size // CHUNK_SIZE, load)
+                if not isinstance(buf.data, bytearray):
+                    buf.data = bytearray(buf.data)
                 if len(buf.data) > tail:
                     del buf.data[tail:]
                     buf.dirty = True
@@ -172,12 +187,12 @@ class WriteHandle(Handle):
         self.size = new_size
         return last
 
-    def hand_off(self) -> list[tuple[int, bytearray]]:
+    def hand_off(self) -> list[tuple[int, bytearray | memoryview]]:
         """Move full chunks, and the oldest beyond the memory budget, to ``pending``.
 
         Returns the dirty ones, in index order, for the caller to submit to the storer.
         """
-        out: list[tuple[int, bytearray]] = []
+        out: list[tuple[int, bytearray | memoryview]] = []
         for index in sorted(dict.fromkeys(self.full_dirty() + self.excess())):
             buf = self.buffers.pop(index)
             if buf.dirty:

@@ -39,7 +39,7 @@ MAX_IN_FLIGHT = 32
 #: Chunks stored per transaction at most (LMDB slows with hundreds of MiB dirty).
 BATCH_CHUNKS = 32
 
-Item = tuple["WriteHandle", int, bytearray]
+Item = tuple["WriteHandle", int, "bytearray | memoryview"]
 
 
 class ChunkStorer:
@@ -50,7 +50,7 @@ class ChunkStorer:
         self._thread = threading.Thread(target=self._run, name="worm-fs-storer", daemon=True)
         self._thread.start()
 
-    def submit(self, writer: WriteHandle, index: int, data: bytearray) -> None:
+    def submit(self, writer: WriteHandle, index: int, data: bytearray | memoryview) -> None:
         """Queue a chunk (already in ``writer.pending``). Call without the core lock."""
         self._queue.put((writer, index, data))
 

@@ -30,7 +30,9 @@ def digest(data: bytes | bytearray | memoryview) -> bytes:
     return xxhash.xxh3_128_digest(data)
 
 
-def put_chunk(tx: WriteTxn, data: bytes, chunk_digest: bytes | None = None) -> bytes:
+def put_chunk(
+    tx: WriteTxn, data: bytes | bytearray | memoryview, chunk_digest: bytes | None = None
+) -> bytes:
     """Store ``data`` (or find an identical stored chunk) and take one reference.
 
     ``chunk_digest`` may be passed when the caller already hashed ``data`` (off the
@@ -46,10 +48,19 @@ def put_chunk(tx: WriteTxn, data: bytes, chunk_digest: bytes | None = None) -> b
             tx.add_counter("chunks", 1)
             tx.add_counter("stored_bytes", len(data))
             return key
-        if existing == data:
+        if _same_bytes(existing, data):
             tx.set_ref(key, tx.get_ref(key) + 1)
             return key
     raise StorageError("too many chunks share one digest")
+
+
+def _same_bytes(stored: bytes, data: bytes | bytearray | memoryview) -> bool:
+    # bytes == memoryview compares element by element (milliseconds per MiB); compare
+    # the underlying object when the view covers all of it, else a copy.
+    if isinstance(data, memoryview):
+        whole = data.obj if isinstance(data.obj, bytes) and len(data.obj) == len(data) else None
+        return stored == (whole if whole is not None else data.tobytes())
+    return stored == data
 
 
 def release_chunk(tx: WriteTxn, key: bytes) -> int:
