@@ -8,6 +8,7 @@ line (``worm-fs: ...``) and exit with the code of their class in
 from __future__ import annotations
 
 import argparse
+import errno as errno_mod
 import json
 import logging
 import os
@@ -69,7 +70,7 @@ def _check_mount_args(args: argparse.Namespace) -> tuple[Path, Path]:
     if state_dir.exists():
         if not state_dir.is_dir():
             raise UsageError(f"state directory {state_dir} is not a directory")
-        ours = {"store", "daemon.log", "daemon.lock", "audit-signing.key"}
+        ours = {"store", "daemon.log", "daemon.lock", "audit-signing.key", "space.reserve"}
         if not (state_dir / "store").exists() and any(
             p.name not in ours for p in state_dir.iterdir()
         ):
@@ -159,7 +160,15 @@ def _spawn_daemon(args: argparse.Namespace, state_dir: Path, mountpoint: Path) -
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
-    loc = locate(args.mountpoint, allow_state_dir=False)
+    try:
+        loc = locate(args.mountpoint, allow_state_dir=False)
+    except OSError as exc:
+        if exc.errno != errno_mod.ENOTCONN:
+            raise
+        # The daemon died and left its mount behind ("transport endpoint is not connected").
+        _fusermount(Path(args.mountpoint).absolute(), lazy=True)
+        print(f"unmounted {args.mountpoint} (its daemon was no longer running)")
+        return 0
     assert loc.mountpoint is not None
     if loc.daemon_pid:
         try:
@@ -193,9 +202,9 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _fusermount(mountpoint: Path) -> None:
-    result = subprocess.run(["fusermount3", "-u", str(mountpoint)], capture_output=True,
-                            text=True)
+def _fusermount(mountpoint: Path, *, lazy: bool = False) -> None:
+    command = ["fusermount3", "-u", *(["-z"] if lazy else []), str(mountpoint)]
+    result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         raise WormError(f"could not unmount {mountpoint}: {result.stderr.strip()}",
                         errno=16)
@@ -695,6 +704,10 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except BrokenPipeError:
         return 0
+    except OSError as exc:  # a path the user gave that the system refuses
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"worm-fs: {where}{exc.strerror or exc}", file=sys.stderr)
+        return errors.EXIT_USAGE
     except KeyboardInterrupt:
         return 130
 

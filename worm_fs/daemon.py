@@ -38,6 +38,7 @@ from worm_fs.core.deletion import Deletions
 from worm_fs.core.fs import WormCore
 from worm_fs.errors import StoreBusy, UsageError
 from worm_fs.store import Store
+from worm_fs.store.reserve import SpaceReserve
 
 log = logging.getLogger(__name__)
 
@@ -158,9 +159,11 @@ class Daemon:
         self.core.initialize()
         self.store_id = self.core.store_id()
         admin_gid = resolve_group(options.admin_group)
+        self.reserve = SpaceReserve(state_dir)
+        self.reserve.take()
         self.deletions = Deletions(
             self.core, admin_gids=frozenset() if admin_gid is None else frozenset({admin_gid}),
-            request_ttl_s=options.request_ttl_days * 86_400,
+            request_ttl_s=options.request_ttl_days * 86_400, make_room=self.reserve.release,
         )
         self.runtime_dir = options.runtime_dir or Path("/run/worm-fs") / self.store_id
         self.control = ControlServer(self.deletions, on_removed=self._forget_removed,
@@ -265,6 +268,8 @@ class Daemon:
         while True:
             await trio.sleep(1.0)
             ticks += 1
+            if not self.reserve.held:
+                await trio.to_thread.run_sync(self.reserve.take)
             if ticks % 60 == 1:  # keep the retention clock's high-water mark current
                 try:
                     await trio.to_thread.run_sync(self._advance_clock)

@@ -19,13 +19,14 @@ import errno
 import json
 import secrets
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from worm_fs.core.clock import advance_clock, trusted_now
 from worm_fs.core.fs import ROOT_INO, WormCore, iso_time, path_of
 from worm_fs.core.model import Caller, Inode, Kind, State
-from worm_fs.errors import NotFound, Refused, UsageError
+from worm_fs.errors import NoSpace, NotFound, Refused, UsageError
 from worm_fs.store import ReadTxn, WriteTxn, release_chunk, u64
 
 
@@ -76,9 +77,10 @@ class Deletions:
 
     def __init__(
         self, core: WormCore, *, admin_gids: frozenset[int] = frozenset(),
-        request_ttl_s: float = 7 * 86_400,
+        request_ttl_s: float = 7 * 86_400, make_room: Callable[[], bool] = lambda: False,
     ) -> None:
         self.core = core
+        self.make_room = make_room
         self.admin_gids = admin_gids
         self.request_ttl_ns = int(request_ttl_s * 1e9)
 
@@ -176,6 +178,7 @@ class Deletions:
     def request(self, path: str, reason: str, who: Caller) -> DeletionRequest:
         if not reason.strip():
             raise UsageError("a reason is required")
+        self.core.require_writable("delete_request", who, path=path)
         with self.core.transaction() as (tx, batch):
             try:
                 ino = self.resolve(tx, path)
@@ -217,6 +220,7 @@ class Deletions:
         if not reason.strip():
             raise UsageError("a reason is required")
         self._require_admin("delete_reject", who, request_id=request_id)
+        self.core.require_writable("delete_reject", who, request_id=request_id)
         with self.core.transaction() as (tx, batch):
             req = self._load(tx, request_id)
             now = advance_clock(tx, self.core.clock())
@@ -235,8 +239,22 @@ class Deletions:
     def approve(
         self, request_id: str, who: Caller, reason: str = ""
     ) -> tuple[DeletionRequest, list[tuple[int, bytes, int]]]:
-        """Approve and execute. Returns the request and the (parent, name, ino) removed."""
+        """Approve and execute. Returns the request and the (parent, name, ino) removed.
+
+        On a full disk the space reserve is released and the approval tried once more.
+        """
         self._require_admin("delete_approve", who, request_id=request_id)
+        self.core.require_writable("delete_approve", who, request_id=request_id)
+        try:
+            return self._approve(request_id, who, reason)
+        except NoSpace:
+            if not self.make_room():
+                raise
+            return self._approve(request_id, who, reason)
+
+    def _approve(
+        self, request_id: str, who: Caller, reason: str
+    ) -> tuple[DeletionRequest, list[tuple[int, bytes, int]]]:
         expired = False
         with self.core.transaction() as (tx, batch):
             req = self._load(tx, request_id)
@@ -330,6 +348,7 @@ class Deletions:
 
     def retain(self, path: str, who: Caller, until_ns: int) -> int:
         self._require_admin("retain", who, path=path)
+        self.core.require_writable("retain", who, path=path)
         with self.core.transaction() as (tx, batch):
             ino = self.resolve(tx, path)
             inode = self.core.inode_in(tx, ino)
@@ -351,6 +370,7 @@ class Deletions:
         self, op: str, path: str, who: Caller, key: str, value: Any, **fields: Any
     ) -> None:
         self._require_admin(op, who, path=path)
+        self.core.require_writable(op, who, path=path)
         with self.core.transaction() as (tx, batch):
             ino = self.resolve(tx, path)
             stored = Inode.from_bytes(tx.get_inode(ino) or b"")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import logging
 import os
 import secrets
 import threading
@@ -30,7 +31,7 @@ from worm_fs.audit.log import AuditBatch, AuditLog
 from worm_fs.core.clock import advance_clock
 from worm_fs.core.handles import Handle, WriteHandle
 from worm_fs.core.model import AttrChange, Caller, Inode, Kind, State
-from worm_fs.core.policy import Facts, Op, decide
+from worm_fs.core.policy import FAILSAFE_ERRNO, Facts, Op, decide
 from worm_fs.core.storer import ChunkStorer
 from worm_fs.errors import Corruption, NotFound, Refused, StorageError, UsageError, WormError
 from worm_fs.store import (
@@ -44,6 +45,8 @@ from worm_fs.store import (
     release_chunk,
     u64,
 )
+
+log = logging.getLogger(__name__)
 
 ROOT_INO = 1
 SCHEMA_VERSION = 1
@@ -87,23 +90,53 @@ class WormCore:
         self.clock = clock
         self.retention_ns = int(retention_days * 86_400 * 1e9)
         self._lock = threading.RLock()
-        self._storer = ChunkStorer(store, threading.Condition(self._lock))
+        self._storer = ChunkStorer(store, threading.Condition(self._lock),
+                                   on_failure=self._storage_failed)
         self._handles: dict[int, Handle] = {}
         self._writers: dict[int, WriteHandle] = {}
         self._next_fh = 1
         self.audit_failing = False
+        #: Why the store stopped accepting changes (None while healthy).
+        self.failsafe: str | None = None
         self.root_xattrs: dict[bytes, bytes] = {XATTR_STATE_DIR: str(store.path).encode()}
 
     # ------------------------------------------------------------------ transactions
     @contextmanager
     def transaction(self) -> Iterator[tuple[WriteTxn, AuditBatch]]:
-        """A write transaction with an audit batch; commits both or neither."""
+        """A write transaction with an audit batch; commits both or neither.
+
+        An I/O error from the store puts the core into failsafe mode.
+        """
         with self._lock:
-            with self.store.write() as tx:
-                batch = self.log.batch(tx)
-                yield tx, batch
-                batch.finish()
+            try:
+                with self.store.write() as tx:
+                    batch = self.log.batch(tx)
+                    yield tx, batch
+                    batch.finish()
+            except StorageError as exc:
+                self._storage_failed(exc)
+                raise
             self.log.committed(batch)
+
+    # ------------------------------------------------------------------ failsafe
+    def _storage_failed(self, exc: Exception) -> None:
+        if isinstance(exc, (StorageError, Corruption)):
+            self.enter_failsafe(str(exc))
+
+    def enter_failsafe(self, reason: str) -> None:
+        """Stop accepting changes: reads go on, every change is refused until remount."""
+        if self.failsafe is not None:
+            return
+        self.failsafe = reason
+        log.error("FAILSAFE: %s; reads continue, every change is refused until the store "
+                  "is checked (worm-fs verify) and remounted", reason)
+        self.log.note(self.log.stamp("failsafe", errno.EIO, reason=reason))
+
+    def require_writable(self, op: str, caller: Caller, **fields: Any) -> None:
+        """Refuse a change while in failsafe mode (audited)."""
+        if self.failsafe is not None:
+            raise self._refuse(op, FAILSAFE_ERRNO, caller,
+                               f"the store is in failsafe mode ({self.failsafe})", **fields)
 
     def record(self, op: str, **fields: Any) -> None:
         """Durably append one record about the daemon itself (mount, unmount, ...)."""
@@ -341,6 +374,7 @@ class WormCore:
     ) -> tuple[int, Inode]:
         """A new file and its single writable handle."""
         self._check_name(name)
+        self.require_writable("create", caller)
         with self.transaction() as (tx, batch):
             _, path = self._prepare_new(tx, parent, name, "create", caller)
             inode = self._add_entry(
@@ -361,6 +395,7 @@ class WormCore:
 
     def mkdir(self, parent: int, name: bytes, mode: int, caller: Caller) -> Inode:
         self._check_name(name)
+        self.require_writable("mkdir", caller)
         with self.transaction() as (tx, batch):
             _, path = self._prepare_new(tx, parent, name, "mkdir", caller)
             inode = self._add_entry(tx, parent, name, Kind.DIR, mode, caller)
@@ -371,6 +406,7 @@ class WormCore:
 
     def symlink(self, parent: int, name: bytes, target: bytes, caller: Caller) -> Inode:
         self._check_name(name)
+        self.require_writable("symlink", caller)
         with self.transaction() as (tx, batch):
             _, path = self._prepare_new(tx, parent, name, "symlink", caller)
             inode = self._add_entry(
@@ -434,6 +470,7 @@ class WormCore:
         caller: Caller, *, exchange: bool = False,
     ) -> None:
         self._check_name(new_name)
+        self.require_writable("rename", caller)
         with self.transaction() as (tx, batch):
             path = self._child_path(tx, old_parent, old_name)
             new_path = self._child_path(tx, new_parent, new_name)
@@ -474,6 +511,7 @@ class WormCore:
     # ------------------------------------------------------------------ setattr
     def setattr(self, ino: int, change: AttrChange, fh: int | None, caller: Caller) -> Inode:
         with self._lock:
+            self.require_writable("setattr", caller, ino=ino)
             with self.store.read() as rt:
                 inode = self.inode_in(rt, ino)
                 path = self._path(rt, ino)
@@ -579,6 +617,7 @@ class WormCore:
                 data = self._read_immutable(handle, off, size)
         except Corruption as exc:
             self._report_corruption(handle, str(exc))
+            self.enter_failsafe(f"corrupt data detected: {exc}")
             raise
         with handle.lock:
             handle.reads.add(off, len(data))
@@ -647,6 +686,7 @@ class WormCore:
                 raise WormError("handle is not writable", errno=errno.EBADF)
             if writer.error is not None:
                 raise writer.error
+            self.require_writable("write", writer.caller, ino=writer.ino)
             if writer.durable_clean:
                 self._mark_dirty(writer)
             with self.store.read() as rt:
@@ -712,6 +752,7 @@ class WormCore:
             self._flush_writer(writer)
 
     def _flush_writer(self, writer: WriteHandle) -> None:
+        self.require_writable("flush", writer.caller, ino=writer.ino)
         self._storer.drain(writer)
         with self.transaction() as (tx, batch):
             self._settle_writer(tx, writer)
@@ -742,6 +783,17 @@ class WormCore:
                         self._flush_writer(writer)
                     digest = self._file_sha256(writer.ino, writer)
                     self._seal(writer.ino, digest, writer.caller, "seal")
+                except WormError as exc:
+                    # Its last bytes may not be durable: never present it as complete.
+                    log.warning("could not seal inode %d (%s); quarantining it",
+                                writer.ino, exc.message)
+                    self._storer.drain(writer)
+                    try:
+                        self._quarantine(writer.ino, writer.caller, reason=exc.message)
+                    except WormError as again:
+                        log.error("could not quarantine inode %d either (%s); recovery "
+                                  "will at the next start", writer.ino, again.message)
+                    raise
                 finally:
                     del self._writers[handle.ino]
                 return
@@ -812,7 +864,10 @@ class WormCore:
                 quarantined.append(str(ino))
         return {"sealed": sealed, "quarantined": quarantined}
 
-    def _quarantine(self, ino: int, caller: Caller) -> None:
+    def _quarantine(
+        self, ino: int, caller: Caller,
+        reason: str = "writes after the last flush were not acknowledged",
+    ) -> None:
         now = self.clock()
         with self.transaction() as (tx, batch):
             inode = Inode.from_bytes(tx.get_inode(ino) or b"")
@@ -826,8 +881,7 @@ class WormCore:
             tx.add_counter("quarantined", 1)
             batch.add(self.log.stamp(
                 "recover_quarantine", path=self._path(tx, ino), ino=ino, size=inode.size,
-                reason="writes after the last flush were not acknowledged",
-                **self._who(caller),
+                reason=reason, **self._who(caller),
             ))
 
     def open_writers(self) -> int:

@@ -115,6 +115,11 @@ class Facts:
     is_noop: bool = False
 
 
+#: After detected corruption or a storage I/O error the store goes failsafe: reads go on,
+#: every change is refused with this errno until an admin has checked and remounted it.
+FAILSAFE_ERRNO = errno.EROFS
+
+
 def column_of(inode: Inode) -> Column:
     if inode.kind is Kind.DIR:
         return Column.DIR

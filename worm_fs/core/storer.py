@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from worm_fs.errors import WormError
@@ -43,8 +44,12 @@ Item = tuple["WriteHandle", int, "bytearray | memoryview"]
 
 
 class ChunkStorer:
-    def __init__(self, store: Store, cond: threading.Condition) -> None:
+    def __init__(
+        self, store: Store, cond: threading.Condition,
+        on_failure: Callable[[Exception], None] = lambda exc: None,
+    ) -> None:
         self._store = store
+        self._on_failure = on_failure
         self._cond = cond  # shares the core's lock
         self._queue: queue.Queue[Item | None] = queue.Queue(maxsize=MAX_IN_FLIGHT)
         self._thread = threading.Thread(target=self._run, name="worm-fs-storer", daemon=True)
@@ -99,6 +104,8 @@ class ChunkStorer:
         except Exception as exc:  # a bug: keep the daemon alive, fail the writer
             log.exception("chunk storer failed")
             error = WormError(f"storing chunks failed: {exc}")
+        if error is not None:
+            self._on_failure(error)
         with self._cond:
             for writer, index, data in batch:
                 writer.queued -= 1
