@@ -7,16 +7,22 @@ unmounts (SIGTERM, then ``fusermount3 -u -z`` if the daemon did not).
 
 from __future__ import annotations
 
+import io
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
 
+from worm_fs.cli import main as cli_main
 from worm_fs.store import Store
 
 WORM_FS = [sys.executable, "-m", "worm_fs"]
@@ -54,6 +60,8 @@ class Mount:
         self.options = options
         self.proc: subprocess.Popen | None = None
         self.log = state.parent / f"{state.name}-daemon.log"
+        #: Set by tests that provoke errors the daemon must log with a traceback.
+        self.expect_tracebacks = False
 
     def start(self) -> Mount:
         self.path.mkdir(parents=True, exist_ok=True)
@@ -122,15 +130,15 @@ def _is_mount(path: Path) -> bool:
 def mount_factory(tmp_path: Path) -> Iterator:
     mounts: list[Mount] = []
 
-    def make(*options: str, name: str = "m") -> Mount:
-        m = Mount(tmp_path / f"{name}-state", tmp_path / f"{name}-mnt", list(options))
+    def make(*options: str, name: str = "m", state: Path | None = None) -> Mount:
+        m = Mount(state or tmp_path / f"{name}-state", tmp_path / f"{name}-mnt", list(options))
         mounts.append(m)
         return m.start()
 
     yield make
     for m in mounts:
         m.stop()
-        if "Traceback" in m.daemon_log():
+        if "Traceback" in m.daemon_log() and not m.expect_tracebacks:
             pytest.fail(f"daemon logged a traceback:\n{m.daemon_log()}")
 
 
@@ -144,3 +152,40 @@ def mnt(mount_factory) -> Mount:
 def settled_mnt(mount_factory) -> Mount:
     """A mount with the settle window off: entries are settled at once."""
     return mount_factory("--settle", "0")
+
+
+def as_user(who: tuple[int, int, tuple[int, ...]], *argv: str) -> tuple[int, str, str]:
+    """Run ``worm-fs ARGV`` in a forked child with another identity."""
+    uid, gid, groups = who
+    out_r, out_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        code = 70
+        try:
+            os.close(out_r)
+            os.setgroups(list(groups))
+            os.setgid(gid)
+            os.setuid(uid)
+            out, err = io.StringIO(), io.StringIO()
+            with redirect_stdout(out), redirect_stderr(err):
+                code = cli_main(list(argv))
+            os.write(out_w, json.dumps([out.getvalue(), err.getvalue()]).encode())
+        except BaseException as exc:  # noqa: BLE001 - report anything to the parent
+            os.write(out_w, json.dumps(["", f"child failed: {exc!r}"]).encode())
+        finally:
+            os._exit(code)
+    os.close(out_w)
+    with os.fdopen(out_r, "rb") as r:
+        data = r.read()
+    _, status = os.waitpid(pid, 0)
+    out, err = json.loads(data or b'["", ""]')
+    return os.waitstatus_to_exitcode(status), out, err
+
+
+@pytest.fixture
+def public_base() -> Iterator[Path]:
+    """A directory other uids can traverse (pytest's tmp_path is root-only)."""
+    base = Path(tempfile.mkdtemp(prefix="worm-fs-test-", dir="/tmp"))
+    os.chmod(base, 0o755)
+    yield base
+    shutil.rmtree(base, ignore_errors=True)

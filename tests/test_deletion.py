@@ -8,21 +8,17 @@ through ``SO_PEERCRED``.
 from __future__ import annotations
 
 import errno
-import io
 import json
 import os
 import shutil
 import socket
-import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Mount, run_cli, wait_sealed
-from worm_fs.cli import main as cli_main
+from tests.conftest import Mount, as_user, run_cli, wait_sealed
 
 ADMIN_GID = 4242
 ALICE = (1001, 1001, ())  # a user
@@ -30,43 +26,6 @@ BOB = (1002, 1002, ())  # another user, not an admin
 CAROL = (1003, 1003, (ADMIN_GID,))  # an admin
 DAVE = (1004, 1004, (ADMIN_GID,))  # another admin
 ROOT = (0, 0, ())
-
-
-def as_user(who: tuple[int, int, tuple[int, ...]], *argv: str) -> tuple[int, str, str]:
-    """Run ``worm-fs ARGV`` in a forked child with another identity."""
-    uid, gid, groups = who
-    out_r, out_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child
-        code = 70
-        try:
-            os.close(out_r)
-            os.setgroups(list(groups))
-            os.setgid(gid)
-            os.setuid(uid)
-            out, err = io.StringIO(), io.StringIO()
-            with redirect_stdout(out), redirect_stderr(err):
-                code = cli_main(list(argv))
-            os.write(out_w, json.dumps([out.getvalue(), err.getvalue()]).encode())
-        except BaseException as exc:  # noqa: BLE001 - report anything to the parent
-            os.write(out_w, json.dumps(["", f"child failed: {exc!r}"]).encode())
-        finally:
-            os._exit(code)
-    os.close(out_w)
-    with os.fdopen(out_r, "rb") as r:
-        data = r.read()
-    _, status = os.waitpid(pid, 0)
-    out, err = json.loads(data or b'["", ""]')
-    return os.waitstatus_to_exitcode(status), out, err
-
-
-@pytest.fixture
-def public_base() -> Iterator[Path]:
-    """A directory other uids can traverse (pytest's tmp_path is root-only)."""
-    base = Path(tempfile.mkdtemp(prefix="worm-fs-test-", dir="/tmp"))
-    os.chmod(base, 0o755)
-    yield base
-    shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture

@@ -36,7 +36,7 @@ from worm_fs.control.server import ADMIN_SOCKET, REQUEST_SOCKET, ControlServer
 from worm_fs.core.clock import advance_clock
 from worm_fs.core.deletion import Deletions
 from worm_fs.core.fs import WormCore
-from worm_fs.errors import StoreBusy, UsageError
+from worm_fs.errors import StoreBusy, UsageError, WormError
 from worm_fs.store import Store
 from worm_fs.store.reserve import SpaceReserve
 
@@ -254,13 +254,26 @@ class Daemon:
                 return
 
     async def _group_commit(self) -> None:
+        failing = False
         while True:
             await trio.sleep(GROUP_COMMIT_INTERVAL)
-            if self.log.pending:
-                try:
-                    await trio.to_thread.run_sync(self.core.commit_pending_audit)
-                except Exception:
-                    log.exception("audit group commit failed; will retry")
+            if not self.log.pending:
+                continue
+            try:
+                await trio.to_thread.run_sync(self.core.commit_pending_audit)
+            except WormError as exc:
+                if not failing:
+                    log.error("audit log cannot be written (%s); refusing opens until it "
+                              "can, retrying", exc.message)
+                failing = True
+                continue
+            except Exception:
+                log.exception("audit group commit failed unexpectedly; will retry")
+                failing = True
+                continue
+            if failing:
+                log.warning("audit log writable again")
+            failing = False
 
     async def _checkpoints(self) -> None:
         last = trio.current_time()
@@ -270,11 +283,11 @@ class Daemon:
             ticks += 1
             if not self.reserve.held:
                 await trio.to_thread.run_sync(self.reserve.take)
-            if ticks % 60 == 1:  # keep the retention clock's high-water mark current
-                try:
+            if ticks % 60 == 1 and self.core.failsafe is None:
+                try:  # keep the retention clock's high-water mark current
                     await trio.to_thread.run_sync(self._advance_clock)
-                except Exception:
-                    log.exception("could not record the clock high-water mark")
+                except WormError as exc:
+                    log.warning("could not record the clock high-water mark: %s", exc.message)
             size = self.core.stats()["audit_records"]
             due_records = size - max(self._last_checkpoint_size, 0) >= (
                 self.options.checkpoint_records
@@ -284,5 +297,5 @@ class Daemon:
                 try:
                     await trio.to_thread.run_sync(self.checkpoint)
                     last = trio.current_time()
-                except Exception:
-                    log.exception("automatic checkpoint failed; will retry")
+                except WormError as exc:
+                    log.warning("automatic checkpoint failed (%s); will retry", exc.message)

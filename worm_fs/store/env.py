@@ -33,6 +33,9 @@ from worm_fs.errors import NoSpace, StorageError
 #: pages are used, so a large reservation costs nothing on disk.
 DEFAULT_MAP_SIZE = 1 << 40
 
+#: A commit that fails with this little room left is taken for a full disk.
+LOW_SPACE_BYTES = 64 << 20
+
 _DATABASES = (
     "inodes",  # ino (u64) -> encoded inode
     "dirents",  # parent ino (u64) + name -> child ino (u64)
@@ -299,7 +302,18 @@ class Store:
         try:
             txn.commit()
         except lmdb.Error as exc:
-            raise _translate(exc) from None
+            raise self._commit_error(exc) from None
+
+    def _commit_error(self, exc: lmdb.Error) -> Exception:
+        """LMDB reports a short write on a full disk as EIO; tell the two apart."""
+        translated = _translate(exc)
+        if isinstance(translated, StorageError) and self.free_bytes() < LOW_SPACE_BYTES:
+            return NoSpace(f"no space left on the store's disk ({exc})")
+        return translated
+
+    def free_bytes(self) -> int:
+        st = os.statvfs(self.path)
+        return st.f_bavail * st.f_frsize
 
     def info(self) -> dict[str, int]:
         stat = self._env.stat()
