@@ -10,6 +10,7 @@ Identity is the peer's ``SO_PEERCRED`` (uid, gid, pid) plus its supplementary gr
 read from ``/proc/PID/status``. Each connection has an idle timeout, at most
 :data:`MAX_CONNECTIONS` are served at once (more are answered "busy" and closed), and a
 handler failure closes only its own connection. Core calls run in worker threads.
+The cap is per socket, so flooding the request socket does not lock admins out.
 """
 
 from __future__ import annotations
@@ -78,7 +79,9 @@ class ControlServer:
         self.admin_gid = admin_gid
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
-        self.active = 0
+        #: Open connections per socket (False: request socket, True: admin socket), so a
+        #: flood on the request socket cannot lock admins out.
+        self.active = {False: 0, True: 0}
         self.served = 0
         self._handlers: dict[str, Callable[[dict[str, Any], Caller], Any]] = {
             "hello": lambda a, w: {"version": protocol.VERSION, "uid": w.uid},
@@ -136,12 +139,12 @@ class ControlServer:
         return path, trio.SocketListener(trio.socket.from_stdlib_socket(sock))
 
     async def _connection(self, stream: trio.SocketStream, admin_socket: bool) -> None:
-        if self.active >= self.max_connections:
+        if self.active[admin_socket] >= self.max_connections:
             with trio.move_on_after(1):
                 await stream.send_all(protocol.error(StoreBusy("too many control connections")))
             await stream.aclose()
             return
-        self.active += 1
+        self.active[admin_socket] += 1
         try:
             who = peer_of(stream.socket)
             buffer = bytearray()
@@ -168,7 +171,7 @@ class ControlServer:
         except Exception:
             log.exception("control connection failed")
         finally:
-            self.active -= 1
+            self.active[admin_socket] -= 1
             self.served += 1
             with trio.move_on_after(1):
                 await stream.aclose()

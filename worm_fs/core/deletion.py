@@ -289,7 +289,8 @@ class Deletions:
                                "the requested entry no longer exists at that path", **fields)
         cover = self._coverage(tx, req.ino)
         for n, inode in cover.entries:
-            if inode.kind is Kind.FILE and inode.state is State.WRITING:
+            if (inode.kind is Kind.FILE and inode.state is State.WRITING
+                    and self.core.has_writer(n)):
                 raise self._refuse("delete_approve", errno.EBUSY, who,
                                    f"{path_of(tx, n)} is still being written", **fields)
         for n in [n for n, _ in cover.entries] + self._lineage(tx, req.ino)[1:]:

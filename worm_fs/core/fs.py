@@ -887,6 +887,11 @@ class WormCore:
     def open_writers(self) -> int:
         return len(self._writers)
 
+    def has_writer(self, ino: int) -> bool:
+        """Whether ``ino`` has a live writable handle (a ``writing`` file without one
+        was orphaned by a failed seal and is quarantined at the next start)."""
+        return ino in self._writers
+
     def close(self) -> None:
         """Stop the storer thread (after the last request)."""
         self._storer.close()
