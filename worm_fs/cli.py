@@ -22,6 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from worm_fs import errors
+from worm_fs.config import add_mount_flags
+from worm_fs.config import as_flags as settings_as_flags
+from worm_fs.config import resolve as resolve_settings
 from worm_fs.errors import NotAStore, UsageError, WormError
 from worm_fs.locate import Location, locate, open_store
 
@@ -52,6 +55,7 @@ def _progress(label: str, done: int, total: int) -> None:
 
 # ---------------------------------------------------------------------- mount / umount
 def _check_mount_args(args: argparse.Namespace) -> tuple[Path, Path]:
+    resolve_settings(args)
     state_dir = Path(args.state_dir).absolute()
     mountpoint = Path(args.mountpoint).absolute()
     if args.settle < 0:
@@ -101,6 +105,7 @@ def _mount_options(args: argparse.Namespace) -> Any:
         retention_days=args.retention,
         request_ttl_days=args.request_ttl,
         runtime_dir=Path(args.runtime_dir) if args.runtime_dir else None,
+        read_ahead_kib=args.read_ahead_kib,
         debug_fuse=args.debug_fuse,
     )
 
@@ -124,18 +129,8 @@ def _spawn_daemon(args: argparse.Namespace, state_dir: Path, mountpoint: Path) -
     read_end, write_end = os.pipe()
     command = [
         sys.executable, "-m", "worm_fs", "mount", str(state_dir), str(mountpoint),
-        "--foreground", "--ready-fd", str(write_end), "--settle", str(args.settle),
-        "--audit-reads", args.audit_reads,
-        "--checkpoint-records", str(args.checkpoint_records),
-        "--checkpoint-seconds", str(args.checkpoint_seconds),
+        "--foreground", "--ready-fd", str(write_end), *settings_as_flags(args),
     ]
-    if args.allow_other:
-        command.append("--allow-other")
-    if args.admin_group is not None:
-        command += ["--admin-group", args.admin_group]
-    if args.runtime_dir:
-        command += ["--runtime-dir", args.runtime_dir]
-    command += ["--retention", str(args.retention), "--request-ttl", str(args.request_ttl)]
     log_path = state_dir / "daemon.log"
     with open(log_path, "ab") as log_file:
         child = subprocess.Popen(
@@ -542,30 +537,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("mount", help="mount a store (creating it on first use)",
                        description="Mount the store in STATE_DIR at MOUNTPOINT. Returns once "
-                       "the mount is ready; the daemon logs to STATE_DIR/daemon.log.")
-    p.add_argument("state_dir", metavar="STATE_DIR", help="where the store lives (mode 0700)")
-    p.add_argument("mountpoint", metavar="MOUNTPOINT", help="an empty directory")
+                       "the mount is ready; the daemon logs to STATE_DIR/daemon.log. Settings "
+                       "may come from a TOML file (--config); flags override it.")
+    p.add_argument("state_dir", metavar="STATE_DIR", nargs="?",
+                   help="where the store lives (mode 0700)")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT", nargs="?", help="an empty directory")
+    p.add_argument("--config", metavar="FILE", help="TOML file with any of the settings "
+                   "below (names with underscores) and state_dir, mountpoint")
     p.add_argument("--foreground", action="store_true", help="serve in this process")
-    p.add_argument("--settle", type=float, default=60.0, metavar="SECONDS",
-                   help="how long a new entry stays renamable by its creator (0 = never; "
-                   "default 60)")
-    p.add_argument("--allow-other", action="store_true",
-                   help="let users other than the mounter access the mount")
-    p.add_argument("--audit-reads", choices=("handle", "each"), default="handle",
-                   help="one read record per open handle (default) or per read call")
-    p.add_argument("--checkpoint-records", type=int, default=10_000, metavar="N",
-                   help="sign a checkpoint after N new records (default 10000)")
-    p.add_argument("--checkpoint-seconds", type=float, default=300.0, metavar="T",
-                   help="or after T seconds with new records (default 300)")
-    p.add_argument("--admin-group", metavar="GROUP",
-                   help="members of GROUP (name or gid) may approve deletions, set holds "
-                   "and extend retention; root always may")
-    p.add_argument("--retention", type=float, default=0.0, metavar="DAYS",
-                   help="keep every sealed file at least DAYS after its seal (default 0)")
-    p.add_argument("--request-ttl", type=float, default=7.0, metavar="DAYS",
-                   help="deletion requests expire after DAYS (default 7)")
-    p.add_argument("--runtime-dir", metavar="DIR",
-                   help="where the control sockets go (default /run/worm-fs/STORE_ID)")
+    add_mount_flags(p)
     p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     p.add_argument("--debug-fuse", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
@@ -686,12 +666,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class JournalFormatter(logging.Formatter):
+    """``<priority>`` prefixes that journald turns into log levels (sd-daemon(3))."""
+
+    PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
+                logging.CRITICAL: 2}
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        priority = self.PRIORITY.get(record.levelno, 6)
+        return "\n".join(f"<{priority}>{line}" for line in text.splitlines())
+
+
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="worm-fs[%(process)d] %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    if os.environ.get("JOURNAL_STREAM"):  # stderr goes to the journal: it adds the time
+        handler.setFormatter(JournalFormatter("%(name)s: %(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter(
+            "%(asctime)s worm-fs[%(process)d] %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
 
 
 def main(argv: list[str] | None = None) -> int:

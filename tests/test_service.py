@@ -1,0 +1,116 @@
+"""Running as a service: the systemd unit, readiness notification, config files, logs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import WORM_FS, run_cli
+from worm_fs.cli import JournalFormatter
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_the_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    analyze = shutil.which("systemd-analyze")
+    assert analyze, "systemd-analyze is missing (scripts/setup installs systemd)"
+    unit = (REPO / "systemd" / "worm-fs@.service").read_text()
+    assert "Type=notify" in unit and "RuntimeDirectory=" in unit
+    local = unit.replace("/opt/worm-fs/.venv/bin/worm-fs", str(REPO / ".venv/bin/worm-fs"))
+    (tmp_path / "worm-fs@demo.service").write_text(local)
+    result = subprocess.run([analyze, "verify", str(tmp_path / "worm-fs@demo.service")],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "worm-fs@demo" not in result.stderr, result.stderr  # no warnings about it
+
+
+def test_ready_only_once_mount_and_sockets_are_up(tmp_path: Path) -> None:
+    notify = tmp_path / "notify.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(notify))
+    listener.settimeout(30)
+    mnt, state = tmp_path / "mnt", tmp_path / "state"
+    mnt.mkdir()
+    env = dict(os.environ, NOTIFY_SOCKET=str(notify))
+    proc = subprocess.Popen([*WORM_FS, "mount", str(state), str(mnt), "--foreground",
+                             "--runtime-dir", str(tmp_path / "run")], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        message = listener.recv(4096).decode()
+        assert message == "READY=1"
+        assert os.path.ismount(mnt)  # by the time READY=1 was sent
+        assert (tmp_path / "run" / "request.sock").exists()
+        assert (tmp_path / "run" / "admin.sock").exists()
+        proc.send_signal(signal.SIGTERM)
+        assert listener.recv(4096).decode() == "STOPPING=1"
+        assert proc.wait(timeout=30) == 0
+        assert not os.path.ismount(mnt)
+        assert not (tmp_path / "run" / "request.sock").exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
+        listener.close()
+
+
+def test_config_file_settings_with_flags_overriding(tmp_path: Path) -> None:
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    config = tmp_path / "store.toml"
+    config.write_text(f'state_dir = "{tmp_path / "state"}"\nmountpoint = "{mnt}"\n'
+                      'settle = 0\naudit_reads = "each"\ncheckpoint_records = 5\n')
+    result = run_cli("mount", "--config", str(config), "--settle", "7")
+    assert result.returncode == 0, result.stderr
+    try:
+        (mnt / "f").write_bytes(b"x")
+    finally:
+        assert run_cli("umount", str(mnt)).returncode == 0
+    records = [json.loads(line) for line in
+               run_cli("log", "show", str(tmp_path / "state"), "--json").stdout.splitlines()]
+    mount = next(r for r in records if r["op"] == "mount")
+    assert mount["settle"] == 7.0  # the flag wins
+    assert mount["audit_reads"] == "each"  # from the file
+
+
+@pytest.mark.parametrize("content, message", [
+    ('settle = 5\nsettel = 6\n', "unknown setting(s): settel"),
+    ('settle = "soon"\n', "settle must be float"),
+    ('audit_reads = "some"\n', "audit_reads must be one of"),
+    ('settle = [\n', "config file"),
+])
+def test_bad_config_files_are_one_line_errors(tmp_path: Path, content: str,
+                                              message: str) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text(content)
+    (tmp_path / "m").mkdir()
+    result = run_cli("mount", str(tmp_path / "s"), str(tmp_path / "m"), "--config", str(config))
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+
+
+def test_journal_lines_carry_syslog_priorities() -> None:
+    formatter = JournalFormatter("%(name)s: %(message)s")
+    record = logging.LogRecord("worm_fs.x", logging.ERROR, __file__, 1, "disk %s", ("full",),
+                               None)
+    assert formatter.format(record) == "<3>worm_fs.x: disk full"
+    record.levelno = logging.INFO
+    assert formatter.format(record).startswith("<6>")
+
+
+def test_the_daemon_logs_without_tracebacks_for_expected_errors(tmp_path: Path) -> None:
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "busy").write_text("x")
+    result = subprocess.run([*WORM_FS, "mount", str(tmp_path / "s"), str(tmp_path / "m"),
+                             "--foreground"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"worm-fs: mountpoint {tmp_path / 'm'} is not empty"]

@@ -1,0 +1,116 @@
+"""Mount settings: one table for the command-line flags and the TOML config file.
+
+``worm-fs mount --config FILE`` reads a TOML file whose keys are the names below (flags
+with dashes turned into underscores, plus ``state_dir`` and ``mountpoint``). A flag given
+on the command line overrides the file; the file overrides the defaults. Unknown keys
+and wrongly typed values are errors, so a typo never silently weakens a setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from worm_fs.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    type: type
+    default: Any
+    help: str
+    metavar: str | None = None
+    choices: tuple[str, ...] | None = None
+
+
+MOUNT_SETTINGS: tuple[Setting, ...] = (
+    Setting("settle", float, 60.0, "how long a new entry stays renamable by its creator "
+            "(0 = never; default 60)", "SECONDS"),
+    Setting("allow_other", bool, False, "let users other than the mounter use the mount"),
+    Setting("audit_reads", str, "handle", "one read record per open handle (default) or "
+            "per read call", choices=("handle", "each")),
+    Setting("admin_group", str, None, "members of GROUP (name or gid) may approve "
+            "deletions, set holds and extend retention; root always may", "GROUP"),
+    Setting("retention", float, 0.0, "keep every sealed file at least DAYS after its seal "
+            "(default 0)", "DAYS"),
+    Setting("request_ttl", float, 7.0, "deletion requests expire after DAYS (default 7)",
+            "DAYS"),
+    Setting("checkpoint_records", int, 10_000, "sign a checkpoint after N new records "
+            "(default 10000)", "N"),
+    Setting("checkpoint_seconds", float, 300.0, "or after T seconds with new records "
+            "(default 300)", "T"),
+    Setting("runtime_dir", str, None, "where the control sockets go (default "
+            "/run/worm-fs/STORE_ID)", "DIR"),
+    Setting("read_ahead_kib", int, 4096, "kernel read-ahead of the mount in KiB "
+            "(default 4096)", "KIB"),
+)
+PATHS = ("state_dir", "mountpoint")
+
+
+def add_mount_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting, defaulting to None so that 'not given' can be told apart."""
+    for s in MOUNT_SETTINGS:
+        flag = "--" + s.name.replace("_", "-")
+        if s.type is bool:
+            parser.add_argument(flag, action="store_true", default=None, help=s.help)
+        else:
+            parser.add_argument(flag, type=s.type, default=None, metavar=s.metavar,
+                                choices=s.choices, help=s.help)
+
+
+def load_config(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise UsageError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"config file {path}: {exc}") from None
+    known = {s.name: s for s in MOUNT_SETTINGS}
+    unknown = sorted(set(data) - set(known) - set(PATHS))
+    if unknown:
+        raise UsageError(f"config file {path}: unknown setting(s): {', '.join(unknown)}")
+    for key, value in data.items():
+        want = str if key in PATHS else known[key].type
+        ok = isinstance(value, want) or (want is float and isinstance(value, int)
+                                         and not isinstance(value, bool))
+        if not ok or (want is int and isinstance(value, bool)):
+            raise UsageError(f"config file {path}: {key} must be {want.__name__}")
+        if key in known and known[key].choices and value not in known[key].choices:
+            raise UsageError(f"config file {path}: {key} must be one of "
+                             f"{', '.join(known[key].choices)}")
+    return data
+
+
+def resolve(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill every mount setting in ``args``: flag, else config file, else default."""
+    config = load_config(Path(args.config)) if getattr(args, "config", None) else {}
+    for s in MOUNT_SETTINGS:
+        if getattr(args, s.name) is None:
+            value = config.get(s.name, s.default)
+            setattr(args, s.name, float(value) if s.type is float and value is not None
+                    else value)
+    for name in PATHS:
+        if getattr(args, name) is None:
+            if name not in config:
+                raise UsageError(f"{name.upper()} is missing (give it, or set {name} in "
+                                 "--config)")
+            setattr(args, name, config[name])
+    return args
+
+
+def as_flags(args: argparse.Namespace) -> list[str]:
+    """The resolved settings as command-line flags (for the background daemon)."""
+    flags: list[str] = []
+    for s in MOUNT_SETTINGS:
+        value = getattr(args, s.name)
+        flag = "--" + s.name.replace("_", "-")
+        if s.type is bool:
+            flags += [flag] if value else []
+        elif value is not None:
+            flags += [flag, str(value)]
+    return flags
