@@ -114,3 +114,31 @@ def test_the_daemon_logs_without_tracebacks_for_expected_errors(tmp_path: Path) 
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [
         f"worm-fs: mountpoint {tmp_path / 'm'} is not empty"]
+
+
+def test_prometheus_metrics_count_refusals_by_operation(mount_factory) -> None:
+    m = mount_factory("--settle", "0")
+    (m.path / "a").write_bytes(b"a" * 1000)
+    for _ in range(3):
+        with pytest.raises(OSError):
+            os.unlink(m.path / "a")
+    with pytest.raises(OSError):
+        os.open(m.path / "a", os.O_WRONLY)
+    assert run_cli("delete", "request", str(m.path / "a"), "--reason", "x").returncode == 0
+    assert run_cli("log", "checkpoint", str(m.path)).returncode == 0
+    time.sleep(0.3)  # refusals are group-committed
+    out = run_cli("stats", str(m.path), "--prometheus", check=True).stdout
+    metrics: dict[str, float] = {}
+    for line in out.splitlines():
+        if line.startswith("#"):
+            assert line.startswith(("# HELP worm_fs_", "# TYPE worm_fs_"))
+            continue
+        name, value = line.rsplit(" ", 1)
+        metrics[name] = float(value)
+    store = next(k for k in metrics if k.startswith("worm_fs_sealed_files")).split('"')[1]
+    assert metrics[f'worm_fs_refusals_total{{op="unlink",store="{store}"}}'] == 3
+    assert metrics[f'worm_fs_refusals_total{{op="open",store="{store}"}}'] == 1
+    assert metrics[f'worm_fs_sealed_files{{store="{store}"}}'] == 1
+    assert metrics[f'worm_fs_sealed_bytes{{store="{store}"}}'] == 1000
+    assert metrics[f'worm_fs_deletion_requests_pending{{store="{store}"}}'] == 1
+    assert 0 <= metrics[f'worm_fs_audit_checkpoint_age_seconds{{store="{store}"}}'] < 60

@@ -247,6 +247,11 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
     store = open_store(locate(args.path))
     try:
+        if args.prometheus:
+            from worm_fs.metrics import collect, render
+
+            sys.stdout.write(render(collect(store)))
+            return 0
         data = store_stats(store)
     finally:
         store.close()
@@ -567,7 +572,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Files, logical bytes, stored bytes, chunks, dedup ratio. "
                        "PATH: the mountpoint, a path inside it, or a state directory.")
     p.add_argument("path", metavar="PATH")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print JSON")
+    out.add_argument("--prometheus", action="store_true",
+                     help="print Prometheus metrics (for node_exporter's textfile collector)")
     p.set_defaults(func=cmd_stats)
 
     p = sub.add_parser("verify", help="scrub: re-hash every chunk and file",

@@ -6,14 +6,16 @@ with the store. The key name and the checkpoint origin are both ``worm-fs/<store
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from worm_fs.audit.checkpoint import Checkpoint, SigningKey, sign_checkpoint
 from worm_fs.audit.log import tree_head
 from worm_fs.errors import NotAStore
-from worm_fs.store import Store
+from worm_fs.store import Store, u64
 
 KEY_FILE = "audit-signing.key"
+CHECKPOINT_TIME_KEY = "checkpoint_time_ns"
 
 
 def origin_for(store_id: str) -> str:
@@ -53,6 +55,7 @@ def make_checkpoint(store: Store, key: SigningKey, origin: str) -> str:
             return kept.decode()
         note_text = sign_checkpoint(Checkpoint(origin=origin, size=size, root=root), key)
         tx.put_checkpoint(size, note_text.encode())
+        tx.put_meta(CHECKPOINT_TIME_KEY, u64(time.time_ns()))
         return note_text
 
 

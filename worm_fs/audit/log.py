@@ -30,6 +30,7 @@ from worm_fs.audit.merkle import Frontier, leaf_hash
 from worm_fs.store import ReadTxn, WriteTxn
 
 FRONTIER_KEY = "audit_frontier"
+REFUSALS_PREFIX = "refusals:"
 NEXT_SEQ_KEY = "audit_next_seq"
 
 Record = dict[str, Any]
@@ -120,6 +121,8 @@ class AuditBatch:
         self._tx.put_record(seq, data)
         self._frontier.append(leaf_hash(data))
         self._next_seq += 1
+        if record.get("result", "ok") != "ok":  # refusals by operation, for alerting
+            self._tx.add_counter(REFUSALS_PREFIX + str(record.get("op")), 1)
         self.added += 1
         return seq
 

@@ -156,6 +156,17 @@ class ReadTxn:
     def get_meta(self, name: str) -> bytes | None:
         return self._txn.get(name.encode(), db=self._db["meta"])
 
+    def iter_meta(self, prefix: str) -> Iterator[tuple[str, bytes]]:
+        """Metadata entries whose names start with ``prefix``."""
+        raw = prefix.encode()
+        with self._txn.cursor(db=self._db["meta"]) as cur:
+            if not cur.set_range(raw):
+                return
+            for key, value in cur:
+                if not key.startswith(raw):
+                    return
+                yield key.decode(), value
+
     def get_counter(self, name: str) -> int:
         value = self.get_meta(name)
         return 0 if value is None else from_u64(value)

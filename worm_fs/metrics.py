@@ -1,0 +1,83 @@
+"""Store metrics in the Prometheus text exposition format.
+
+For node_exporter's textfile collector: ``worm-fs stats PATH --prometheus >
+/var/lib/node_exporter/textfile/worm-fs.prom`` (atomically: write a temp file, rename).
+Refusals are counters by operation: they are what an alert fires on.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from worm_fs.audit.anchor import CHECKPOINT_TIME_KEY
+from worm_fs.audit.log import REFUSALS_PREFIX
+from worm_fs.core.clock import trusted_now
+from worm_fs.core.deletion import DeletionRequest
+from worm_fs.core.fs import store_stats
+from worm_fs.store import Store, from_u64
+
+Sample = tuple[str, str, str, list[tuple[dict[str, str], float]]]
+
+
+def collect(store: Store) -> list[Sample]:
+    """(name, type, help, [(labels, value)]) for every metric."""
+    stats: dict[str, Any] = store_stats(store)
+    with store.read() as rt:
+        store_id = (rt.get_meta("store_id") or b"").decode()
+        refusals = [(key[len(REFUSALS_PREFIX):], from_u64(value))
+                    for key, value in rt.iter_meta(REFUSALS_PREFIX)]
+        now = trusted_now(rt, time.time_ns())
+        pending = sum(1 for _, raw in rt.iter_deletions()
+                      if DeletionRequest.from_bytes(raw).shown_state(now) == "pending")
+        checkpoint_ns = rt.get_counter(CHECKPOINT_TIME_KEY)
+    base = {"store": store_id}
+
+    def one(value: float) -> list[tuple[dict[str, str], float]]:
+        return [(base, value)]
+
+    samples: list[Sample] = [
+        ("worm_fs_sealed_files", "gauge", "Sealed files.", one(stats["files"])),
+        ("worm_fs_sealed_bytes", "gauge", "Logical bytes of sealed files.",
+         one(stats["logical_bytes"])),
+        ("worm_fs_stored_bytes", "gauge", "Bytes of distinct stored chunks.",
+         one(stats["stored_bytes"])),
+        ("worm_fs_dedup_ratio", "gauge", "Logical bytes per stored byte.",
+         one(stats["dedup_ratio"])),
+        ("worm_fs_quarantined_files", "gauge", "Files quarantined by crash recovery.",
+         one(stats["quarantined"])),
+        ("worm_fs_writing_files", "gauge", "Files being written.", one(stats["writing"])),
+        ("worm_fs_refusals_total", "counter", "Refused attempts by operation.",
+         [(dict(base, op=op), count) for op, count in sorted(refusals)] or one(0)),
+        ("worm_fs_deletion_requests_pending", "gauge", "Deletion requests awaiting a decision.",
+         one(pending)),
+        ("worm_fs_freed_bytes_total", "counter", "Bytes freed by approved deletions.",
+         one(stats["freed_bytes"])),
+        ("worm_fs_audit_records", "gauge", "Records in the audit log.",
+         one(stats["audit_records"])),
+    ]
+    if checkpoint_ns:
+        samples.append(("worm_fs_audit_checkpoint_age_seconds", "gauge",
+                        "Seconds since the newest signed checkpoint.",
+                        one(round(max(0, time.time_ns() - checkpoint_ns) / 1e9, 3))))
+    return samples
+
+
+def _labels(labels: dict[str, str]) -> str:
+    inner = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(labels.items()))
+    return "{" + inner + "}" if inner else ""
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def render(samples: list[Sample]) -> str:
+    lines: list[str] = []
+    for name, kind, help_text, values in samples:
+        lines.append(f"# HELP {name} {help_text}")
+        lines.append(f"# TYPE {name} {kind}")
+        for labels, value in values:
+            number = int(value) if float(value).is_integer() else value
+            lines.append(f"{name}{_labels(labels)} {number}")
+    return "\n".join(lines) + "\n"
