@@ -233,6 +233,7 @@ def cmd_stat(args: argparse.Namespace) -> int:
         "sealed_at": xattr("user.worm.sealed_at"),
         "retain_until": xattr("user.worm.retain_until"),
         "hold": xattr("user.worm.hold"),
+        "provenance": json.loads(xattr("user.worm.provenance") or "null"),
         "mode": oct(stat_mod.S_IMODE(st.st_mode)),
         "uid": st.st_uid,
         "gid": st.st_gid,
@@ -529,6 +530,98 @@ def control_call(sock: Path, op: str, **kwargs: Any) -> Any:
     return call(sock, op, **kwargs)
 
 
+# ---------------------------------------------------------------------- provenance
+def _wait_sealed(path: Path, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while os.getxattr(path, "user.worm.state") != b"sealed":
+        if time.monotonic() > deadline:
+            raise WormError(f"{path} was not sealed within {timeout:.0f} s")
+        time.sleep(0.01)
+
+
+def cmd_seal_env(args: argparse.Namespace) -> int:
+    from worm_fs.envinfo import fingerprint
+
+    path = Path(args.path)
+    locate(path.parent, allow_state_dir=False)
+    if path.exists():
+        raise UsageError(f"{path} exists already (a sealed file is never overwritten)")
+    data = json.dumps(fingerprint(label=args.label), indent=2, sort_keys=True) + "\n"
+    with open(path, "x") as f:
+        f.write(data)
+    _wait_sealed(path)
+    result = {"path": str(path), "sha256": os.getxattr(path, "user.worm.sha256").decode()}
+    emit(args, result, lambda r: f"{r['sha256']}  {r['path']}")
+    return 0
+
+
+def cmd_manifest_create(args: argparse.Namespace) -> int:
+    from worm_fs.audit.anchor import load_key
+    from worm_fs.manifest import build, scan_sealed_tree, sign
+
+    root = Path(args.path)
+    loc = locate(root, allow_state_dir=False)
+    if not root.is_dir():
+        raise UsageError(f"{root} is not a directory")
+    entries = scan_sealed_tree(root)
+    if not entries:
+        raise UsageError(f"{root} holds no sealed files")
+    key = load_key(loc.state_dir)
+    note = _checkpoint_now(loc)  # covers every seal made so far
+    envelope = sign(build(entries, note, key.name), key)
+    text = json.dumps(envelope, indent=2) + "\n"
+    if args.output:
+        Path(args.output).write_text(text)
+        print(f"signed manifest of {len(entries)} file(s) written to {args.output}",
+              file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_manifest_verify(args: argparse.Namespace) -> int:
+    from worm_fs.manifest import ManifestError, check_checkpoint, compare, open_envelope
+
+    try:
+        envelope = json.loads(Path(args.manifest).read_text())
+    except FileNotFoundError:
+        raise UsageError(f"{args.manifest}: no such file") from None
+    except ValueError:
+        raise UsageError(f"{args.manifest} is not JSON") from None
+    root = Path(args.dir)
+    if not root.is_dir():
+        raise UsageError(f"{root} is not a directory")
+    if args.pubkey:
+        verifier = _verifier(Location(state_dir=Path("/nonexistent"), mountpoint=None),
+                             args.pubkey)
+    else:
+        try:
+            verifier = _verifier(locate(root, allow_state_dir=False), None)
+        except WormError:
+            raise UsageError(f"{root} is not in a worm-fs mount: give --pubkey (the output "
+                             "of `worm-fs log pubkey` on the store)") from None
+    problems: list[str] = []
+    try:
+        statement = open_envelope(envelope if isinstance(envelope, dict) else {}, verifier)
+    except ManifestError as exc:
+        print(f"FAILED signature: {exc.message}")
+        return errors.EXIT_CHECK_FAILED
+    why = check_checkpoint(statement, verifier)
+    if why:
+        problems.append(why)
+    result = compare(statement, root)
+    problems += [f"missing: {p}" for p in result.missing]
+    problems += [f"extra: {p}" for p in result.extra]
+    problems += [f"changed: {p}" for p in result.changed]
+    data = {"ok": not problems, "files": len(statement["subject"]), "checked": result.checked,
+            "problems": problems}
+    emit(args, data, lambda d: "\n".join(
+        [f"FAILED {p}" for p in d["problems"]] +
+        [f"{d['checked']} of {d['files']} file(s) match the signed manifest" if d["ok"] else
+         f"manifest verification FAILED ({len(d['problems'])} problem(s))"]))
+    return errors.EXIT_OK if not problems else errors.EXIT_CHECK_FAILED
+
+
 # ---------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -656,6 +749,38 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--reason", required=decision == "reject", help="recorded in the log")
         p.add_argument("--json", action="store_true", help="print JSON")
         p.set_defaults(func=cmd_delete_decide, decision=decision)
+
+    p = sub.add_parser("seal-env", help="seal a description of this environment",
+                       description="Write a JSON fingerprint of the current environment "
+                       "(Python and package versions, host, hardware, git commit of the "
+                       "working directory) to PATH inside a mount; it is sealed like any "
+                       "file, next to the run's outputs.")
+    p.add_argument("path", metavar="PATH", help="a new file name inside a worm-fs mount")
+    p.add_argument("--label", help="free text stored with it (e.g. the run name)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_seal_env)
+
+    manp = sub.add_parser("manifest", help="signed manifests of sealed trees",
+                          description="A deployment gate: sign what training sealed, verify it "
+                          "before serving, on any host.")
+    mansub = manp.add_subparsers(dest="manifest_command", metavar="ACTION", required=True)
+    p = mansub.add_parser("create", help="sign a manifest of a sealed tree",
+                          description="Write a DSSE-signed in-toto statement listing every file "
+                          "below PATH (path, size, SHA-256, seal time and seq) with a "
+                          "checkpoint covering the seals. Needs the store's key (root).")
+    p.add_argument("path", metavar="PATH", help="a directory in a worm-fs mount")
+    p.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+    p.set_defaults(func=cmd_manifest_create)
+    p = mansub.add_parser("verify", help="check a directory against a manifest",
+                          description="Check DIR (the mount or a copy anywhere) against "
+                          "MANIFEST: signature, missing, extra and changed files. Exit 0 if "
+                          "all match, 1 otherwise, 2 on usage errors.")
+    p.add_argument("manifest", metavar="MANIFEST")
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("--pubkey", metavar="KEY|FILE",
+                   help="the store's verifier key (needed outside a mount)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_manifest_verify)
 
     p = sub.add_parser("hold", help="set or clear a legal hold (admins)",
                        description="A legal hold on PATH (and everything below it) blocks "

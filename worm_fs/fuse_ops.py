@@ -64,8 +64,18 @@ def _comm(pid: int) -> str:
         return ""
 
 
-def caller_of(ctx: pyfuse3.RequestContext) -> Caller:
-    return Caller(uid=ctx.uid, gid=ctx.gid, pid=ctx.pid, comm=_comm(ctx.pid))
+def _cmdline(pid: int) -> tuple[str, ...]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            raw = f.read(8192)
+    except OSError:
+        return ()
+    return tuple(a.decode("utf-8", "replace") for a in raw.split(b"\0") if a)
+
+
+def caller_of(ctx: pyfuse3.RequestContext, *, with_cmdline: bool = False) -> Caller:
+    return Caller(uid=ctx.uid, gid=ctx.gid, pid=ctx.pid, comm=_comm(ctx.pid),
+                  cmdline=_cmdline(ctx.pid) if with_cmdline else ())
 
 
 def entry_attributes(inode: Inode) -> pyfuse3.EntryAttributes:
@@ -186,7 +196,7 @@ class WormOperations(pyfuse3.Operations):
     @_guard
     async def create(self, parent_inode, name, mode, flags, ctx):
         fh, inode = await self._off_loop(
-            self.core.create, parent_inode, name, mode, flags, caller_of(ctx)
+            self.core.create, parent_inode, name, mode, flags, caller_of(ctx, with_cmdline=True)
         )
         return pyfuse3.FileInfo(fh=fh, keep_cache=False), entry_attributes(inode)
 

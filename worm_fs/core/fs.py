@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import logging
 import os
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -64,6 +66,8 @@ XATTR_SEALED_AT = b"user.worm.sealed_at"
 XATTR_STATE_DIR = b"user.worm.state_dir"
 XATTR_RETAIN = b"user.worm.retain_until"
 XATTR_HOLD = b"user.worm.hold"
+XATTR_PROVENANCE = b"user.worm.provenance"
+HOSTNAME = socket.gethostname()
 
 
 def wants_write(flags: int) -> bool:
@@ -326,6 +330,9 @@ class WormCore:
             if inode.state is State.SEALED:
                 out[XATTR_SHA256] = inode.sha256.encode()
                 out[XATTR_SEALED_AT] = iso_time(inode.sealed_ns).encode()
+                if "provenance" in inode.extra:
+                    out[XATTR_PROVENANCE] = json.dumps(
+                        inode.extra["provenance"], sort_keys=True).encode()
         if self.retention_of(inode):
             out[XATTR_RETAIN] = iso_time(self.retention_of(inode)).encode()
         hold = inode.extra.get("hold")
@@ -378,7 +385,9 @@ class WormCore:
         with self.transaction() as (tx, batch):
             _, path = self._prepare_new(tx, parent, name, "create", caller)
             inode = self._add_entry(
-                tx, parent, name, Kind.FILE, mode, caller, state=State.WRITING, clean=False
+                tx, parent, name, Kind.FILE, mode, caller, state=State.WRITING, clean=False,
+                extra={"writer": {"uid": caller.uid, "gid": caller.gid, "pid": caller.pid,
+                                  "comm": caller.comm, "cmdline": list(caller.cmdline)}},
             )
             tx.set_writing(inode.ino, True)
             batch.add(self.log.stamp(
@@ -822,9 +831,14 @@ class WormCore:
             return sha.hexdigest()
 
     def _seal(self, ino: int, digest: str, caller: Caller, op: str) -> None:
+        """Seal ``ino`` with its SHA-256; records the seal and the file's provenance."""
         with self.transaction() as (tx, batch):
             now = advance_clock(tx, self.clock())  # retention counts from trusted time
             inode = Inode.from_bytes(tx.get_inode(ino) or b"")
+            path = self._path(tx, ino)
+            seq = batch.add(self.log.stamp(
+                op, path=path, ino=ino, size=inode.size, sha256=digest, **self._who(caller),
+            ))
             inode.state = State.SEALED
             inode.mode &= ~0o222
             inode.sha256 = digest
@@ -834,6 +848,12 @@ class WormCore:
                     int(inode.extra.get("retain_until_ns", 0)),  # type: ignore[arg-type]
                     now + self.retention_ns,
                 )
+            inode.extra["provenance"] = {
+                **dict(inode.extra.get("writer") or {}),  # type: ignore[arg-type]
+                "host": HOSTNAME, "sealed_at": iso_time(now), "seal_seq": seq,
+                "sha256": digest, "size": inode.size,
+                **({"recovered": True} if op != "seal" else {}),
+            }
             inode.clean = True
             inode.ctime_ns = now
             tx.put_inode(ino, inode.to_bytes())
@@ -841,10 +861,6 @@ class WormCore:
             tx.add_counter("files", 1)
             tx.add_counter("logical_bytes", inode.size)
             self.touch(tx, ino, now)
-            batch.add(self.log.stamp(
-                op, path=self._path(tx, ino), ino=ino, size=inode.size, sha256=digest,
-                **self._who(caller),
-            ))
 
     # ------------------------------------------------------------------ recovery
     def recover(self) -> dict[str, list[str]]:

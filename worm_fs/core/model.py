@@ -84,6 +84,8 @@ class Caller:
     comm: str = ""
     #: Supplementary groups (control channel only; FUSE requests do not carry them).
     groups: frozenset[int] = frozenset()
+    #: The process's command line (read for ``create`` only, for seal receipts).
+    cmdline: tuple[str, ...] = ()
 
     @classmethod
     def daemon(cls) -> Caller:
