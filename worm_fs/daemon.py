@@ -43,6 +43,8 @@ from worm_fs.store.reserve import SpaceReserve
 log = logging.getLogger(__name__)
 
 GROUP_COMMIT_INTERVAL = 0.05
+MAPPED_TRIM_INTERVAL = 0.5
+MAPPED_TRIM_KIB = 32 << 10
 LOCK_FILE = "daemon.lock"
 
 
@@ -87,6 +89,15 @@ def lock_state_dir(state_dir: Path) -> int:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
+
+
+def mapped_store_kib() -> int:
+    """File-backed resident memory of this process (mostly the store's map), in KiB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssFile:"):
+                return int(line.split()[1])
+    return 0
 
 
 def keep_freed_memory() -> None:
@@ -230,6 +241,7 @@ class Daemon:
             nursery.start_soon(self._watch_signals)
             nursery.start_soon(self._group_commit)
             nursery.start_soon(self._checkpoints)
+            nursery.start_soon(self._trim_mapped_pages)
             await nursery.start(self.control.serve, self.runtime_dir)
             nursery.start_soon(self._serve_fuse, nursery.cancel_scope)
             # The kernel's FUSE INIT sets the mount's read-ahead; raise it only after that.
@@ -274,6 +286,13 @@ class Daemon:
             if failing:
                 log.warning("audit log writable again")
             failing = False
+
+    async def _trim_mapped_pages(self) -> None:
+        """Keep the store's mapped pages from piling up in our resident memory."""
+        while True:
+            await trio.sleep(MAPPED_TRIM_INTERVAL)
+            if mapped_store_kib() > MAPPED_TRIM_KIB:
+                await trio.to_thread.run_sync(self.store.release_mapped_pages)
 
     async def _checkpoints(self) -> None:
         last = trio.current_time()

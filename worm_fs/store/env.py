@@ -18,7 +18,9 @@ Contracts:
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import functools
 import os
 import struct
 from collections.abc import Iterator
@@ -235,6 +237,27 @@ class WriteTxn(ReadTxn):
         self._txn.delete(key, db=self._db[database])
 
 
+_MADV_DONTNEED = 4
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    return libc
+
+
+def _find_mapping(data_file: Path) -> tuple[int, int] | None:
+    """(start, length) of this process's mapping of ``data_file``, from /proc/self/maps."""
+    target = str(data_file.resolve())
+    with open("/proc/self/maps") as f:
+        for line in f:
+            if line.rstrip().endswith(" " + target):
+                start, end = (int(x, 16) for x in line.split()[0].split("-"))
+                return start, end - start
+    return None
+
+
 def _translate(exc: lmdb.Error) -> Exception:
     if isinstance(exc, lmdb.MapFullError):
         return NoSpace("the store's map is full")
@@ -275,6 +298,7 @@ class Store:
         except lmdb.Error as exc:
             raise _translate(exc) from None
         self._dbs: dict[str, lmdb._Database] = {}
+        self._map_range: tuple[int, int] | None = None
         try:
             for name in _DATABASES:
                 self._dbs[name] = self._env.open_db(name.encode(), create=not readonly)
@@ -321,6 +345,21 @@ class Store:
         if isinstance(translated, StorageError) and self.free_bytes() < LOW_SPACE_BYTES:
             return NoSpace(f"no space left on the store's disk ({exc})")
         return translated
+
+    def release_mapped_pages(self) -> None:
+        """Drop this process's mappings of store pages; they stay in the page cache.
+
+        Every chunk read faults 1 MiB of the LMDB map into the process, so resident
+        memory would grow with everything ever read (reclaimable, but alarming and
+        counted by RSS limits). MADV_DONTNEED on a shared file mapping only unmaps: the
+        next access re-maps the same page from the page cache, so concurrent readers
+        are unaffected.
+        """
+        if self._map_range is None:
+            self._map_range = _find_mapping(self.path / "store" / "data.mdb")
+        if self._map_range is not None:
+            start, length = self._map_range
+            _libc().madvise(start, length, _MADV_DONTNEED)
 
     def free_bytes(self) -> int:
         st = os.statvfs(self.path)
