@@ -559,6 +559,7 @@ class WormCore:
                 if change.size is not None and writer is not None:
                     self._settle_writer(tx, writer)
                     stored.size = writer.size
+                    stored.clean = False  # changed since the last flush, like a write
                     self._drop_chunks_from(tx, writer.ino, -(-writer.size // CHUNK_SIZE))
                 stored.ctime_ns = self.clock()
                 tx.put_inode(ino, stored.to_bytes())
