@@ -13,7 +13,7 @@ import pytest
 from worm_fs.audit.log import AuditLog
 from worm_fs.core.fs import ROOT_INO, WormCore
 from worm_fs.core.model import AttrChange, Caller, State
-from worm_fs.errors import Refused
+from worm_fs.errors import NotFound, Refused
 from worm_fs.store import CHUNK_SIZE, Store
 
 ALICE = Caller(uid=1000, gid=1000, pid=11, comm="alice")
@@ -55,11 +55,12 @@ def write_file(core: WormCore, name: bytes, data: bytes, caller: Caller = ALICE)
     core.write(fh, 0, data)
     core.flush(fh)
     core.release(fh)
+    core.commit_pending()  # the seal is written by the next (group) commit
     return inode.ino
 
 
 def records(core: WormCore) -> list[dict]:
-    core.commit_pending_audit()
+    core.commit_pending()
     with core.store.read() as rt:
         return [json.loads(raw) for _, raw in rt.iter_records()]
 
@@ -112,6 +113,7 @@ def test_a_directory_stays_unsettled_while_anything_below_changes(
         fh, _ = core.create(d.ino, f"f{clock.now}".encode(), 0o644, os.O_WRONLY, ALICE)
         core.write(fh, 0, b"data")
         core.release(fh)
+        core.commit_pending()
     clock.advance(50)  # 150 s after mkdir, 50 s after the last change below it
     core.rename(ROOT_INO, b"tmp-checkpoint-1", ROOT_INO, b"checkpoint-1", 0, ALICE)
 
@@ -127,12 +129,16 @@ def test_recovery_seals_a_flushed_file_and_quarantines_an_unflushed_one(
     core.write(fh2, 0, b"first part")
     core.flush(fh2)
     core.write(fh2, 10, b" and more")  # never flushed: the crash loses it
-    fh3, c = core.create(ROOT_INO, b"never-flushed", 0o644, os.O_WRONLY, ALICE)
+    fh3, c = core.create(ROOT_INO, b"stored-unflushed", 0o644, os.O_WRONLY, ALICE)
+    core.commit_pending()  # stored by the group commit, never flushed
+    core.create(ROOT_INO, b"just-created", 0o644, os.O_WRONLY, ALICE)
     core.store.close()  # crash: no release
 
     core = open_core(tmp_path, clock)
     outcome = core.recover()
     assert outcome == {"sealed": [str(a.ino)], "quarantined": [str(b.ino), str(c.ino)]}
+    with pytest.raises(NotFound):  # a create is durable with the file's first flush
+        core.lookup(ROOT_INO, b"just-created")
     assert core.getattr(a.ino).state is State.SEALED
     assert core.getattr(a.ino).sha256 == hashlib.sha256(b"complete").hexdigest()
     torn = core.getattr(b.ino)
@@ -164,6 +170,7 @@ def test_rewriting_a_stored_chunk_recomputes_the_digest(core: WormCore) -> None:
     core.write(fh, 5, b"PATCHED")  # a zip writer patching its header
     body[5:12] = b"PATCHED"
     core.release(fh)
+    core.commit_pending()
     assert core.getattr(inode.ino).sha256 == hashlib.sha256(body).hexdigest()
     assert core.stats()["stored_bytes"] == len(body)  # the replaced chunk was freed
 
@@ -188,3 +195,29 @@ def test_setting_the_clock_back_does_not_shorten_retention(tmp_path: Path) -> No
     assert "retained until" in str(exc.value)
     assert core.lookup(ROOT_INO, b"late").ino == ino
     core.store.close()
+
+
+def test_a_small_file_costs_one_commit_and_its_seal_rides_the_next(
+    core: WormCore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    commits = []
+    real_write = core.store.write
+
+    def counting_write():
+        commits.append(1)
+        return real_write()
+
+    monkeypatch.setattr(core.store, "write", counting_write)
+    fh, inode = core.create(ROOT_INO, b"small", 0o644, os.O_WRONLY, ALICE)
+    assert core.lookup(ROOT_INO, b"small").ino == inode.ino  # visible before it is stored
+    assert [n for n, _ in core.readdir(ROOT_INO)] == [b"small"]
+    core.write(fh, 0, b"x" * 4096)
+    core.flush(fh)  # one synced commit: the create, the data and the flush record
+    core.release(fh)
+    assert len(commits) == 1
+    assert core.getattr(inode.ino).state is State.WRITING  # until the next commit
+    core.commit_pending()
+    assert len(commits) == 2
+    assert core.getattr(inode.ino).state is State.SEALED
+    ops = [r["op"] for r in records(core)]
+    assert ops[-3:] == ["create", "flush", "seal"]

@@ -46,6 +46,7 @@ class ModelFile:
     state: State
     data: bytearray = field(default_factory=bytearray)
     clean: bool = False  # no write since the last flush
+    flushed: bool = False  # flushed at least once: certainly stored
 
 
 def apply_write(buf: bytearray, off: int, data: bytes) -> None:
@@ -131,6 +132,7 @@ class CoreMachine(RuleBasedStateMachine):
             return
         self.core.flush(fh)
         self.files[self.open_fh[fh]].clean = True
+        self.files[self.open_fh[fh]].flushed = True
 
     @rule(fh=consumes(writers))
     def close(self, fh) -> None:
@@ -138,6 +140,7 @@ class CoreMachine(RuleBasedStateMachine):
             return
         self.core.flush(fh)
         self.core.release(fh)
+        self.core.commit_pending()  # what the daemon's group commit does within 50 ms
         name = self.open_fh.pop(fh)
         self.files[name].state = State.SEALED
 
@@ -195,8 +198,16 @@ class CoreMachine(RuleBasedStateMachine):
         self.core.recover()
         for fh, name in list(self.open_fh.items()):
             f = self.files[name]
-            f.state = State.SEALED if f.clean else State.QUARANTINED
             del self.open_fh[fh]
+            try:
+                self.core.lookup(ROOT_INO, name.encode())
+            except NotFound:
+                # A create is durable with the file's first flush (or the next commit of
+                # anything); a never-flushed file may be gone, a flushed one never is.
+                assert not f.flushed, name
+                del self.files[name]
+                continue
+            f.state = State.SEALED if f.clean else State.QUARANTINED
 
     # ------------------------------------------------------------------ invariants
     @invariant()

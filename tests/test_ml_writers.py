@@ -78,7 +78,7 @@ def test_trainer_style_checkpoint_directory(mnt: Mount) -> None:
     assert json.loads((out / "checkpoint-20" / "trainer_state.json").read_text()) == {
         "global_step": 20}
     for p in sealed_tree(out):
-        assert os.getxattr(p, "user.worm.state") == b"sealed"
+        wait_sealed(p)
 
 
 def test_sha256sum_check_against_the_xattrs(mnt: Mount) -> None:

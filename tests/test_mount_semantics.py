@@ -82,7 +82,7 @@ def test_mutations_of_a_settled_sealed_file_are_refused_even_for_root(
     after = os.stat(f)
     assert (after.st_mode, after.st_uid, after.st_mtime_ns, after.st_size) == (
         before.st_mode, before.st_uid, before.st_mtime_ns, before.st_size)
-    assert os.getxattr(f, "user.worm.state") == b"sealed"
+    wait_sealed(f)
 
 
 def test_rmdir_is_refused_and_directories_work(settled_mnt: Mount) -> None:
@@ -125,13 +125,13 @@ def test_second_writer_is_refused_while_the_first_is_open(mnt: Mount) -> None:
         with open(f, "rb") as r:  # readers may look meanwhile
             assert r.read() == b"first"
     assert f.read_bytes() == b"first"
-    assert os.getxattr(f, "user.worm.state") == b"sealed"
+    wait_sealed(f)
 
 
 def test_seal_happens_at_release_not_first_flush(mnt: Mount) -> None:
     subprocess.run(["sh", "-c", "exec 3>f; echo a >&3; echo b >&3"], cwd=mnt.path, check=True)
     assert (mnt.path / "f").read_text() == "a\nb\n"
-    assert os.getxattr(mnt.path / "f", "user.worm.state") == b"sealed"
+    wait_sealed(mnt.path / "f")
 
 
 def test_zipfile_seeking_back_round_trips(mnt: Mount) -> None:
@@ -144,6 +144,7 @@ def test_zipfile_seeking_back_round_trips(mnt: Mount) -> None:
     with zipfile.ZipFile(target) as z:
         assert z.testzip() is None
         assert {n: z.read(n) for n in z.namelist()} == members
+    wait_sealed(target)
     assert os.getxattr(target, "user.worm.sha256").decode() == sha(target)
 
 
@@ -167,6 +168,7 @@ def test_random_offset_writes_with_holes(mnt: Mount) -> None:
     finally:
         os.close(fd)
     assert f.read_bytes() == bytes(model)
+    wait_sealed(f)
     assert os.getxattr(f, "user.worm.sha256").decode() == hashlib.sha256(model).hexdigest()
 
 
@@ -192,6 +194,7 @@ def test_large_file_streams_without_buffering_the_whole_file(mnt: Mount) -> None
             w.write(piece)
             digest.update(piece)
     assert os.stat(f).st_size == 96 << 20
+    wait_sealed(f)
     assert os.getxattr(f, "user.worm.sha256").decode() == digest.hexdigest()
     out = subprocess.run(["sha256sum", str(f)], capture_output=True, text=True, check=True)
     assert out.stdout.split()[0] == digest.hexdigest()
@@ -262,7 +265,7 @@ def _assert_tree(dst: Path, files: dict[str, bytes], *, mtimes: bool = True) -> 
     for rel, data in files.items():
         p = dst / rel
         assert p.read_bytes() == data, rel
-        assert os.getxattr(p, "user.worm.state") == b"sealed"
+        wait_sealed(p)
         if mtimes:
             assert p.stat().st_mtime_ns == 1_600_000_000_000_000_000, rel
 
@@ -338,6 +341,7 @@ def test_everything_persists_across_remount(mount_factory) -> None:
     (m.path / "d").mkdir()
     (m.path / "d" / "f").write_bytes(payload)
     os.symlink("d/f", m.path / "l")
+    wait_sealed(m.path / "d" / "f")
     digest = os.getxattr(m.path / "d" / "f", "user.worm.sha256")
     assert m.stop() == 0
     m.start()

@@ -24,6 +24,8 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -208,10 +210,13 @@ class Daemon:
             trio.run(self._serve, ready_fd)
         finally:
             try:
-                self.core.commit_pending_audit()
+                self.core.commit_pending()
                 self._record("unmount", mountpoint=str(self.mountpoint),
                              open_writers=self.core.open_writers())
                 self.checkpoint()
+            except WormError as exc:
+                log.error("could not record the unmount (%s); recovery will sort out the "
+                          "rest at the next start", exc.message)
             finally:
                 fuse_ops.unmount()
                 for name in (REQUEST_SOCKET, ADMIN_SOCKET):
@@ -269,10 +274,10 @@ class Daemon:
         failing = False
         while True:
             await trio.sleep(GROUP_COMMIT_INTERVAL)
-            if not self.log.pending:
+            if not self.core.has_pending():
                 continue
             try:
-                await trio.to_thread.run_sync(self.core.commit_pending_audit)
+                await trio.to_thread.run_sync(self.core.commit_pending)
             except WormError as exc:
                 if not failing:
                     log.error("audit log cannot be written (%s); refusing opens until it "
@@ -291,30 +296,43 @@ class Daemon:
         """Keep the store's mapped pages from piling up in our resident memory."""
         while True:
             await trio.sleep(MAPPED_TRIM_INTERVAL)
-            if mapped_store_kib() > MAPPED_TRIM_KIB:
-                await trio.to_thread.run_sync(self.store.release_mapped_pages)
+            with background_errors("trimming mapped pages"):
+                if mapped_store_kib() > MAPPED_TRIM_KIB:
+                    await trio.to_thread.run_sync(self.store.release_mapped_pages)
 
     async def _checkpoints(self) -> None:
-        last = trio.current_time()
+        self._last_checkpoint_time = trio.current_time()
         ticks = 0
         while True:
             await trio.sleep(1.0)
             ticks += 1
-            if not self.reserve.held:
-                await trio.to_thread.run_sync(self.reserve.take)
-            if ticks % 60 == 1 and self.core.failsafe is None:
-                try:  # keep the retention clock's high-water mark current
-                    await trio.to_thread.run_sync(self._advance_clock)
-                except WormError as exc:
-                    log.warning("could not record the clock high-water mark: %s", exc.message)
-            size = self.core.stats()["audit_records"]
-            due_records = size - max(self._last_checkpoint_size, 0) >= (
-                self.options.checkpoint_records
-            )
-            due_time = trio.current_time() - last >= self.options.checkpoint_seconds
-            if size != self._last_checkpoint_size and (due_records or due_time):
-                try:
-                    await trio.to_thread.run_sync(self.checkpoint)
-                    last = trio.current_time()
-                except WormError as exc:
-                    log.warning("automatic checkpoint failed (%s); will retry", exc.message)
+            with background_errors("housekeeping"):
+                await self._housekeeping(ticks)
+
+    async def _housekeeping(self, ticks: int) -> None:
+        """Once a second: the space reserve, the clock high-water mark, checkpoints."""
+        if not self.reserve.held:
+            await trio.to_thread.run_sync(self.reserve.take)
+        if ticks % 60 == 1 and self.core.failsafe is None:
+            await trio.to_thread.run_sync(self._advance_clock)
+        size = self.core.stats()["audit_records"]
+        due_records = size - max(self._last_checkpoint_size, 0) >= (
+            self.options.checkpoint_records
+        )
+        due_time = trio.current_time() - self._last_checkpoint_time >= (
+            self.options.checkpoint_seconds
+        )
+        if size != self._last_checkpoint_size and (due_records or due_time):
+            await trio.to_thread.run_sync(self.checkpoint)
+            self._last_checkpoint_time = trio.current_time()
+
+
+@contextmanager
+def background_errors(what: str) -> Iterator[None]:
+    """Keep a background task alive: expected errors in one line, bugs with a traceback."""
+    try:
+        yield
+    except WormError as exc:
+        log.warning("%s failed (%s); will retry", what, exc.message)
+    except Exception:
+        log.exception("%s failed unexpectedly; will retry", what)

@@ -26,14 +26,20 @@ TIMEOUT = 60.0
 
 def call(socket_path: Path, op: str, **args: Any) -> Any:
     """Send ``op`` and return its result; a refusal raises the matching WormError."""
+    answer = bytearray()
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(TIMEOUT)
             sock.connect(str(socket_path))
-            sock.sendall(protocol.encode({"v": protocol.VERSION, "op": op, **args}))
-            answer = bytearray()
+            try:
+                sock.sendall(protocol.encode({"v": protocol.VERSION, "op": op, **args}))
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # a daemon at its connection cap answers "busy" and closes: read it
             while not answer.endswith(b"\n"):
-                data = sock.recv(65536)
+                try:
+                    data = sock.recv(65536)
+                except ConnectionResetError:
+                    break
                 if not data:
                     break
                 answer += data
@@ -46,7 +52,8 @@ def call(socket_path: Path, op: str, **args: Any) -> Any:
     try:
         reply = json.loads(answer)
     except ValueError:
-        raise WormError("the daemon sent no answer") from None
+        raise StoreBusy("the daemon closed the connection without an answer; try again") \
+            from None
     if reply.get("ok"):
         return reply.get("result")
     raise _error(reply)

@@ -54,6 +54,9 @@ ROOT_INO = 1
 SCHEMA_VERSION = 1
 NAME_MAX = 255
 
+#: A created file that no flush has stored yet is written by the group commit after this.
+UNBORN_MAX_AGE_S = 1.0
+
 #: Buffered records beyond which opens are refused until the log catches up.
 MAX_PENDING_RECORDS = 100_000
 
@@ -98,6 +101,13 @@ class WormCore:
                                    on_failure=self._storage_failed)
         self._handles: dict[int, Handle] = {}
         self._writers: dict[int, WriteHandle] = {}
+        #: Files created but not yet in the store (see :meth:`create`): ino -> (inode,
+        #: create record, monotonic creation time), in creation order.
+        self._unborn: dict[int, tuple[Inode, dict[str, Any], float]] = {}
+        self._unborn_names: dict[tuple[int, bytes], int] = {}
+        #: Seals decided at release and written by the next transaction.
+        self._pending_seals: list[tuple[int, str, Caller, str]] = []
+        self._next_ino: int | None = None
         self._next_fh = 1
         self.audit_failing = False
         #: Why the store stopped accepting changes (None while healthy).
@@ -115,12 +125,42 @@ class WormCore:
             try:
                 with self.store.write() as tx:
                     batch = self.log.batch(tx)
+                    born = self._write_unborn(tx, batch)
+                    sealed = self._write_seals(tx, batch)
                     yield tx, batch
                     batch.finish()
             except StorageError as exc:
                 self._storage_failed(exc)
                 raise
             self.log.committed(batch)
+            for ino in born:
+                inode, _, _ = self._unborn.pop(ino)
+                self._unborn_names.pop((inode.parent, inode.name), None)
+            del self._pending_seals[:sealed]
+
+    def _write_unborn(self, tx: WriteTxn, batch: AuditBatch) -> list[int]:
+        """Store the files created since the last transaction, with their records."""
+        for ino, (inode, record, _) in self._unborn.items():
+            tx.put_inode(ino, inode.to_bytes())
+            tx.put_dirent(inode.parent, inode.name, ino)
+            tx.set_writing(ino, True)
+            self.touch(tx, inode.parent, inode.ctime_ns, mtime=True)
+            batch.add(record)
+        if self._unborn:
+            tx.put_meta("next_ino", u64(max(self._next_ino or 0, tx.get_counter("next_ino"))))
+        return list(self._unborn)
+
+    def _write_seals(self, tx: WriteTxn, batch: AuditBatch) -> int:
+        pending = list(self._pending_seals)
+        for ino, digest, caller, op in pending:
+            self._seal_in(tx, batch, ino, digest, caller, op)
+        return len(pending)
+
+    def _persist_unborn(self, ino: int | None = None) -> None:
+        """Commit deferred creates now (all, or if ``ino`` is one of them)."""
+        if self._unborn and (ino is None or ino in self._unborn):
+            with self.transaction():
+                pass
 
     # ------------------------------------------------------------------ failsafe
     def _storage_failed(self, exc: Exception) -> None:
@@ -147,13 +187,22 @@ class WormCore:
         with self.transaction() as (_, batch):
             batch.add(self.log.stamp(op, **fields))
 
-    def commit_pending_audit(self) -> int:
-        """Write buffered records (group commit). Returns how many were written.
+    def has_pending(self, unborn_age_s: float = UNBORN_MAX_AGE_S) -> bool:
+        """Whether the group commit has work: buffered records, decided seals, or files
+        created more than ``unborn_age_s`` ago that no flush has stored yet."""
+        if self.log.pending or self._pending_seals:
+            return True
+        oldest = next(iter(self._unborn.values()), None)
+        return oldest is not None and time.monotonic() - oldest[2] >= unborn_age_s
 
-        If this fails, :meth:`require_log` refuses new opens until a commit succeeds
-        (fail closed: nothing is served that the log cannot record).
+    def commit_pending(self) -> int:
+        """Group commit: write buffered records, seals and old deferred creates.
+
+        Returns how many buffered records were written. If this fails,
+        :meth:`require_log` refuses new opens until a commit succeeds (fail closed:
+        nothing is served that the log cannot record).
         """
-        if not self.log.pending:
+        if not (self.log.pending or self._pending_seals or self._unborn):
             return 0
         try:
             with self.transaction() as (_, batch):
@@ -199,7 +248,10 @@ class WormCore:
     def inode_in(self, txn: ReadTxn, ino: int) -> Inode:
         raw = txn.get_inode(ino)
         if raw is None:
-            raise NotFound(f"inode {ino} does not exist")
+            unborn = self._unborn.get(ino)
+            if unborn is None:
+                raise NotFound(f"inode {ino} does not exist")
+            raw = unborn[0].to_bytes()
         inode = Inode.from_bytes(raw)
         writer = self._writers.get(ino)
         if writer is not None:
@@ -208,7 +260,15 @@ class WormCore:
         return inode
 
     def _path(self, txn: ReadTxn, ino: int) -> str:
+        unborn = self._unborn.get(ino)
+        if unborn is not None and txn.get_inode(ino) is None:
+            return self._child_path(txn, unborn[0].parent, unborn[0].name)
         return path_of(txn, ino)
+
+    def _child(self, txn: ReadTxn, parent: int, name: bytes) -> int | None:
+        """The inode named ``name`` in ``parent``, stored or just created."""
+        child = txn.get_dirent(parent, name)
+        return child if child is not None else self._unborn_names.get((parent, name))
 
     def _child_path(self, txn: ReadTxn, parent: int, name: bytes) -> str:
         base = self._path(txn, parent).rstrip("/")
@@ -273,8 +333,11 @@ class WormCore:
             ino = inode.parent
 
     def _new_ino(self, tx: WriteTxn) -> int:
-        ino = tx.get_counter("next_ino")
-        tx.put_meta("next_ino", u64(ino + 1))
+        if self._next_ino is None:
+            self._next_ino = tx.get_counter("next_ino")
+        ino = self._next_ino
+        self._next_ino += 1
+        tx.put_meta("next_ino", u64(self._next_ino))
         return ino
 
     def _new_fh(self) -> int:
@@ -291,7 +354,7 @@ class WormCore:
     # ------------------------------------------------------------------ lookups
     def lookup(self, parent: int, name: bytes) -> Inode:
         with self.store.read() as rt:
-            child = rt.get_dirent(parent, name)
+            child = self._child(rt, parent, name)
             if child is None:
                 raise NotFound()
             return self.inode_in(rt, child)
@@ -305,7 +368,11 @@ class WormCore:
             inode = self.inode_in(rt, ino)
             if inode.kind is not Kind.DIR:
                 raise WormError("not a directory", errno=errno.ENOTDIR)
-            return [(name, self.inode_in(rt, child)) for name, child in rt.iter_dirents(ino)]
+            entries = {name: child for name, child in rt.iter_dirents(ino)}
+            for (parent, name), child in list(self._unborn_names.items()):
+                if parent == ino:
+                    entries.setdefault(name, child)
+            return [(name, self.inode_in(rt, child)) for name, child in sorted(entries.items())]
 
     def readlink(self, ino: int) -> bytes:
         inode = self.getattr(ino)
@@ -350,14 +417,14 @@ class WormCore:
 
     # ------------------------------------------------------------------ creating names
     def _prepare_new(
-        self, tx: WriteTxn, parent: int, name: bytes, op: str, caller: Caller
+        self, tx: ReadTxn, parent: int, name: bytes, op: str, caller: Caller
     ) -> tuple[Inode, str]:
         parent_inode = self.inode_in(tx, parent)
         path = self._child_path(tx, parent, name)
         err = decide(Op.CREATE, parent_inode, Facts())
         if err is not None:
             raise self._refuse(op, err, caller, "parent is not a directory", path=path)
-        if tx.get_dirent(parent, name) is not None:
+        if self._child(tx, parent, name) is not None:
             raise self._refuse(op, errno.EEXIST, caller, "name exists", path=path)
         return parent_inode, path
 
@@ -379,27 +446,41 @@ class WormCore:
     def create(
         self, parent: int, name: bytes, mode: int, flags: int, caller: Caller
     ) -> tuple[int, Inode]:
-        """A new file and its single writable handle."""
+        """A new file and its single writable handle.
+
+        The new entry is kept in memory (visible to lookups) and stored, with its audit
+        record, by the next transaction: normally the file's first flush, so creating,
+        writing and closing a small file costs one synced commit. A file is stored
+        anyway before its first chunk is, and by the group commit after
+        :data:`UNBORN_MAX_AGE_S`. Like any filesystem's, a create is durable once the
+        file is flushed; a crash before that loses a file nobody has closed yet.
+        """
         self._check_name(name)
         self.require_writable("create", caller)
-        with self.transaction() as (tx, batch):
-            _, path = self._prepare_new(tx, parent, name, "create", caller)
-            inode = self._add_entry(
-                tx, parent, name, Kind.FILE, mode, caller, state=State.WRITING, clean=False,
+        with self._lock:
+            with self.store.read() as rt:
+                _, path = self._prepare_new(rt, parent, name, "create", caller)
+                if self._next_ino is None:
+                    self._next_ino = rt.get_counter("next_ino")
+            now = self.clock()
+            inode = Inode(
+                ino=self._next_ino, kind=Kind.FILE, mode=mode & 0o7777, uid=caller.uid,
+                gid=caller.gid, parent=parent, name=name, atime_ns=now, mtime_ns=now,
+                ctime_ns=now, changed_ns=now, state=State.WRITING, clean=False,
                 extra={"writer": {"uid": caller.uid, "gid": caller.gid, "pid": caller.pid,
                                   "comm": caller.comm, "cmdline": list(caller.cmdline)}},
             )
-            tx.set_writing(inode.ino, True)
-            batch.add(self.log.stamp(
-                "create", path=path, ino=inode.ino, flags=flags, mode=inode.mode,
-                **self._who(caller),
-            ))
-        handle = WriteHandle(
-            fh=self._new_fh(), ino=inode.ino, caller=caller, flags=flags,
-            mtime_ns=inode.mtime_ns,
-        )
-        self._handles[handle.fh] = handle
-        self._writers[inode.ino] = handle
+            self._next_ino += 1
+            record = self.log.stamp("create", path=path, ino=inode.ino, flags=flags,
+                                    mode=inode.mode, **self._who(caller))
+            self._unborn[inode.ino] = (inode, record, time.monotonic())
+            self._unborn_names[(parent, name)] = inode.ino
+            handle = WriteHandle(
+                fh=self._new_fh(), ino=inode.ino, caller=caller, flags=flags,
+                mtime_ns=inode.mtime_ns,
+            )
+            self._handles[handle.fh] = handle
+            self._writers[inode.ino] = handle
         return handle.fh, inode
 
     def mkdir(self, parent: int, name: bytes, mode: int, caller: Caller) -> Inode:
@@ -433,7 +514,7 @@ class WormCore:
     ) -> None:
         with self.store.read() as rt:
             path = self._child_path(rt, parent, name)
-            child = rt.get_dirent(parent, name)
+            child = self._child(rt, parent, name)
             if child is None:
                 raise self._refuse(audit_op, errno.ENOENT, caller, "no such entry", path=path)
             inode = self.inode_in(rt, child)
@@ -703,6 +784,8 @@ class WormCore:
                 writer.write(off, data, lambda i: self._load_stored(rt, writer.ino, i))
             writer.mtime_ns = self.clock()
             handoff = writer.hand_off()
+            if handoff:
+                self._persist_unborn(writer.ino)  # chunks need their inode stored first
         for index, chunk in handoff:
             self._storer.submit(writer, index, chunk)
         return len(data)
@@ -792,7 +875,9 @@ class WormCore:
                     if not writer.durable_clean:
                         self._flush_writer(writer)
                     digest = self._file_sha256(writer.ino, writer)
-                    self._seal(writer.ino, digest, writer.caller, "seal")
+                    # Written by the next transaction (at most a group-commit interval
+                    # later); a crash before that seals it at recovery: it is clean.
+                    self._pending_seals.append((writer.ino, digest, writer.caller, "seal"))
                 except WormError as exc:
                     # Its last bytes may not be durable: never present it as complete.
                     log.warning("could not seal inode %d (%s); quarantining it",
@@ -832,36 +917,41 @@ class WormCore:
             return sha.hexdigest()
 
     def _seal(self, ino: int, digest: str, caller: Caller, op: str) -> None:
-        """Seal ``ino`` with its SHA-256; records the seal and the file's provenance."""
         with self.transaction() as (tx, batch):
-            now = advance_clock(tx, self.clock())  # retention counts from trusted time
-            inode = Inode.from_bytes(tx.get_inode(ino) or b"")
-            path = self._path(tx, ino)
-            seq = batch.add(self.log.stamp(
-                op, path=path, ino=ino, size=inode.size, sha256=digest, **self._who(caller),
-            ))
-            inode.state = State.SEALED
-            inode.mode &= ~0o222
-            inode.sha256 = digest
-            inode.sealed_ns = now
-            if self.retention_ns:  # stamped, so a later, shorter mount option cannot shorten it
-                inode.extra["retain_until_ns"] = max(
-                    int(inode.extra.get("retain_until_ns", 0)),  # type: ignore[arg-type]
-                    now + self.retention_ns,
-                )
-            inode.extra["provenance"] = {
-                **dict(inode.extra.get("writer") or {}),  # type: ignore[arg-type]
-                "host": HOSTNAME, "sealed_at": iso_time(now), "seal_seq": seq,
-                "sha256": digest, "size": inode.size,
-                **({"recovered": True} if op != "seal" else {}),
-            }
-            inode.clean = True
-            inode.ctime_ns = now
-            tx.put_inode(ino, inode.to_bytes())
-            tx.set_writing(ino, False)
-            tx.add_counter("files", 1)
-            tx.add_counter("logical_bytes", inode.size)
-            self.touch(tx, ino, now)
+            self._seal_in(tx, batch, ino, digest, caller, op)
+
+    def _seal_in(
+        self, tx: WriteTxn, batch: AuditBatch, ino: int, digest: str, caller: Caller, op: str
+    ) -> None:
+        """Seal ``ino`` with its SHA-256; records the seal and the file's provenance."""
+        now = advance_clock(tx, self.clock())  # retention counts from trusted time
+        inode = Inode.from_bytes(tx.get_inode(ino) or b"")
+        path = self._path(tx, ino)
+        seq = batch.add(self.log.stamp(
+            op, path=path, ino=ino, size=inode.size, sha256=digest, **self._who(caller),
+        ))
+        inode.state = State.SEALED
+        inode.mode &= ~0o222
+        inode.sha256 = digest
+        inode.sealed_ns = now
+        if self.retention_ns:  # stamped, so a later, shorter mount option cannot shorten it
+            inode.extra["retain_until_ns"] = max(
+                int(inode.extra.get("retain_until_ns", 0)),  # type: ignore[arg-type]
+                now + self.retention_ns,
+            )
+        inode.extra["provenance"] = {
+            **dict(inode.extra.get("writer") or {}),  # type: ignore[arg-type]
+            "host": HOSTNAME, "sealed_at": iso_time(now), "seal_seq": seq,
+            "sha256": digest, "size": inode.size,
+            **({"recovered": True} if op != "seal" else {}),
+        }
+        inode.clean = True
+        inode.ctime_ns = now
+        tx.put_inode(ino, inode.to_bytes())
+        tx.set_writing(ino, False)
+        tx.add_counter("files", 1)
+        tx.add_counter("logical_bytes", inode.size)
+        self.touch(tx, ino, now)
 
     # ------------------------------------------------------------------ recovery
     def recover(self) -> dict[str, list[str]]:

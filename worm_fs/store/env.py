@@ -21,8 +21,10 @@ from __future__ import annotations
 import ctypes
 import errno
 import functools
+import logging
 import os
 import struct
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,6 +36,8 @@ from worm_fs.errors import NoSpace, StorageError
 #: Address space reserved for the map. Without WRITEMAP the data file grows only as
 #: pages are used, so a large reservation costs nothing on disk.
 DEFAULT_MAP_SIZE = 1 << 40
+
+log = logging.getLogger(__name__)
 
 #: A commit that fails with this little room left is taken for a full disk.
 LOW_SPACE_BYTES = 64 << 20
@@ -279,32 +283,57 @@ class Store:
     ) -> None:
         self.path = Path(path)
         self.readonly = readonly
+        self._map_size = map_size
+        self._reopen_lock = threading.Lock()
+        self._map_range: tuple[int, int] | None = None
+        self._open()
+
+    def _open(self) -> None:
         try:
             self._env = lmdb.open(
                 str(self.path / "store"),
-                map_size=map_size,
+                map_size=self._map_size,
                 max_dbs=len(_DATABASES) + 2,
                 max_readers=1024,
                 subdir=True,
-                readonly=readonly,
+                readonly=self.readonly,
                 sync=True,
                 metasync=True,
                 writemap=False,
                 map_async=False,
                 readahead=True,  # chunk values are read front to back
-                create=not readonly,
+                create=not self.readonly,
                 mode=0o700,
             )
         except lmdb.Error as exc:
             raise _translate(exc) from None
-        self._dbs: dict[str, lmdb._Database] = {}
-        self._map_range: tuple[int, int] | None = None
+        dbs: dict[str, lmdb._Database] = {}
         try:
             for name in _DATABASES:
-                self._dbs[name] = self._env.open_db(name.encode(), create=not readonly)
+                dbs[name] = self._env.open_db(name.encode(), create=not self.readonly)
         except lmdb.Error as exc:
             self._env.close()
             raise _translate(exc) from None
+        self._dbs = dbs
+        self._map_range = None
+
+    def _begin(self, *, write: bool) -> lmdb.Transaction:
+        """Begin a transaction; after an LMDB panic, reopen the environment once.
+
+        LMDB refuses every transaction, reads included, once a commit failed to write
+        its meta page. The data on disk is the last good commit, so reopening is safe;
+        transactions other threads still hold on the old environment fail with EIO.
+        """
+        env = self._env
+        try:
+            return env.begin(write=write, buffers=False)
+        except lmdb.PanicError:
+            with self._reopen_lock:
+                if self._env is env:
+                    log.error("LMDB environment panicked after a failed commit; reopening")
+                    env.close()
+                    self._open()
+            return self._env.begin(write=write, buffers=False)
 
     @staticmethod
     def exists(path: Path) -> bool:
@@ -317,7 +346,7 @@ class Store:
     @contextmanager
     def read(self) -> Iterator[ReadTxn]:
         try:
-            with self._env.begin(buffers=False) as txn:
+            with self._begin(write=False) as txn:
                 yield ReadTxn(txn, self._dbs)
         except lmdb.Error as exc:
             raise _translate(exc) from None
@@ -325,7 +354,10 @@ class Store:
     @contextmanager
     def write(self) -> Iterator[WriteTxn]:
         """A write transaction, committed (and synced) when the block ends normally."""
-        txn = self._env.begin(write=True)
+        try:
+            txn = self._begin(write=True)
+        except lmdb.Error as exc:
+            raise _translate(exc) from None
         try:
             yield WriteTxn(txn, self._dbs)
         except lmdb.Error as exc:
