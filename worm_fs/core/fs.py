@@ -24,10 +24,10 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 from worm_fs.audit.log import AuditBatch, AuditLog
 from worm_fs.core.clock import advance_clock
@@ -49,6 +49,7 @@ from worm_fs.store import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 ROOT_INO = 1
 SCHEMA_VERSION = 1
@@ -251,8 +252,9 @@ class WormCore:
             unborn = self._unborn.get(ino)
             if unborn is None:
                 raise NotFound(f"inode {ino} does not exist")
-            raw = unborn[0].to_bytes()
-        inode = Inode.from_bytes(raw)
+            inode = replace(unborn[0], extra=dict(unborn[0].extra))
+        else:
+            inode = Inode.from_bytes(raw)
         writer = self._writers.get(ino)
         if writer is not None:
             inode.size = writer.size
@@ -765,10 +767,20 @@ class WormCore:
 
     # ------------------------------------------------------------------ write / flush
     def write(self, fh: int, off: int, data: bytes) -> int:
-        """Copy ``data`` into the writer's chunk buffers; full chunks go to the storer.
+        """Write through the writer handle (may block: see :meth:`write_buffered`)."""
+        follow_up = self.write_buffered(fh, off, data)
+        if follow_up is not None:
+            follow_up()
+        return len(data)
 
-        Blocks only when the storer is :data:`~worm_fs.core.storer.MAX_IN_FLIGHT`
-        chunks behind (the core lock is not held then).
+    def write_buffered(self, fh: int, off: int, data: bytes) -> Callable[[], None] | None:
+        """Copy ``data`` into the writer's chunk buffers; never blocks on I/O.
+
+        Returns the follow-up that may block, to run (off the event loop) before the
+        write is acknowledged, or None: durably marking the file as changed since its
+        last flush, storing a just-created file before its first chunk, and handing
+        filled chunks to the storer (which blocks when it is
+        :data:`~worm_fs.core.storer.MAX_IN_FLIGHT` chunks behind).
         """
         with self._lock:
             handle = self._handle(fh)
@@ -778,23 +790,61 @@ class WormCore:
             if writer.error is not None:
                 raise writer.error
             self.require_writable("write", writer.caller, ino=writer.ino)
-            if writer.durable_clean:
-                self._mark_dirty(writer)
+            mark_dirty = writer.durable_clean
+            writer.durable_clean = False
             with self.store.read() as rt:
                 writer.write(off, data, lambda i: self._load_stored(rt, writer.ino, i))
             writer.mtime_ns = self.clock()
             handoff = writer.hand_off()
-            if handoff:
-                self._persist_unborn(writer.ino)  # chunks need their inode stored first
-        for index, chunk in handoff:
-            self._storer.submit(writer, index, chunk)
-        return len(data)
+        if not (mark_dirty or handoff):
+            return None
 
-    def _mark_dirty(self, writer: WriteHandle) -> None:
-        """Record durably that the file has writes not covered by a flush."""
-        with self.transaction() as (tx, _):
-            self._persist_inode(tx, writer, clean=False)
-        writer.durable_clean = False
+        def follow_up() -> None:
+            if mark_dirty:  # only the flag: the durable size stays what was flushed
+                with self.transaction() as (tx, _):
+                    inode = Inode.from_bytes(tx.get_inode(writer.ino) or b"")
+                    inode.clean = False
+                    tx.put_inode(writer.ino, inode.to_bytes())
+            if handoff:
+                with self._lock:
+                    self._persist_unborn(writer.ino)  # chunks need their inode first
+            for index, chunk in handoff:
+                self._storer.submit(writer, index, chunk)
+
+        return follow_up
+
+    def run_if_free(self, fn: Callable[..., T], *args: Any) -> tuple[bool, T | None]:
+        """Run ``fn`` now if the core lock is free, else report that it was not.
+
+        For calls that never block on I/O (create, buffered writes, opens, refusals,
+        quick releases) made from the event loop: they skip a thread hop, and they
+        never wait behind another thread's commit.
+        """
+        if not self._lock.acquire(blocking=False):
+            return False, None
+        try:
+            return True, fn(*args)
+        finally:
+            self._lock.release()
+
+    def flush_is_noop(self, fh: int) -> bool:
+        """Whether :meth:`flush` has nothing to make durable for ``fh``."""
+        handle = self._handles.get(fh)
+        writer = self._writers.get(handle.ino) if handle is not None else None
+        return writer is None or writer.fh != fh or writer.durable_clean
+
+    def release_if_quick(self, fh: int) -> bool:
+        """Release ``fh`` now if that needs no commit and little reading; else False."""
+        handle = self._handles.get(fh)
+        if handle is None:
+            return True
+        writer = self._writers.get(handle.ino)
+        if writer is not None and writer.fh == fh:
+            last = -(-writer.size // CHUNK_SIZE)
+            if not writer.durable_clean or writer.sha is None or last - writer.sha_next > 1:
+                return False
+        self.release(fh)
+        return True
 
     def _persist_inode(self, tx: WriteTxn, writer: WriteHandle, *, clean: bool) -> Inode:
         inode = Inode.from_bytes(tx.get_inode(writer.ino) or b"")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import stat
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
 
 
@@ -59,7 +59,9 @@ class Inode:
         return kind_bits | self.mode
 
     def to_bytes(self) -> bytes:
-        d = asdict(self)
+        # A shallow dict: dataclasses.asdict deep-copies ``extra`` and costs more than
+        # the LMDB commit it is part of.
+        d = {name: getattr(self, name) for name in _INODE_FIELDS}
         d["name"] = self.name.decode("utf-8", "surrogateescape")
         d["target"] = self.target.decode("utf-8", "surrogateescape")
         return json.dumps(d, separators=(",", ":")).encode()
@@ -72,6 +74,9 @@ class Inode:
         d["name"] = d["name"].encode("utf-8", "surrogateescape")
         d["target"] = d["target"].encode("utf-8", "surrogateescape")
         return cls(**d)
+
+
+_INODE_FIELDS = tuple(f.name for f in fields(Inode))
 
 
 @dataclass(frozen=True)
