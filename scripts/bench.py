@@ -9,11 +9,13 @@ package's internals, so the benchmark measures what users get.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import platform
 import random
 import re
+import select
 import shutil
 import signal
 import statistics
@@ -25,7 +27,7 @@ import time
 import traceback
 from array import array
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,14 @@ STAMP_EVERY = 4 * KiB  # a unique counter every 4 KiB defeats dedup of repeated 
 POOL_SIZE = 64 * MiB  # pregenerated random bytes the written data is cut from
 SMALL_FILE_SIZE = 4 * KiB
 SEAL_TIMEOUT = 600.0  # seconds a closed worm-fs file may take to report "sealed"
+# Fragmentation phase: a second store is filled with FRAG_FILL_FACTOR x --size of files
+# (a quarter log-uniform 4 KiB..1 MiB, the rest uniform 1..8 MiB, sizes from a fixed seed
+# so runs are comparable), every other one is deleted, then --size is written.
+FRAG_FILL_FACTOR = 2
+FRAG_MAX_FILE = 8 * MiB
+FRAG_SEED = 20261127
+FRAG_REQUESTER = 1001  # uid (and gid) that requests the deletion; root approves it
+CLI_TIMEOUT = 300.0  # seconds one `worm-fs delete ...` command may take
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 DEFAULTS = {"size": GiB, "big_size": 4 * GiB, "small_files": 2000, "reps": 3}
@@ -68,10 +78,10 @@ class Target:
     value: float
     relative: bool  # True: compare worm-fs/native; False: compare the worm-fs value
 
-    def text(self, unit: str) -> str:
+    def text(self, unit: str, baseline: str = "native") -> str:
         if self.relative:
             value = f"{self.value:g}" if self.value % 1 else f"{self.value:.1f}"
-            return f"{self.op} {value}x"
+            return f"{self.op} {value}x" + ("" if baseline == "native" else f" {baseline}")
         return f"{self.op} {self.value:g} {unit}"
 
     def met(self, worm: float | None, ratio: float | None) -> bool | None:
@@ -89,6 +99,7 @@ class Metric:
     digits: int
     target: Target | None
     native: bool = True  # has a native counterpart
+    baseline: str = "native"  # the side the ratio divides by
 
 
 METRICS = (
@@ -105,7 +116,8 @@ METRICS = (
     Metric("audit_cold_read", "cold read, --audit-reads each", "MB/s", 1,
            Target(">=", 0.7, True)),
     Metric("audit_warm_read", "warm re-read, --audit-reads each", "MB/s", 1, None),
-    Metric("frag_write", "write after deleting half (fragmentation)", "MB/s", 1, None),
+    Metric("frag_write", "write after deleting half of a store", "MB/s", 1,
+           Target(">=", 0.8, True), native=False, baseline="fresh"),
 )
 METRIC_BY_KEY = {m.key: m for m in METRICS}
 
@@ -126,7 +138,8 @@ class Results:
             got = self.samples.get(m.key, {})
             native = statistics.median(got["native"]) if got.get("native") else None
             worm = statistics.median(got["worm"]) if got.get("worm") else None
-            ratio = worm / native if worm is not None and native else None
+            base = statistics.median(got[m.baseline]) if got.get(m.baseline) else None
+            ratio = worm / base if worm is not None and base else None
             note = self.notes.get(m.key)
             met = m.target.met(worm, ratio) if m.target else None
             if note:
@@ -140,14 +153,15 @@ class Results:
             rows.append({
                 "key": m.key, "metric": m.label, "unit": m.unit,
                 "native": _round(native), "worm": _round(worm), "ratio": _round(ratio),
-                "target": m.target.text(m.unit) if m.target else None,
+                "baseline": m.baseline, "baseline_value": _round(base),
+                "target": m.target.text(m.unit, m.baseline) if m.target else None,
                 "target_spec": (
                     {"op": m.target.op, "value": m.target.value,
                      "of": "ratio" if m.target.relative else "worm"} if m.target else None
                 ),
                 "met": met, "status": status, "note": note,
                 "samples": {side: [_round(v) for v in got.get(side, [])]
-                            for side in ("native", "worm")},
+                            for side in dict.fromkeys(("native", "worm", m.baseline))},
             })
         return rows
 
@@ -357,10 +371,12 @@ def worm_command() -> list[str]:
 class WormMount:
     """One ``worm-fs mount``; :meth:`stop` always leaves nothing mounted or running."""
 
-    def __init__(self, state_dir: Path, mountpoint: Path, audit_reads: str) -> None:
+    def __init__(self, state_dir: Path, mountpoint: Path, audit_reads: str,
+                 options: tuple[str, ...] = ()) -> None:
         self.state_dir = state_dir
         self.mountpoint = mountpoint
         self.audit_reads = audit_reads
+        self.options = options
         self.pid: int | None = None
         self.started = False
 
@@ -370,7 +386,7 @@ class WormMount:
         try:
             done = subprocess.run(
                 [*worm_command(), "mount", str(self.state_dir), str(self.mountpoint),
-                 "--audit-reads", self.audit_reads],
+                 "--audit-reads", self.audit_reads, *self.options],
                 stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300,
             )
         except subprocess.TimeoutExpired:
@@ -461,6 +477,127 @@ def wait_sealed(path: str, deadline: float) -> None:
         delay = min(delay * 2, 0.05)
 
 
+# ---------------------------------------------------------------------- deletion helpers
+def frag_sizes(total: int) -> list[int]:
+    """File sizes for the fragmentation fill: at least ``total`` bytes, an even count.
+
+    A quarter of the files are log-uniform in 4 KiB..1 MiB, the rest uniform in
+    1..8 MiB; sizes are not aligned, so most files end in a short chunk. The seed is
+    fixed, so every run (and the space estimate) sees the same mix.
+    """
+    rng = random.Random(FRAG_SEED)
+    sizes: list[int] = []
+    filled = 0
+    while filled < total or len(sizes) < 2 or len(sizes) % 2:
+        if rng.random() < 0.25:
+            size = int(SMALL_FILE_SIZE * (MiB / SMALL_FILE_SIZE) ** rng.random())
+        else:
+            size = rng.randint(MiB, FRAG_MAX_FILE)
+        sizes.append(size)
+        filled += size
+    return sizes
+
+
+def unsearchable_dir(path: Path) -> Path | None:
+    """The first directory from / down to ``path`` that other users cannot search."""
+    real = path.resolve()
+    for directory in [*reversed(real.parents), real]:
+        if not os.stat(directory).st_mode & 0o001:
+            return directory
+    return None
+
+
+def run_cli(argv: list[str], timeout: float = CLI_TIMEOUT) -> tuple[int, str, str]:
+    """Run ``worm-fs ARGV`` as this process's user: (exit code, stdout, stderr)."""
+    try:
+        done = subprocess.run([*worm_command(), *argv], stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"worm-fs {' '.join(argv[:2])} did not return within "
+                         f"{timeout:.0f} s") from None
+    return done.returncode, done.stdout, done.stderr
+
+
+def run_cli_as(uid: int, gid: int, argv: list[str],
+               timeout: float = CLI_TIMEOUT) -> tuple[int, str, str]:
+    """Run ``worm-fs ARGV`` as ``uid``/``gid`` (no supplementary groups).
+
+    The command's ``main`` runs in a forked child that dropped its identity with setuid:
+    the interpreter may live where that uid cannot read (under /root, say), so no new
+    python is executed, and the CLI with what it imports lazily is loaded before the
+    fork. Returns (exit code, stdout, stderr).
+    """
+    import worm_fs.control.client  # noqa: F401 -- imported lazily by the CLI
+    from worm_fs.cli import main as cli_main
+
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        code = 70
+        payload = b""
+        try:
+            os.close(read_fd)
+            for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                signal.signal(signum, signal.SIG_DFL)
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+            out, err = io.StringIO(), io.StringIO()
+            with redirect_stdout(out), redirect_stderr(err):
+                code = cli_main(argv)
+            payload = json.dumps([out.getvalue(), err.getvalue()]).encode()
+        except BaseException as exc:  # report anything to the parent
+            payload = json.dumps(["", f"child failed: {exc!r}"]).encode()
+        finally:
+            try:
+                view = memoryview(payload)
+                while view:
+                    view = view[os.write(write_fd, view):]
+            finally:
+                os._exit(code)
+    os.close(write_fd)
+    data = bytearray()
+    status: int | None = None
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BenchError(f"worm-fs {' '.join(argv[:2])} (as uid {uid}) did not "
+                                 f"return within {timeout:.0f} s")
+            if select.select([read_fd], [], [], left)[0]:
+                chunk = os.read(read_fd, 65536)
+                if not chunk:
+                    break
+                data += chunk
+        status = os.waitpid(pid, 0)[1]
+    finally:
+        os.close(read_fd)
+        if status is None:  # failed or interrupted: do not leave the child behind
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            os.waitpid(pid, 0)
+    try:
+        out, err = json.loads(data or b'["", ""]')
+    except ValueError:
+        out, err = "", "no readable output from the child"
+    return os.waitstatus_to_exitcode(status), out, err
+
+
+def cli_json(what: str, done: tuple[int, str, str]) -> Any:
+    """The JSON a ``worm-fs ... --json`` command printed; BenchError if it failed."""
+    code, out, err = done
+    if code != 0:
+        lines = (err or out).strip().splitlines()
+        raise BenchError(f"{what} failed (exit {code}): {lines[-1] if lines else 'no message'}")
+    try:
+        return json.loads(out)
+    except ValueError:
+        raise BenchError(f"{what} printed no JSON: {out.strip()[:200]!r}") from None
+
+
 # ---------------------------------------------------------------------- the benchmark
 @dataclass
 class Side:
@@ -495,6 +632,7 @@ class Bench:
         self.machine: dict[str, Any] = {}
         self.duration = 0.0
         self.current = "setup"  # the step running, named in failure messages
+        self.log_state_dir: Path | None = None  # the store of the latest mount
         self._line_open = False
 
     # -- progress (stderr) ---------------------------------------------------------
@@ -528,6 +666,10 @@ class Bench:
         # 1 MiB chunks take one LMDB page extra, 4 KiB chunks two overflow pages + metadata
         store = int((cfg.reps * cfg.size + cfg.big_size) * (1 + 4 * KiB / MiB)
                     + small * 12 * KiB)
+        # the fragmentation stores, one after the other: the second one holds the fill
+        # and the --size written after the deletion (if no freed space is reused)
+        fill = frag_sizes(FRAG_FILL_FACTOR * cfg.size)
+        store += int((sum(fill) + cfg.size) * (1 + 4 * KiB / MiB) + len(fill) * 12 * KiB)
         return (native + max(256 * MiB, native // 10),
                 store + max(256 * MiB, store // 10))
 
@@ -569,10 +711,16 @@ class Bench:
         with self.step(f"generating {human_bytes(POOL_SIZE)} of random data"):
             self.data = RandomData()
 
-    def start_mount(self, audit_reads: str) -> None:
-        assert self.work is not None
-        with self.step(f"mounting worm-fs (--audit-reads {audit_reads})") as out:
-            self.mount = WormMount(self.work / "state", self.work / "mnt", audit_reads)
+    def start_mount(self, audit_reads: str, state_dir: Path | None = None,
+                    mountpoint: Path | None = None, options: tuple[str, ...] = (),
+                    what: str = "worm-fs") -> None:
+        assert self.work is not None and self.mount is None
+        state_dir = state_dir or self.work / "state"
+        mountpoint = mountpoint or self.work / "mnt"
+        flags = " ".join(("--audit-reads", audit_reads, *options))
+        with self.step(f"mounting {what} ({flags})") as out:
+            self.mount = WormMount(state_dir, mountpoint, audit_reads, options)
+            self.log_state_dir = state_dir
             self.mount.start()
             out.append(f"daemon pid {self.mount.pid}")
 
@@ -584,10 +732,10 @@ class Bench:
 
     def daemon_log_tail(self) -> str | None:
         """The last line of the daemon's log, to explain a failure."""
-        if self.work is None:
+        if self.log_state_dir is None:
             return None
         try:
-            lines = (self.work / "state" / "daemon.log").read_text(errors="replace").splitlines()
+            lines = (self.log_state_dir / "daemon.log").read_text(errors="replace").splitlines()
         except OSError:
             return None
         return lines[-1] if lines else None
@@ -635,6 +783,10 @@ class Bench:
             for side in self.sides(rep):
                 self.reads(side, rep, "audit_cold_read", "audit_warm_read")
         self.stop_mount()
+        try:  # once, on stores of its own, with no other daemon running
+            self.phase_fragmentation()
+        except NotMeasured as exc:
+            self.results.notes[exc.key] = exc.reason
         self.duration = time.monotonic() - started
         self.machine["load_at_end"] = os.getloadavg()[0]
 
@@ -744,16 +896,135 @@ class Bench:
             self.results.add("stat", side.name, rate)
             out.append(f"{rate:.0f} calls/s")
 
-    def phase_fragmentation(self, side: Side, rep: int) -> None:
-        """Write after deleting half (fragmentation) -- placeholder.
+    def phase_fragmentation(self) -> None:
+        """--size write + fsync on a store after deleting half of it, vs a fresh store.
 
-        Fill in once worm-fs has its deletion procedure: write a set of new files,
-        delete every other one through that procedure (and ``os.unlink`` on the native
-        side), then time a new ``--size`` sequential write with fsync and record it
-        with ``self.results.add("frag_write", side.name, mb_s)``. Add its space to
-        :meth:`space_needed`.
+        Both are new stores of their own, mounted with --allow-other --settle 0 and a
+        --runtime-dir other users can reach. (1) A fresh store: time a --size write.
+        (2) Another store is filled with FRAG_FILL_FACTOR x --size of files of mixed
+        sizes (frag_sizes), written alternately into victims/ and keep/ with similar
+        sizes paired, so the deleted files are every other one written and spread over
+        all sizes; victims/ is deleted through the real two-person procedure (`worm-fs
+        delete request` as uid FRAG_REQUESTER, `worm-fs delete approve` as root); then
+        the same --size write is timed. Runs once per run (not per repetition).
         """
-        raise NotMeasured("frag_write", "needs deletion")
+        assert self.work is not None
+        cfg = self.cfg
+        os.chmod(self.work, 0o755)  # mkdtemp made it 0700; the requester must reach the mount
+        blocked = unsearchable_dir(self.work)
+        if blocked is not None:
+            raise NotMeasured("frag_write", f"{blocked} is not searchable by other users, "
+                              "needed for the deletion request; use another --dir")
+        base = self.work / "frag"
+        base.mkdir()
+        os.chmod(base, 0o755)
+
+        def options(name: str) -> tuple[str, ...]:
+            return ("--allow-other", "--settle", "0", "--runtime-dir", str(base / name))
+
+        fresh_state = base / "fresh-state"
+        self.start_mount("handle", fresh_state, base / "fresh-mnt", options("fresh-run"),
+                         "a fresh worm-fs store")
+        try:
+            fresh = self.frag_write(base / "fresh-mnt", "[fragmentation] fresh store:")
+        finally:
+            self.stop_mount()
+        shutil.rmtree(fresh_state, ignore_errors=True)  # its space goes to the next store
+
+        state, mnt = base / "state", base / "mnt"
+        self.start_mount("handle", state, mnt, options("run"), "another fresh worm-fs store")
+        try:
+            details = self.fill_and_delete_half(mnt)
+            frag = self.frag_write(mnt, "[fragmentation] after deleting half:")
+        finally:
+            self.stop_mount()
+        self.results.add("frag_write", "fresh", fresh)
+        self.results.add("frag_write", "worm", frag)
+        self.results.details["frag_write"] = {
+            "write_size": cfg.size,
+            "fresh_mb_s": round(fresh, 1),
+            "after_delete_mb_s": round(frag, 1),
+            **details,
+        }
+
+    def frag_write(self, mnt: Path, tag: str) -> float:
+        """MB/s of a --size write + fsync into ``mnt``, timed until the file is sealed."""
+        size = self.cfg.size
+        path = str(mnt / "write.bin")
+        drop_caches()
+        with self.step(f"{tag} write {human_bytes(size)} + fsync") as out:
+            t0 = time.perf_counter()
+            self.write_file(path, size)
+            wait_sealed(path, time.monotonic() + SEAL_TIMEOUT)
+            mb_s = size / (time.perf_counter() - t0) / 1e6
+            out.append(f"{mb_s:.1f} MB/s")
+        return mb_s
+
+    def fill_and_delete_half(self, mnt: Path) -> dict[str, Any]:
+        """Fill the store mounted at ``mnt``, then delete every other file written."""
+        sizes = sorted(frag_sizes(FRAG_FILL_FACTOR * self.cfg.size))
+        rng = random.Random(FRAG_SEED + 1)
+        pairs = [(sizes[i], sizes[i + 1]) for i in range(0, len(sizes), 2)]
+        rng.shuffle(pairs)
+        victims, keep = mnt / "victims", mnt / "keep"
+        victims.mkdir(mode=0o755)
+        keep.mkdir(mode=0o755)
+        plan: list[tuple[str, int]] = []  # write order: victim, keeper, victim, ...
+        for i, pair in enumerate(pairs):
+            victim, keeper = pair if rng.random() < 0.5 else pair[::-1]
+            plan.append((str(victims / f"f{2 * i:05d}"), victim))
+            plan.append((str(keep / f"f{2 * i + 1:05d}"), keeper))
+        total = sum(sizes)
+        deleted = sum(size for _, size in plan[::2])
+        n_deleted = len(plan) // 2
+        with self.step(f"[fragmentation] fill: {len(plan)} files, {human_bytes(total)} "
+                       f"({human_bytes(sizes[0])} to {human_bytes(sizes[-1])}), "
+                       "each fsynced") as out:
+            t0 = time.perf_counter()
+            for path, size in plan:
+                self.write_file(path, size)
+            deadline = time.monotonic() + SEAL_TIMEOUT
+            for path, _ in plan:  # the deletion needs them sealed (not open for writing)
+                wait_sealed(path, deadline)
+            fill_s = time.perf_counter() - t0
+            out.append(f"{total / fill_s / 1e6:.1f} MB/s")
+        with self.step(f"[fragmentation] delete every other file ({n_deleted} files, "
+                       f"{human_bytes(deleted)}): request as uid {FRAG_REQUESTER}, "
+                       "approve as root") as out:
+            request = cli_json(
+                f"worm-fs delete request (as uid {FRAG_REQUESTER})",
+                run_cli_as(FRAG_REQUESTER, FRAG_REQUESTER, [
+                    "delete", "request", str(victims), "--json",
+                    "--reason", "scripts/bench: fragmentation phase"]))
+            if not isinstance(request, dict) or not request.get("id"):
+                raise BenchError(f"worm-fs delete request printed no request id: {request!r}")
+            if request.get("files") != n_deleted:
+                raise BenchError(f"the deletion request covers {request.get('files')} "
+                                 f"file(s), expected {n_deleted}")
+            t0 = time.perf_counter()
+            approved = cli_json("worm-fs delete approve (as root)", run_cli([
+                "delete", "approve", str(mnt), str(request["id"]), "--json",
+                "--reason", "scripts/bench: fragmentation phase"]))
+            approve_s = time.perf_counter() - t0
+            if not isinstance(approved, dict) or approved.get("state") != "approved":
+                raise BenchError(f"worm-fs delete approve did not approve: {approved!r}")
+            freed = (approved.get("extra") or {}).get("bytes_freed_actual")
+            if os.path.lexists(victims):
+                self.say(f"warning: {victims} is still visible after the approval")
+            out.append(f"approved in {approve_s:.2f} s"
+                       + (f", freed {human_bytes(freed)}" if isinstance(freed, int) else ""))
+        return {
+            "fill_files": len(plan),
+            "fill_bytes": total,
+            "fill_min_file": sizes[0],
+            "fill_max_file": sizes[-1],
+            "fill_mb_s": round(total / fill_s / 1e6, 1),
+            "deleted_files": n_deleted,
+            "deleted_bytes": deleted,
+            "bytes_freed_actual": freed,
+            "approve_s": round(approve_s, 2),
+            "requester_uid": FRAG_REQUESTER,
+        }
 
     def measure_peak_rss(self) -> None:
         """Daemon VmHWM while writing one --big-size file (reset through clear_refs)."""
@@ -794,8 +1065,10 @@ class Bench:
                 "size": cfg.size, "big_size": cfg.big_size, "small_files": cfg.small_files,
                 "small_file_size": SMALL_FILE_SIZE, "reps": cfg.reps,
                 "stat_passes": cfg.stat_passes, "block_size": BLOCK, "quick": cfg.quick,
+                "frag_fill_size": FRAG_FILL_FACTOR * cfg.size,
                 "order": "A/B alternating per repetition (native,worm / worm,native / ...)",
-                "statistic": "median over repetitions; ratio = worm-fs / native",
+                "statistic": "median over repetitions; ratio = worm-fs / native (frag_write: "
+                             "after deleting half / fresh store, measured once per run)",
                 "mb": "1 MB = 10^6 bytes",
             },
             "metrics": rows,
@@ -807,10 +1080,10 @@ class Bench:
 
 #: What one repetition runs on each side, in order. A new measurement is one more
 #: method here (and its Metric row above); raise NotMeasured to show "n/a (reason)".
+#: (Bench.phase_fragmentation runs once per run, from Bench.run, on stores of its own.)
 REP_PHASES: tuple[Callable[[Bench, Side, int], None], ...] = (
     Bench.phase_sequential,
     Bench.phase_small_files,
-    Bench.phase_fragmentation,
 )
 
 
@@ -834,8 +1107,8 @@ def render_text(report: dict[str, Any]) -> str:
         f"blocks; big file {human_bytes(c['big_size'])}; {c['small_files']} x "
         f"{human_bytes(c['small_file_size'])} files; {c['stat_passes']} stat passes; "
         f"{c['reps']} rep(s), A/B alternating{' (--quick)' if c['quick'] else ''}",
-        f"  reporting:  medians; ratio = worm-fs / native; 1 MB = 10^6 bytes; "
-        f"took {report['duration_s']:.0f} s",
+        f"  reporting:  medians; ratio = worm-fs / native (fragmentation: / fresh store); "
+        f"1 MB = 10^6 bytes; took {report['duration_s']:.0f} s",
         "",
     ]
     header = ("metric", "native", "worm-fs", "ratio", "target", "result")
@@ -865,6 +1138,19 @@ def render_text(report: dict[str, Any]) -> str:
                      f"{rss['sampled_peak_rss_anon_mib']} MiB, file-backed (mapped store) "
                      f"{rss['sampled_peak_rss_file_mib']} MiB; the {human_bytes(c['big_size'])}"
                      f" file was written at {rss['big_write_mb_s']} MB/s")
+    frag = report["details"].get("frag_write")
+    if frag:
+        lines.append("")
+        lines.append(
+            f"fragmentation: a {human_bytes(frag['write_size'])} write + fsync ran at "
+            f"{frag['fresh_mb_s']} MB/s on a fresh store and at {frag['after_delete_mb_s']} "
+            f"MB/s on a store filled with {frag['fill_files']} files "
+            f"({human_bytes(frag['fill_bytes'])}, {human_bytes(frag['fill_min_file'])} to "
+            f"{human_bytes(frag['fill_max_file'])}) after deleting every other one "
+            f"({frag['deleted_files']} files, {human_bytes(frag['deleted_bytes'])}; requested "
+            f"by uid {frag['requester_uid']}, approved by root in {frag['approve_s']} s"
+            + (f", freeing {human_bytes(frag['bytes_freed_actual'])}"
+               if isinstance(frag["bytes_freed_actual"], int) else "") + ")")
     met = sum(1 for r in report["metrics"] if r["met"] is True)
     missed = [r["metric"] for r in report["metrics"] if r["met"] is False]
     lines.append("")
@@ -898,8 +1184,12 @@ report gives the median of each metric over --reps repetitions:
      report also shows sampled anonymous vs file-backed (mapped store) RSS.
   8. steps 2 and 3 again on a separate mount of the same store started with
      --audit-reads each (one audit record per read call), on the files of step 1.
-  9. write after deleting half (fragmentation): placeholder, shown as
-     "n/a (needs deletion)" until worm-fs has its deletion procedure.
+  9. write after deleting half (fragmentation), once per run on stores of its own:
+     a --size write + fsync (until sealed) on a fresh store, and on a second fresh
+     store filled with 2 x --size of files (a quarter 4 KiB-1 MiB, the rest 1-8 MiB,
+     fixed-seed sizes) after every other file written was deleted through the
+     two-person procedure (`worm-fs delete request` as uid 1001, `worm-fs delete
+     approve` as root) -> MB/s; ratio = after deletion / fresh store.
 
 worm-fs files are write-once: a file is sealed (read-only) when its writer closes it
 and can never be written again, so every repetition writes NEW files (seq-rN.bin,
@@ -911,13 +1201,17 @@ EPILOG = """\
 targets (ratio = worm-fs / native):
   seq write >= 0.5x; cold read >= 1.0x; warm re-read >= 0.75x;
   audit-each cold read >= 0.7x; small files >= 3000 files/s; stat >= 15000 calls/s;
-  daemon CPU <= 1.2 s/GiB; daemon peak RSS <= 200 MiB.
+  daemon CPU <= 1.2 s/GiB; daemon peak RSS <= 200 MiB;
+  write after deleting half >= 0.8x of a fresh store's.
 
 requirements: root (to drop the page cache), /dev/fuse and fusermount3, and free space
 in --dir for both sides: about reps x --size + the small files natively, plus
-reps x --size + --big-size in the store, plus a margin; the run refuses to start
-without it. Everything it creates is removed at the end and everything it mounted is
-unmounted, also after a failure or Ctrl-C (fusermount3 -u -z as a last resort).
+reps x --size + --big-size in the store and 3 x --size for the fragmentation stores,
+plus a margin; the run refuses to start without it. For the deletion request, uid 1001
+must be able to reach the work directory (every directory above --dir searchable by
+others; otherwise that metric is n/a). Everything it creates is removed at the end and
+everything it mounted is unmounted, also after a failure or Ctrl-C (fusermount3 -u -z
+as a last resort).
 
 progress goes to stderr; the report (or --json) to stdout.
 exit status: 0 measured (whether or not the targets were met); 1 could not measure
@@ -925,7 +1219,7 @@ exit status: 0 measured (whether or not the targets were met); 1 could not measu
 2 bad arguments; 130 interrupted.
 
 examples:
-  scripts/bench                     full run (about 10 GiB written; several minutes)
+  scripts/bench                     full run (about 14 GiB written; several minutes)
   scripts/bench --quick             smoke run with small sizes
   scripts/bench --reps 5 --json     more repetitions, machine-readable output
   scripts/bench --dir /mnt/nvme     benchmark another disk

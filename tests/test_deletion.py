@@ -221,3 +221,32 @@ def test_identity_claims_in_messages_are_ignored(store: Mount) -> None:
     reply = raw_exchange(sock, {"v": 1, "op": "delete_request", "path": "/runs",
                                 "reason": "x", "uid": 1003, "requester_uid": 1003})
     assert reply["ok"] and reply["result"]["requester_uid"] == 0  # we are root
+
+
+def test_an_approval_is_refused_if_the_subtree_changed_since_the_request(store: Mount) -> None:
+    rid = request(store, ALICE)
+    (store.path / "runs" / "new.bin").write_bytes(b"arrived after the request")
+    wait_sealed(store.path / "runs" / "new.bin")
+    code, _, err = as_user(CAROL, "delete", "approve", str(store.path), rid)
+    assert code == 3 and "changed since the request" in err
+    assert (store.path / "runs" / "new.bin").exists()
+
+
+def test_a_handle_open_across_the_deletion_gets_an_error_not_zeros(store: Mount) -> None:
+    rid = request(store, ALICE)
+    with open(store.path / "runs" / "old.bin", "rb", buffering=0) as f:
+        assert len(f.read(4096)) == 4096
+        assert as_user(CAROL, "delete", "approve", str(store.path), rid)[0] == 0
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)  # skip the page cache
+        with pytest.raises(OSError) as exc:
+            f.seek(2 << 20)
+            f.read(4096)
+        assert exc.value.errno in (errno.ESTALE, errno.ENOENT, errno.EIO)
+
+
+def test_admin_ops_on_the_request_socket_are_audited(store: Mount) -> None:
+    sock = os.getxattr(store.path, "user.worm.control").decode()
+    raw_exchange(sock, {"v": 1, "op": "hold_set", "path": "/runs", "reason": "sneaky"})
+    time.sleep(0.2)
+    refused = [r for r in records(store) if r["op"] == "hold_set"]
+    assert refused and refused[-1]["result"] == "EPERM"

@@ -415,24 +415,31 @@ def cmd_log_pubkey(args: argparse.Namespace) -> int:
 
 
 def cmd_log_prove(args: argparse.Namespace) -> int:
-    from worm_fs.audit.checkpoint import open_checkpoint
+    from worm_fs.audit.checkpoint import CheckpointError, open_checkpoint
     from worm_fs.audit.merkle import inclusion_proof
     from worm_fs.audit.verify import LogReport, load_leaves
 
     loc = locate(args.path)
     store = open_store(loc)
     try:
-        leaves = load_leaves(store, LogReport())
         with store.read() as rt:
             raw = rt.get_record(args.seq)
             notes = [n.decode() for size, n in rt.iter_checkpoints() if size > args.seq]
     finally:
         store.close()
     if raw is None:
-        raise UsageError(f"no record with seq {args.seq} (the log has {len(leaves)})")
-    note = notes[-1] if notes else _checkpoint_now(loc)
-    cp = open_checkpoint(note, _verifier(loc, None))
-    proof = inclusion_proof(leaves[: cp.size], args.seq)
+        raise UsageError(f"no record with seq {args.seq}")
+    note = notes[0] if notes else _checkpoint_now(loc)  # the smallest tree that covers it
+    try:
+        cp = open_checkpoint(note, _verifier(loc, None))
+    except CheckpointError as exc:
+        raise errors.LogTampered(f"the checkpoint covering seq {args.seq}: {exc}") from None
+    store = open_store(loc)
+    try:
+        leaves = load_leaves(store, LogReport())[: cp.size]  # the tree the checkpoint signs
+    finally:
+        store.close()
+    proof = inclusion_proof(leaves, args.seq)
     data = {
         "seq": args.seq,
         "record": raw.decode(),

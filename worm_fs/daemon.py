@@ -313,6 +313,7 @@ class Daemon:
         """Once a second: the space reserve, the clock high-water mark, checkpoints."""
         if not self.reserve.held:
             await trio.to_thread.run_sync(self.reserve.take)
+        await trio.to_thread.run_sync(self.store.ensure_headroom)
         if ticks % 60 == 1 and self.core.failsafe is None:
             await trio.to_thread.run_sync(self._advance_clock)
         size = self.core.stats()["audit_records"]

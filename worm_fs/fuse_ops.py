@@ -7,7 +7,9 @@ Contract:
   core, and turn :class:`~worm_fs.errors.WormError` into ``FUSEError(errno)``. Any other
   exception is logged with its traceback and answered with ``EIO``; the daemon stays up.
 * Core calls that may block (they commit, fsync or hash) run in worker threads via
-  ``trio.to_thread.run_sync``; lookups run inline (short read transactions only).
+  ``trio.to_thread.run_sync``. Lookups run inline (short read transactions only), and
+  calls that never wait for I/O run inline when the core lock is free (:meth:`_quick`),
+  because a thread hop costs more than they do.
 * Every mutating handler is implemented, so refusals are deliberate and audited rather
   than pyfuse3's default ``ENOSYS``.
 """

@@ -180,8 +180,11 @@ class ControlServer:
         try:
             message = protocol.parse(line)
             if message.op in protocol.ADMIN_OPS and not admin_socket:
-                raise Refused("admin operations go through the admin socket",
-                              errno=errno.EPERM)
+                why = "admin operations go through the admin socket"
+                self.deletions.core.log.note(self.deletions.core.log.stamp(
+                    message.op, errno.EPERM, reason=why, uid=who.uid, gid=who.gid,
+                    pid=who.pid, comm=who.comm))
+                raise Refused(why, errno=errno.EPERM)
             handler = self._handlers[message.op]
             result = await trio.to_thread.run_sync(handler, message.args, who)
             if isinstance(result, dict) and "_removed" in result:

@@ -16,6 +16,7 @@ Contract:
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import secrets
 from collections import Counter
@@ -200,6 +201,7 @@ class Deletions:
                 files=cover.files, entries=len(cover.entries),
                 logical_bytes=cover.logical_bytes, bytes_freed=cover.bytes_freed,
             )
+            req.extra["entries_digest"] = _entries_digest(cover)
             tx.put_deletion(req.id.encode(), req.to_bytes())
             batch.add(self.core.log.stamp(
                 "delete_request", request_id=req.id, path=req.path, ino=ino, reason=reason,
@@ -288,6 +290,12 @@ class Deletions:
             raise self._refuse("delete_approve", errno.ENOENT, who,
                                "the requested entry no longer exists at that path", **fields)
         cover = self._coverage(tx, req.ino)
+        if req.extra.get("entries_digest") not in (None, _entries_digest(cover)):
+            raise self._refuse(
+                "delete_approve", errno.EPERM, who,
+                f"{req.path} changed since the request ({req.entries} entries then, "
+                f"{len(cover.entries)} now); request again so the approver sees what goes",
+                **fields)
         for n, inode in cover.entries:
             if (inode.kind is Kind.FILE and inode.state is State.WRITING
                     and self.core.has_writer(n)):
@@ -386,3 +394,8 @@ class Deletions:
             ))
 
 
+
+
+def _entries_digest(cover: Coverage) -> str:
+    """Identifies exactly which entries a request covers."""
+    return hashlib.sha256(",".join(str(n) for n, _ in sorted(cover.entries)).encode()).hexdigest()

@@ -2,9 +2,15 @@
 
 Concurrency contract:
 
-* Every method that changes state takes ``self._lock`` for its whole run, opens at
-  most one write transaction at a time and commits it before returning. Those methods
-  may block (fsync, hashing) and are meant to run off the event loop.
+* Every method that changes state takes ``self._lock`` for its whole run and opens at
+  most one write transaction at a time. Most commit before returning and may block
+  (fsync, hashing): they are meant to run off the event loop. Two are deferred on
+  purpose: a new file is stored by the next transaction (normally its first flush), and
+  a seal decided at release is written by the next transaction (at most a group-commit
+  interval later); every transaction writes such deferred work first.
+* Calls that never wait for I/O (:meth:`create`, :meth:`write_buffered`, :meth:`open`,
+  refusals, :meth:`release_if_quick`) may run on the event loop through
+  :meth:`run_if_free`, which never waits for the lock.
 * Lookup-style methods (:meth:`lookup`, :meth:`getattr`, :meth:`readdir`,
   :meth:`getxattr`, :meth:`listxattr`, :meth:`readlink`, :meth:`statfs`) only open
   short read transactions and read writer sizes from memory; they never take the lock,
@@ -134,6 +140,7 @@ class WormCore:
                 self._storage_failed(exc)
                 raise
             self.log.committed(batch)
+            self.audit_failing = False  # whatever was buffered is written now
             for ino in born:
                 inode, _, _ = self._unborn.pop(ino)
                 self._unborn_names.pop((inode.parent, inode.name), None)
@@ -744,6 +751,8 @@ class WormCore:
             key = rt.get_manifest(handle.ino, index)
             cached_key, cached_data = handle.cache
             if key is None:
+                if rt.get_inode(handle.ino) is None:  # deleted under an open handle
+                    raise WormError("the file was deleted", errno=errno.ESTALE)
                 data = b""
             elif key == cached_key:
                 data = cached_data
@@ -796,15 +805,20 @@ class WormCore:
                 writer.write(off, data, lambda i: self._load_stored(rt, writer.ino, i))
             writer.mtime_ns = self.clock()
             handoff = writer.hand_off()
+            if handoff and not mark_dirty and writer.ino not in self._unborn:
+                # The usual case of a long sequential write: queue without waiting.
+                while handoff and self._storer.try_submit(writer, *handoff[0]):
+                    handoff.pop(0)
         if not (mark_dirty or handoff):
             return None
 
         def follow_up() -> None:
             if mark_dirty:  # only the flag: the durable size stays what was flushed
                 with self.transaction() as (tx, _):
-                    inode = Inode.from_bytes(tx.get_inode(writer.ino) or b"")
-                    inode.clean = False
-                    tx.put_inode(writer.ino, inode.to_bytes())
+                    if not writer.durable_clean:  # unless a flush stored it all meanwhile
+                        inode = Inode.from_bytes(tx.get_inode(writer.ino) or b"")
+                        inode.clean = False
+                        tx.put_inode(writer.ino, inode.to_bytes())
             if handoff:
                 with self._lock:
                     self._persist_unborn(writer.ino)  # chunks need their inode first
@@ -914,49 +928,63 @@ class WormCore:
 
     # ------------------------------------------------------------------ release / seal
     def release(self, fh: int) -> None:
-        """Last close of a handle: a writer's file is sealed, a reader's reads recorded."""
+        """Last close of a handle: a writer's file is sealed, a reader's reads recorded.
+
+        The seal's digest is finished outside the core lock (a file that was patched
+        after being stored, like a zip, is re-read whole); the seal itself is written by
+        the next transaction.
+        """
         with self._lock:
             handle = self._handles.pop(fh, None)
             if handle is None:
                 return
             writer = self._writers.get(handle.ino)
-            if writer is not None and writer.fh == fh:
-                try:
-                    if not writer.durable_clean:
-                        self._flush_writer(writer)
-                    digest = self._file_sha256(writer.ino, writer)
-                    # Written by the next transaction (at most a group-commit interval
-                    # later); a crash before that seals it at recovery: it is clean.
-                    self._pending_seals.append((writer.ino, digest, writer.caller, "seal"))
-                except WormError as exc:
-                    # Its last bytes may not be durable: never present it as complete.
-                    log.warning("could not seal inode %d (%s); quarantining it",
-                                writer.ino, exc.message)
-                    self._storer.drain(writer)
-                    try:
-                        self._quarantine(writer.ino, writer.caller, reason=exc.message)
-                    except WormError as again:
-                        log.error("could not quarantine inode %d either (%s); recovery "
-                                  "will at the next start", writer.ino, again.message)
-                    raise
-                finally:
-                    del self._writers[handle.ino]
+            if writer is None or writer.fh != fh:
+                with self.store.read() as rt:
+                    path = self._path(rt, handle.ino)
+                self.log.note(self.log.stamp(
+                    "release", path=path, ino=handle.ino, reads=handle.reads.summary(),
+                    **self._who(handle.caller),
+                ))
                 return
-            with self.store.read() as rt:
-                path = self._path(rt, handle.ino)
-            self.log.note(self.log.stamp(
-                "release", path=path, ino=handle.ino, reads=handle.reads.summary(),
-                **self._who(handle.caller),
-            ))
+            try:
+                if not writer.durable_clean:
+                    self._flush_writer(writer)
+            except WormError as exc:
+                self._seal_failed(writer, exc)
+                raise
+        try:
+            digest = self._file_sha256(writer.ino, writer)
+        except WormError as exc:
+            with self._lock:
+                self._seal_failed(writer, exc)
+            raise
+        with self._lock:
+            # Written by the next transaction (at most a group-commit interval later);
+            # a crash before that seals it at recovery: it is clean.
+            self._pending_seals.append((writer.ino, digest, writer.caller, "seal"))
+            del self._writers[writer.ino]
+
+    def _seal_failed(self, writer: WriteHandle, exc: WormError) -> None:
+        """Its last bytes may not be durable: never present it as complete."""
+        log.warning("could not seal inode %d (%s); quarantining it", writer.ino, exc.message)
+        self._writers.pop(writer.ino, None)
+        self._storer.drain(writer)
+        try:
+            self._quarantine(writer.ino, writer.caller, reason=exc.message)
+        except WormError as again:
+            log.error("could not quarantine inode %d either (%s); recovery will at the "
+                      "next start", writer.ino, again.message)
 
     def _file_sha256(self, ino: int, writer: WriteHandle | None = None) -> str:
         """SHA-256 of a file's durable content (continuing the writer's running hash)."""
         with self.store.read() as rt:
             inode = Inode.from_bytes(rt.get_inode(ino) or b"")
-            if writer is not None and writer.sha is not None:
-                sha, start = writer.sha.copy(), writer.sha_next  # type: ignore[attr-defined]
-            else:
-                sha, start = hashlib.sha256(), 0
+            with writer.sha_lock if writer is not None else threading.Lock():
+                running = writer.sha.copy() if writer is not None and writer.sha is not None \
+                    else None
+                start = writer.sha_next if running is not None else 0
+            sha = running if running is not None else hashlib.sha256()
             nchunks = -(-inode.size // CHUNK_SIZE)
             for index in range(start, nchunks):
                 length = min(CHUNK_SIZE, inode.size - index * CHUNK_SIZE)

@@ -36,9 +36,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_IN_FLIGHT = 32
+MAX_IN_FLIGHT = 16
 #: Chunks stored per transaction at most (LMDB slows with hundreds of MiB dirty).
-BATCH_CHUNKS = 32
+BATCH_CHUNKS = 16
 
 Item = tuple["WriteHandle", int, "bytearray | memoryview"]
 
@@ -56,12 +56,24 @@ class ChunkStorer:
         self._thread.start()
 
     def submit(self, writer: WriteHandle, index: int, data: bytearray | memoryview) -> None:
-        """Queue a chunk (already in ``writer.pending``). Call without the core lock."""
+        """Queue a chunk (already in ``writer.pending``); may block. Not under the core lock."""
         self._queue.put((writer, index, data))
 
+    def try_submit(self, writer: WriteHandle, index: int, data: bytearray | memoryview) -> bool:
+        """Queue a chunk if there is room right now; never blocks."""
+        try:
+            self._queue.put_nowait((writer, index, data))
+        except queue.Full:
+            return False
+        return True
+
     def drain(self, writer: WriteHandle) -> None:
-        """Wait until none of ``writer``'s chunks is queued. Call with the core lock held."""
-        while writer.queued and writer.error is None:
+        """Wait until none of ``writer``'s chunks is queued. Call with the core lock held.
+
+        Waits even after a failure, so nothing the storer still holds can land after
+        what the caller stores next.
+        """
+        while writer.queued:
             self._cond.wait()
 
     def close(self) -> None:
@@ -106,6 +118,14 @@ class ChunkStorer:
             error = WormError(f"storing chunks failed: {exc}")
         if error is not None:
             self._on_failure(error)
+        else:
+            # Looking up keys faults neighbouring (just written) pages of the map into
+            # this process; drop them so resident memory does not grow with the file.
+            try:
+                self._store.release_mapped_pages()
+                self._store.ensure_headroom()
+            except OSError as exc:
+                log.warning("store housekeeping after a batch failed: %s", exc)
         with self._cond:
             for writer, index, data in batch:
                 writer.queued -= 1

@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 
 #: A commit that fails with this little room left is taken for a full disk.
 LOW_SPACE_BYTES = 64 << 20
+#: The data file is kept allocated this far ahead of LMDB's last page, in steps.
+PREALLOCATE_AHEAD = 128 << 20
+PREALLOCATE_STEP = 256 << 20
 
 _DATABASES = (
     "inodes",  # ino (u64) -> encoded inode
@@ -392,6 +395,36 @@ class Store:
         if self._map_range is not None:
             start, length = self._map_range
             _libc().madvise(start, length, _MADV_DONTNEED)
+
+    def ensure_headroom(self) -> int:
+        """Keep the data file allocated ahead of LMDB's last page; returns bytes added.
+
+        LMDB appends pages to the data file. On ext4 every synced commit that grows a
+        file also commits the journal (new blocks, new size), which cost 3x the write
+        throughput on our machines (sys time in writeback). Allocating the file ahead in
+        steps turns appends into overwrites of allocated blocks. It never takes the last
+        :data:`LOW_SPACE_BYTES` of the disk, so a full disk still shows up as ENOSPC.
+        """
+        if self.readonly:
+            return 0
+        data_file = self.path / "store" / "data.mdb"
+        used = (self._env.info()["last_pgno"] + 1) * self._env.stat()["psize"]
+        size = data_file.stat().st_size
+        if size - used >= PREALLOCATE_AHEAD:
+            return 0
+        step = min(PREALLOCATE_STEP, (self.free_bytes() - LOW_SPACE_BYTES) // 4)
+        step -= step % (1 << 20)
+        if step <= 0:
+            return 0
+        fd = os.open(data_file, os.O_WRONLY)
+        try:
+            os.posix_fallocate(fd, max(size, used), step)
+        except OSError as exc:
+            log.info("could not preallocate %d MiB: %s", step >> 20, exc.strerror)
+            return 0
+        finally:
+            os.close(fd)
+        return step
 
     def free_bytes(self) -> int:
         st = os.statvfs(self.path)

@@ -22,6 +22,7 @@ class SpaceReserve:
     def __init__(self, state_dir: Path, size: int = RESERVE_BYTES) -> None:
         self.path = Path(state_dir) / RESERVE_FILE
         self.size = size
+        self._warned = False
 
     @property
     def held(self) -> bool:
@@ -41,11 +42,17 @@ class SpaceReserve:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            return True
         except OSError as exc:
             self.path.unlink(missing_ok=True)
-            log.warning("cannot keep a %d MiB space reserve: %s", self.size >> 20, exc.strerror)
+            if not self._warned:  # once per shortage, not every second
+                log.warning("cannot keep a %d MiB space reserve: %s", self.size >> 20,
+                            exc.strerror)
+            self._warned = True
             return False
+        if self._warned:
+            log.info("space reserve restored")
+        self._warned = False
+        return True
 
     def release(self) -> bool:
         """Give the reserved space back to the filesystem; True if there was any."""
