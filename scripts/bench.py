@@ -534,7 +534,7 @@ def run_cli_as(uid: int, gid: int, argv: list[str],
     pid = os.fork()
     if pid == 0:  # the child: never returns
         code = 70
-        payload = b""
+        out, err = io.StringIO(), io.StringIO()
         try:
             os.close(read_fd)
             for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -542,15 +542,15 @@ def run_cli_as(uid: int, gid: int, argv: list[str],
             os.setgroups([])
             os.setgid(gid)
             os.setuid(uid)
-            out, err = io.StringIO(), io.StringIO()
             with redirect_stdout(out), redirect_stderr(err):
                 code = cli_main(argv)
-            payload = json.dumps([out.getvalue(), err.getvalue()]).encode()
+        except SystemExit as exc:  # argparse
+            code = exc.code if isinstance(exc.code, int) else 2
         except BaseException as exc:  # report anything to the parent
-            payload = json.dumps(["", f"child failed: {exc!r}"]).encode()
+            err.write(f"child failed: {exc!r}\n")
         finally:
             try:
-                view = memoryview(payload)
+                view = memoryview(json.dumps([out.getvalue(), err.getvalue()]).encode())
                 while view:
                     view = view[os.write(write_fd, view):]
             finally:

@@ -100,7 +100,11 @@ class ControlServer:
         return request_view(self.deletions.request(args["path"], args["reason"], who))
 
     def _delete_list(self, args: dict[str, Any], who: Caller) -> list[dict[str, Any]]:
-        return [request_view(r, state) for r, state in self.deletions.list()]
+        """Admins see every request; other users see their own (paths and reasons of
+        others' requests are not theirs to read)."""
+        admin = self.deletions.is_admin(who)
+        return [request_view(r, state) for r, state in self.deletions.list()
+                if admin or r.requester_uid == who.uid]
 
     def _delete_approve(self, args: dict[str, Any], who: Caller) -> dict[str, Any]:
         req, removed = self.deletions.approve(args["id"], who, args["reason"])

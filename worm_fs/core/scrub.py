@@ -43,9 +43,11 @@ Progress = Callable[[str, int, int], None]
 def scrub(store: Store, progress: Progress | None = None) -> ScrubReport:
     report = ScrubReport()
     bad_chunks: set[bytes] = set()
+    seen_chunks: set[bytes] = set()
     with store.read() as rt:
         total_chunks = rt.get_counter("chunks")
         for key, data in rt.iter_chunks():
+            seen_chunks.add(key)
             report.chunks += 1
             report.chunk_bytes += len(data)
             try:
@@ -98,4 +100,10 @@ def scrub(store: Store, progress: Progress | None = None) -> ScrubReport:
                 report.findings.append(Finding(
                     "refcount", f"chunk {key.hex()} has {stored} references, manifests hold {count}"
                 ))
+            if key not in seen_chunks and key not in bad_chunks:
+                report.findings.append(Finding(
+                    "manifest", f"a manifest points at chunk {key.hex()}, which is missing"))
+        for key in seen_chunks - set(references):
+            report.findings.append(Finding(
+                "refcount", f"chunk {key.hex()} is stored but no file references it"))
     return report
