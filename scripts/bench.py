@@ -3,7 +3,8 @@
 
 Run through ``scripts/bench`` (which builds the venv first); ``--help`` explains the
 metrics, targets and options. Only the ``worm-fs`` command line is used, never the
-package's internals, so the benchmark measures what users get.
+package's internals, so the benchmark measures what users get (a command run as another
+user calls the CLI's ``main`` in a forked child, see :func:`run_cli_as`).
 """
 
 from __future__ import annotations

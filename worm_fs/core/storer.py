@@ -2,9 +2,9 @@
 request path, in batched transactions.
 
 A writer hands a chunk over (:meth:`ChunkStorer.submit`) as soon as it is full and goes
-on receiving data; one storer thread digests it (XXH3-128 for the key, SHA-256 for the
-file's running digest), puts it into LMDB and points the file's manifest at it. Many
-chunks share one synced commit.
+on receiving data; a hasher thread digests it (XXH3-128 for the key, SHA-256 for the
+file's running digest) and a committer thread puts it into LMDB and points the file's
+manifest at it. Many chunks share one synced commit, and hashing overlaps the fsync.
 
 Contract:
 
@@ -41,9 +41,14 @@ MAX_IN_FLIGHT = 16
 BATCH_CHUNKS = 16
 
 Item = tuple["WriteHandle", int, "bytearray | memoryview"]
+Hashed = tuple["WriteHandle", int, "bytearray | memoryview", bytes]
 
 
 class ChunkStorer:
+    """Two threads: a hasher (XXH3 keys, the files' running SHA-256) feeding a committer
+    (LMDB puts and synced commits), so hashing the next chunks overlaps the fsync of the
+    previous batch. Both keep submission order."""
+
     def __init__(
         self, store: Store, cond: threading.Condition,
         on_failure: Callable[[Exception], None] = lambda exc: None,
@@ -52,8 +57,13 @@ class ChunkStorer:
         self._on_failure = on_failure
         self._cond = cond  # shares the core's lock
         self._queue: queue.Queue[Item | None] = queue.Queue(maxsize=MAX_IN_FLIGHT)
-        self._thread = threading.Thread(target=self._run, name="worm-fs-storer", daemon=True)
-        self._thread.start()
+        self._hashed: queue.Queue[Hashed | None] = queue.Queue(maxsize=BATCH_CHUNKS)
+        self._threads = [
+            threading.Thread(target=self._hash, name="worm-fs-hasher", daemon=True),
+            threading.Thread(target=self._commit, name="worm-fs-committer", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def submit(self, writer: WriteHandle, index: int, data: bytearray | memoryview) -> None:
         """Queue a chunk (already in ``writer.pending``); may block. Not under the core lock."""
@@ -78,35 +88,46 @@ class ChunkStorer:
 
     def close(self) -> None:
         self._queue.put(None)
-        self._thread.join(timeout=30)
+        for thread in self._threads:
+            thread.join(timeout=30)
 
-    # ------------------------------------------------------------------ the thread
-    def _run(self) -> None:
+    # ------------------------------------------------------------------ the threads
+    def _hash(self) -> None:
         while True:
-            first = self._queue.get()
+            item = self._queue.get()
+            if item is None:
+                self._hashed.put(None)
+                return
+            writer, index, data = item
+            writer.feed_sha(index, data)  # hashlib releases the GIL for large buffers
+            self._hashed.put((writer, index, data, digest(data)))
+
+    def _commit(self) -> None:
+        while True:
+            first = self._hashed.get()
             if first is None:
                 return
             batch = [first]
+            done = False
             while len(batch) < BATCH_CHUNKS:
                 try:
-                    item = self._queue.get_nowait()
+                    item = self._hashed.get_nowait()
                 except queue.Empty:
                     break
                 if item is None:
-                    self._store_batch(batch)
-                    return
+                    done = True
+                    break
                 batch.append(item)
             self._store_batch(batch)
+            if done:
+                return
 
-    def _store_batch(self, batch: list[Item]) -> None:
+    def _store_batch(self, batch: list[Hashed]) -> None:
         error: WormError | None = None
         try:
-            digests = [digest(data) for _, _, data in batch]
-            for writer, index, data in batch:
-                writer.feed_sha(index, data)
             with self._store.write() as tx:
-                for (writer, index, data), d in zip(batch, digests, strict=True):
-                    key = put_chunk(tx, data, d)
+                for writer, index, data, chunk_digest in batch:
+                    key = put_chunk(tx, data, chunk_digest)
                     old = tx.get_manifest(writer.ino, index)
                     tx.put_manifest(writer.ino, index, key)
                     if old is not None:
@@ -127,7 +148,7 @@ class ChunkStorer:
             except OSError as exc:
                 log.warning("store housekeeping after a batch failed: %s", exc)
         with self._cond:
-            for writer, index, data in batch:
+            for writer, index, data, _ in batch:
                 writer.queued -= 1
                 if error is not None:
                     writer.error = error
