@@ -32,7 +32,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import asdict, replace
 from typing import Any, TypeVar
 
 from worm_fs.audit.log import AuditBatch, AuditLog
@@ -1117,20 +1117,10 @@ def path_of(txn: ReadTxn, ino: int) -> str:
 
 
 def _change_fields(change: AttrChange) -> dict[str, Any]:
-    fields: dict[str, Any] = {}
-    if change.mode is not None:
-        fields["mode"] = change.mode
-    if change.uid is not None:
-        fields["new_uid"] = change.uid
-    if change.gid is not None:
-        fields["new_gid"] = change.gid
-    if change.size is not None:
-        fields["size"] = change.size
-    if change.atime_ns is not None:
-        fields["atime_ns"] = change.atime_ns
-    if change.mtime_ns is not None:
-        fields["mtime_ns"] = change.mtime_ns
-    return fields
+    """The requested changes as record fields (uid/gid renamed: the caller's are there)."""
+    rename = {"uid": "new_uid", "gid": "new_gid"}
+    return {rename.get(name, name): value for name, value in asdict(change).items()
+            if value is not None}
 
 
 def iso_time(ns: int) -> str:
