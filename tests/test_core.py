@@ -221,3 +221,25 @@ def test_a_small_file_costs_one_commit_and_its_seal_rides_the_next(
     assert core.getattr(inode.ino).state is State.SEALED
     ops = [r["op"] for r in records(core)]
     assert ops[-3:] == ["create", "flush", "seal"]
+
+
+def test_deleting_an_orphaned_writing_file_leaves_recovery_nothing_to_trip_on(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    from worm_fs.core.deletion import Deletions
+
+    core = open_core(tmp_path, clock, settle=0)
+    fh, inode = core.create(ROOT_INO, b"orphan", 0o644, os.O_WRONLY, ALICE)
+    core.write(fh, 0, b"x")
+    core.commit_pending()  # stored, still "writing"
+    core._writers.clear()  # what a failed seal and a failed quarantine leave behind
+    desk = Deletions(core)
+    req = desk.request("/orphan", "cleanup", ALICE)
+    desk.approve(req.id, Caller(uid=0, gid=0, pid=1), "")
+    core.close()
+    core.store.close()
+    core = open_core(tmp_path, clock)
+    assert core.recover() == {"sealed": [], "quarantined": []}
+    assert core.stats()["writing"] == 0
+    core.close()
+    core.store.close()

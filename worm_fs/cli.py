@@ -630,6 +630,17 @@ def cmd_manifest_verify(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------- parser
+def _seq(text: str) -> int:
+    """A record sequence number: a whole number from 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a record number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("record numbers start at 0")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="worm-fs",
@@ -694,7 +705,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "as lines or JSON Lines (with leaf_hash).")
     p.add_argument("path", metavar="PATH")
     p.add_argument("--json", action="store_true", help="JSON Lines")
-    p.add_argument("--since", type=int, default=0, metavar="SEQ", help="start at SEQ")
+    p.add_argument("--since", type=_seq, default=0, metavar="SEQ", help="start at SEQ")
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new records")
     p.set_defaults(func=cmd_log_show)
 
@@ -727,7 +738,7 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Print an RFC 9162 inclusion proof of record SEQ "
                           "against a signed checkpoint, as JSON.")
     p.add_argument("path", metavar="PATH")
-    p.add_argument("seq", type=int, metavar="SEQ")
+    p.add_argument("seq", type=_seq, metavar="SEQ")
     p.set_defaults(func=cmd_log_prove)
 
     delp = sub.add_parser("delete", help="the two-person deletion procedure",

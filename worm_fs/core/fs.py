@@ -176,7 +176,13 @@ class WormCore:
             self.enter_failsafe(str(exc))
 
     def enter_failsafe(self, reason: str) -> None:
-        """Stop accepting changes: reads go on, every change is refused until remount."""
+        """Stop accepting changes: reads go on, every change asked for through the mount
+        or the control channel is refused until remount.
+
+        The daemon itself still writes what it must not lose: audit records (refusals
+        included), and the outcome of files whose writers close meanwhile (sealed if
+        their last flush covered them, else quarantined), so none is left half-open.
+        """
         if self.failsafe is not None:
             return
         self.failsafe = reason

@@ -191,7 +191,7 @@ class WriteTxn(ReadTxn):
         if writing:
             self._txn.put(u64(ino), b"", db=self._db["writing"])
         else:
-            self._txn.delete(u64(ino), db=self._db["writing"])
+            self._txn.delete(u64(ino), db=self._db["writing"])  # no-op if absent
 
     def put_dirent(self, parent: int, name: bytes, child: int) -> None:
         self._txn.put(u64(parent) + name, u64(child), db=self._db["dirents"])
