@@ -243,3 +243,19 @@ def test_deleting_an_orphaned_writing_file_leaves_recovery_nothing_to_trip_on(
     assert core.stats()["writing"] == 0
     core.close()
     core.store.close()
+
+
+def test_a_reader_whose_snapshot_predates_the_store_still_finds_a_new_file(
+    core: WormCore,
+) -> None:
+    """Lookups run without the lock: a snapshot taken before the commit that stores a
+    new file must still find it (this race once made a writer's first write fail)."""
+    fh, inode = core.create(ROOT_INO, b"new", 0o644, os.O_WRONLY, ALICE)
+    with core.store.read() as old_snapshot:
+        core.commit_pending()  # stores the file (in the daemon: another thread)
+        assert old_snapshot.get_inode(inode.ino) is None
+        assert core.inode_in(old_snapshot, inode.ino).ino == inode.ino
+        assert core._child(old_snapshot, ROOT_INO, b"new") == inode.ino
+    core.rename(ROOT_INO, b"new", ROOT_INO, b"renamed", 0, ALICE)
+    with pytest.raises(NotFound):
+        core.lookup(ROOT_INO, b"new")  # no stale name left behind by the grace list

@@ -54,7 +54,9 @@ def writer_main(mnt: str, wid: int, ack_path: str, start: int) -> None:
                 with open(os.path.join(mnt, name), "wb") as f:
                     for off in range(0, len(data), 256 * 1024):
                         f.write(data[off:off + 256 * 1024])
-            except OSError:
+            except OSError as exc:
+                with open(ack_path + ".errors", "a") as log:  # for diagnosis
+                    log.write(f"{name} errno={exc.errno} {exc}\n")
                 return  # the daemon is gone
             ack.write(name + "\n")
             ack.flush()
@@ -103,8 +105,14 @@ def check(mnt: Path, state: Path, acked: set[str], report: Report) -> None:
                 report.problems.append(f"acknowledged file {name} was quarantined")
         elif file_state == "sealed":
             data = path.read_bytes()
-            if data != content(name):
-                report.problems.append(f"sealed file {name} differs from what was written")
+            want = content(name)
+            if data != want:
+                pairs = enumerate(zip(data, want, strict=False))
+                first = next((i for i, (a, b) in pairs if a != b), min(len(data), len(want)))
+                report.problems.append(
+                    f"sealed file {name} differs from what was written ({len(data)} bytes, "
+                    f"{len(want)} intended, first difference at {first}, "
+                    f"{'acknowledged' if name in acked else 'not acknowledged'})")
             elif os.getxattr(path, "user.worm.sha256").decode() != hashlib.sha256(data).hexdigest():
                 report.problems.append(f"sealed file {name} has a wrong sha256 xattr")
             if name not in acked:
@@ -151,7 +159,8 @@ def run(iterations: int, workdir: Path, *, seed: int = 0, max_remount_s: float =
                 report.problems.append(f"remount took {report.remount_s[-1]:.1f} s")
             acked = set()
             for f in acks.iterdir():
-                acked |= {line for line in f.read_text().splitlines() if line}
+                if f.suffix != ".errors":
+                    acked |= {line for line in f.read_text().splitlines() if line}
             report.acknowledged = len(acked)
             check(mnt, state, acked, report)
             report.iterations += 1

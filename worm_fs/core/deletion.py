@@ -330,6 +330,7 @@ class Deletions:
                 elif inode.state is State.QUARANTINED:
                     tx.add_counter("quarantined", -1)
             tx.delete_dirent(inode.parent, inode.name)
+            self.core.forget_recent(n)
             tx.set_writing(n, False)  # an orphaned "writing" file must leave recovery's index
             tx.raw_delete("inodes", u64(n))
             removed.append((inode.parent, inode.name, n))

@@ -63,6 +63,8 @@ NAME_MAX = 255
 
 #: A created file that no flush has stored yet is written by the group commit after this.
 UNBORN_MAX_AGE_S = 1.0
+#: How long a just-stored file stays visible to readers holding older snapshots.
+BORN_GRACE_S = 10.0
 
 #: Buffered records beyond which opens are refused until the log catches up.
 MAX_PENDING_RECORDS = 100_000
@@ -112,6 +114,11 @@ class WormCore:
         #: create record, monotonic creation time), in creation order.
         self._unborn: dict[int, tuple[Inode, dict[str, Any], float]] = {}
         self._unborn_names: dict[tuple[int, bytes], int] = {}
+        #: Files written by a recent transaction, kept for :data:`BORN_GRACE_S` for
+        #: lock-free readers whose read snapshot began before that commit (they would
+        #: otherwise find the file neither in their snapshot nor in ``_unborn``).
+        self._born: dict[int, tuple[Inode, float]] = {}
+        self._born_names: dict[tuple[int, bytes], int] = {}
         #: Seals decided at release and written by the next transaction.
         self._pending_seals: list[tuple[int, str, Caller, str]] = []
         self._next_ino: int | None = None
@@ -141,9 +148,17 @@ class WormCore:
                 raise
             self.log.committed(batch)
             self.audit_failing = False  # whatever was buffered is written now
-            for ino in born:
-                inode, _, _ = self._unborn.pop(ino)
+            now = time.monotonic()
+            for ino in born:  # into the grace list first, so readers always find it
+                inode = self._unborn[ino][0]
+                self._born[ino] = (inode, now)
+                self._born_names[(inode.parent, inode.name)] = ino
+                del self._unborn[ino]
                 self._unborn_names.pop((inode.parent, inode.name), None)
+            for ino, (inode, when) in list(self._born.items()):
+                if now - when > BORN_GRACE_S:
+                    del self._born[ino]
+                    self._born_names.pop((inode.parent, inode.name), None)
             del self._pending_seals[:sealed]
 
     def _write_unborn(self, tx: WriteTxn, batch: AuditBatch) -> list[int]:
@@ -262,10 +277,10 @@ class WormCore:
     def inode_in(self, txn: ReadTxn, ino: int) -> Inode:
         raw = txn.get_inode(ino)
         if raw is None:
-            unborn = self._unborn.get(ino)
-            if unborn is None:
+            recent = self._recent_inode(ino)
+            if recent is None:
                 raise NotFound(f"inode {ino} does not exist")
-            inode = replace(unborn[0], extra=dict(unborn[0].extra))
+            inode = replace(recent, extra=dict(recent.extra))
         else:
             inode = Inode.from_bytes(raw)
         writer = self._writers.get(ino)
@@ -274,16 +289,35 @@ class WormCore:
             inode.mtime_ns = max(inode.mtime_ns, writer.mtime_ns)
         return inode
 
-    def _path(self, txn: ReadTxn, ino: int) -> str:
+    def _recent_inode(self, ino: int) -> Inode | None:
+        """A file created but not yet in the store, or stored by a recent commit."""
         unborn = self._unborn.get(ino)
-        if unborn is not None and txn.get_inode(ino) is None:
-            return self._child_path(txn, unborn[0].parent, unborn[0].name)
+        if unborn is not None:
+            return unborn[0]
+        born = self._born.get(ino)
+        return None if born is None else born[0]
+
+    def forget_recent(self, ino: int) -> None:
+        """Drop ``ino`` from the grace list: its name is changing or going."""
+        born = self._born.pop(ino, None)
+        if born is not None:
+            self._born_names.pop((born[0].parent, born[0].name), None)
+
+    def _path(self, txn: ReadTxn, ino: int) -> str:
+        recent = self._recent_inode(ino)
+        if recent is not None and txn.get_inode(ino) is None:
+            return self._child_path(txn, recent.parent, recent.name)
         return path_of(txn, ino)
 
     def _child(self, txn: ReadTxn, parent: int, name: bytes) -> int | None:
-        """The inode named ``name`` in ``parent``, stored or just created."""
+        """The inode named ``name`` in ``parent``: stored, just created, or stored by a
+        commit newer than ``txn``."""
         child = txn.get_dirent(parent, name)
-        return child if child is not None else self._unborn_names.get((parent, name))
+        if child is None:
+            child = self._unborn_names.get((parent, name))
+        if child is None:
+            child = self._born_names.get((parent, name))
+        return child
 
     def _child_path(self, txn: ReadTxn, parent: int, name: bytes) -> str:
         base = self._path(txn, parent).rstrip("/")
@@ -384,9 +418,11 @@ class WormCore:
             if inode.kind is not Kind.DIR:
                 raise WormError("not a directory", errno=errno.ENOTDIR)
             entries = {name: child for name, child in rt.iter_dirents(ino)}
-            for (parent, name), child in list(self._unborn_names.items()):
-                if parent == ino:
-                    entries.setdefault(name, child)
+            # .copy() is atomic; iterating the live dicts could race with a commit.
+            for names in (self._unborn_names.copy(), self._born_names.copy()):
+                for (parent, name), child in names.items():
+                    if parent == ino:
+                        entries.setdefault(name, child)
             return [(name, self.inode_in(rt, child)) for name, child in sorted(entries.items())]
 
     def readlink(self, ino: int) -> bytes:
@@ -595,6 +631,7 @@ class WormCore:
                 raise self._refuse("rename", errno.EINVAL, caller,
                                    "cannot move a directory into itself", **paths)
             now = self.clock()
+            self.forget_recent(inode.ino)
             tx.delete_dirent(old_parent, old_name)
             tx.put_dirent(new_parent, new_name, inode.ino)
             stored = Inode.from_bytes(tx.get_inode(inode.ino) or b"")
