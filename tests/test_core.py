@@ -259,3 +259,67 @@ def test_a_reader_whose_snapshot_predates_the_store_still_finds_a_new_file(
     core.rename(ROOT_INO, b"new", ROOT_INO, b"renamed", 0, ALICE)
     with pytest.raises(NotFound):
         core.lookup(ROOT_INO, b"new")  # no stale name left behind by the grace list
+
+
+def test_a_newer_version_of_a_chunk_always_wins_over_an_older_one(core: WormCore) -> None:
+    """Two writes into one chunk whose hand-offs reach the storer out of order."""
+    fh, inode = core.create(ROOT_INO, b"v", 0o644, os.O_WRONLY, ALICE)
+    older = core.write_buffered(fh, 0, b"A" * CHUNK_SIZE)  # fills chunk 0: version A
+    newer = core.write_buffered(fh, 0, b"B" * 4096)  # version B = BBBB + rest of A
+    assert older is not None and newer is not None
+    newer()  # B reaches the storer first...
+    older()  # ...then A
+    core.flush(fh)
+    core.release(fh)
+    core.commit_pending()
+    expected = b"B" * 4096 + b"A" * (CHUNK_SIZE - 4096)
+    assert core.getattr(inode.ino).sha256 == hashlib.sha256(expected).hexdigest()
+    rfh, _ = core.open(inode.ino, os.O_RDONLY, BOB)
+    assert core.read(rfh, 0, CHUNK_SIZE) == expected
+
+
+def test_every_write_after_a_flush_waits_for_the_not_clean_mark(core: WormCore) -> None:
+    fh, _ = core.create(ROOT_INO, b"m", 0o644, os.O_WRONLY, ALICE)
+    core.write(fh, 0, b"x")
+    core.flush(fh)
+    first = core.write_buffered(fh, 1, b"y")
+    second = core.write_buffered(fh, 2, b"z")  # before the first one's mark is stored
+    assert first is not None and second is not None  # both wait for the mark
+    first()
+    assert core.write_buffered(fh, 3, b"w") is None  # marked now: nothing to wait for
+    second()
+
+
+def test_a_failed_follow_up_does_not_hang_the_next_flush(
+    core: WormCore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from worm_fs.errors import NoSpace
+
+    fh, _ = core.create(ROOT_INO, b"full", 0o644, os.O_WRONLY, ALICE)
+    core.write(fh, 0, b"x")
+    core.flush(fh)
+    follow_up = core.write_buffered(fh, 0, b"y" * CHUNK_SIZE)  # mark + one chunk
+    real = core.transaction
+    monkeypatch.setattr(core, "transaction", lambda: (_ for _ in ()).throw(NoSpace()))
+    with pytest.raises(NoSpace):
+        follow_up()
+    monkeypatch.setattr(core, "transaction", real)
+    done = threading.Event()
+    worker = threading.Thread(target=lambda: (core.flush(fh), done.set()), daemon=True)
+    worker.start()
+    assert done.wait(10), "flush hung waiting for chunks that were never queued"
+    core.release(fh)
+    core.commit_pending()
+
+
+def test_renaming_a_file_before_its_first_flush_leaves_no_old_name(core: WormCore) -> None:
+    fh, inode = core.create(ROOT_INO, b"tmp", 0o644, os.O_WRONLY, ALICE)
+    core.write(fh, 0, b"data")
+    core.rename(ROOT_INO, b"tmp", ROOT_INO, b"final", 0, ALICE)
+    with pytest.raises(NotFound):
+        core.lookup(ROOT_INO, b"tmp")
+    assert [n for n, _ in core.readdir(ROOT_INO)] == [b"final"]
+    core.release(fh)
+    core.create(ROOT_INO, b"tmp", 0o644, os.O_WRONLY, ALICE)  # the name is free again

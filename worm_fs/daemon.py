@@ -274,9 +274,9 @@ class Daemon:
         failing = False
         while True:
             await trio.sleep(GROUP_COMMIT_INTERVAL)
-            if not self.core.has_pending():
-                continue
             try:
+                if not self.core.has_pending():
+                    continue
                 await trio.to_thread.run_sync(self.core.commit_pending)
             except WormError as exc:
                 if not failing:

@@ -115,6 +115,7 @@ class WormOperations(pyfuse3.Operations):
         super().__init__()
         self.core = core
         self._limiter = trio.CapacityLimiter(threads)
+        self._follow_up_limiter = trio.CapacityLimiter(threads)
         self._dirs: dict[int, list[tuple[bytes, Inode]]] = {}
         self._next_dir_fh = 1
         #: Set once the kernel's INIT request has been answered.
@@ -291,7 +292,9 @@ class WormOperations(pyfuse3.Operations):
     async def write(self, fh, off, buf):
         follow_up = await self._quick(self.core.write_buffered, fh, off, buf)
         if follow_up is not None:
-            await self._off_loop(follow_up)
+            # Its own limiter: flushes waiting in drain() hold the others' slots, and
+            # they wait for exactly these submissions.
+            await trio.to_thread.run_sync(follow_up, limiter=self._follow_up_limiter)
         return len(buf)
 
     @_guard

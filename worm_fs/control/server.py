@@ -144,9 +144,13 @@ class ControlServer:
 
     async def _connection(self, stream: trio.SocketStream, admin_socket: bool) -> None:
         if self.active[admin_socket] >= self.max_connections:
-            with trio.move_on_after(1):
-                await stream.send_all(protocol.error(StoreBusy("too many control connections")))
-            await stream.aclose()
+            try:  # the peer may be gone already: that must not end the server
+                with trio.move_on_after(1):
+                    await stream.send_all(
+                        protocol.error(StoreBusy("too many control connections")))
+                await stream.aclose()
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
             return
         self.active[admin_socket] += 1
         try:

@@ -119,6 +119,8 @@ class WormCore:
         #: otherwise find the file neither in their snapshot nor in ``_unborn``).
         self._born: dict[int, tuple[Inode, float]] = {}
         self._born_names: dict[tuple[int, bytes], int] = {}
+        #: Inodes renamed or deleted by the current transaction.
+        self._renamed: set[int] = set()
         #: Seals decided at release and written by the next transaction.
         self._pending_seals: list[tuple[int, str, Caller, str]] = []
         self._next_ino: int | None = None
@@ -136,6 +138,7 @@ class WormCore:
         An I/O error from the store puts the core into failsafe mode.
         """
         with self._lock:
+            self._renamed.clear()
             try:
                 with self.store.write() as tx:
                     batch = self.log.batch(tx)
@@ -151,8 +154,9 @@ class WormCore:
             now = time.monotonic()
             for ino in born:  # into the grace list first, so readers always find it
                 inode = self._unborn[ino][0]
-                self._born[ino] = (inode, now)
-                self._born_names[(inode.parent, inode.name)] = ino
+                if ino not in self._renamed:  # its creation-time name is gone already
+                    self._born[ino] = (inode, now)
+                    self._born_names[(inode.parent, inode.name)] = ino
                 del self._unborn[ino]
                 self._unborn_names.pop((inode.parent, inode.name), None)
             for ino, (inode, when) in list(self._born.items()):
@@ -221,7 +225,7 @@ class WormCore:
         created more than ``unborn_age_s`` ago that no flush has stored yet."""
         if self.log.pending or self._pending_seals:
             return True
-        oldest = next(iter(self._unborn.values()), None)
+        oldest = next(iter(self._unborn.copy().values()), None)  # copy(): no lock here
         return oldest is not None and time.monotonic() - oldest[2] >= unborn_age_s
 
     def commit_pending(self) -> int:
@@ -298,10 +302,12 @@ class WormCore:
         return None if born is None else born[0]
 
     def forget_recent(self, ino: int) -> None:
-        """Drop ``ino`` from the grace list: its name is changing or going."""
+        """Drop ``ino`` from the grace list: its name is changing or going (call inside
+        a transaction; a just-created file it stores is then kept out of the list)."""
         born = self._born.pop(ino, None)
         if born is not None:
             self._born_names.pop((born[0].parent, born[0].name), None)
+        self._renamed.add(ino)
 
     def _path(self, txn: ReadTxn, ino: int) -> str:
         recent = self._recent_inode(ino)
@@ -677,7 +683,8 @@ class WormCore:
                     raise writer.error
                 self._truncate(writer, change.size)
             with self.transaction() as (tx, batch):
-                stored = self.inode_in(tx, ino)
+                # The stored record, not the writer's view: its size is what is stored.
+                stored = Inode.from_bytes(tx.get_inode(ino) or b"")
                 if change.mode is not None:
                     mode = change.mode & 0o7777
                     if stored.kind is Kind.FILE and stored.state is not State.WRITING:
@@ -702,6 +709,7 @@ class WormCore:
                 ))
             if change.size is not None and writer is not None:
                 self._settled(writer)
+                writer.dirty_marked = True  # the truncate stored clean=False
             return self.getattr(ino)
 
     def _truncate(self, writer: WriteHandle, size: int) -> None:
@@ -842,7 +850,9 @@ class WormCore:
             if writer.error is not None:
                 raise writer.error
             self.require_writable("write", writer.caller, ino=writer.ino)
-            mark_dirty = writer.durable_clean
+            # The store must say "not clean" before a write after a flush is
+            # acknowledged, or a crash would seal the file without it.
+            mark_dirty = not writer.dirty_marked
             writer.durable_clean = False
             with self.store.read() as rt:
                 writer.write(off, data, lambda i: self._load_stored(rt, writer.ino, i))
@@ -856,17 +866,30 @@ class WormCore:
             return None
 
         def follow_up() -> None:
-            if mark_dirty:  # only the flag: the durable size stays what was flushed
-                with self.transaction() as (tx, _):
-                    if not writer.durable_clean:  # unless a flush stored it all meanwhile
-                        inode = Inode.from_bytes(tx.get_inode(writer.ino) or b"")
-                        inode.clean = False
-                        tx.put_inode(writer.ino, inode.to_bytes())
-            if handoff:
+            try:
+                if mark_dirty:  # only the flag: the durable size stays what was flushed
+                    with self.transaction() as (tx, _):
+                        if not writer.dirty_marked and not writer.durable_clean:
+                            inode = Inode.from_bytes(tx.get_inode(writer.ino) or b"")
+                            inode.clean = False
+                            tx.put_inode(writer.ino, inode.to_bytes())
+                    writer.dirty_marked = not writer.durable_clean
+                if handoff:
+                    with self._lock:
+                        self._persist_unborn(writer.ino)  # chunks need their inode first
+                while handoff:
+                    self._storer.submit(writer, *handoff[0])
+                    handoff.pop(0)
+            except BaseException as exc:
+                # The chunks not submitted stay in ``pending`` for the next flush to
+                # store; they must not be counted as queued, or drain() would wait
+                # forever, and the writer reports the failure from now on.
                 with self._lock:
-                    self._persist_unborn(writer.ino)  # chunks need their inode first
-            for index, chunk in handoff:
-                self._storer.submit(writer, index, chunk)
+                    writer.queued -= len(handoff)
+                    if isinstance(exc, WormError) and writer.error is None:
+                        writer.error = exc
+                    self._storer.wake()
+                raise
 
         return follow_up
 
@@ -965,6 +988,7 @@ class WormCore:
         self._settled(writer)
         writer.writes = type(writer.writes)()
         writer.durable_clean = True
+        writer.dirty_marked = False
 
     def fsync(self, fh: int) -> None:
         self.flush(fh)
@@ -1011,8 +1035,8 @@ class WormCore:
     def _seal_failed(self, writer: WriteHandle, exc: WormError) -> None:
         """Its last bytes may not be durable: never present it as complete."""
         log.warning("could not seal inode %d (%s); quarantining it", writer.ino, exc.message)
+        self._storer.drain(writer)  # before it stops counting as written (deletion checks)
         self._writers.pop(writer.ino, None)
-        self._storer.drain(writer)
         try:
             self._quarantine(writer.ino, writer.caller, reason=exc.message)
         except WormError as again:

@@ -97,8 +97,11 @@ class WriteHandle(Handle):
     queued: int = 0
     #: The storer's last failure; reported by the next write or flush.
     error: Exception | None = None
-    #: True while the durable inode says ``clean`` (no write since the last flush).
+    #: True while nothing has been written since the last flush (nothing to flush).
     durable_clean: bool = False
+    #: True while the stored inode says not ``clean`` (a new file, or marked after the
+    #: first write that followed a flush); a crash then quarantines the file.
+    dirty_marked: bool = True
     writes: RangeLog = field(default_factory=RangeLog)
     #: SHA-256 over chunks [0, sha_next), fed in order as full chunks are stored;
     #: None once a chunk that may already be in it changed (the seal then re-reads).

@@ -86,6 +86,10 @@ class ChunkStorer:
         while writer.queued:
             self._cond.wait()
 
+    def wake(self) -> None:
+        """Wake drain() waiters after queued counts changed. Call with the core lock."""
+        self._cond.notify_all()
+
     def close(self) -> None:
         self._queue.put(None)
         for thread in self._threads:
@@ -124,9 +128,14 @@ class ChunkStorer:
 
     def _store_batch(self, batch: list[Hashed]) -> None:
         error: WormError | None = None
+        with self._cond:
+            # A chunk replaced in ``pending`` by a newer version (a write into it after
+            # it was handed off) is skipped: the newer one is stored after it, by this
+            # thread or by the writer's flush, and must win.
+            live = [item for item in batch if item[0].pending.get(item[1]) is item[2]]
         try:
             with self._store.write() as tx:
-                for writer, index, data, chunk_digest in batch:
+                for writer, index, data, chunk_digest in live:
                     key = put_chunk(tx, data, chunk_digest)
                     old = tx.get_manifest(writer.ino, index)
                     tx.put_manifest(writer.ino, index, key)
