@@ -323,3 +323,11 @@ def test_renaming_a_file_before_its_first_flush_leaves_no_old_name(core: WormCor
     assert [n for n, _ in core.readdir(ROOT_INO)] == [b"final"]
     core.release(fh)
     core.create(ROOT_INO, b"tmp", 0o644, os.O_WRONLY, ALICE)  # the name is free again
+
+
+def test_a_refused_name_is_audited(core: WormCore) -> None:
+    with pytest.raises(Refused) as exc:
+        core.create(ROOT_INO, b"x" * 300, 0o644, os.O_WRONLY, ALICE)
+    assert exc.value.errno == errno.ENAMETOOLONG
+    refused = [r for r in records(core) if r["result"] == "ENAMETOOLONG"]
+    assert [(r["op"], r["pid"]) for r in refused] == [("create", ALICE.pid)]

@@ -304,7 +304,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------- log
-def _verifier(loc: Location, given: str | None) -> Any:
+def _verifier(loc: Location | None, given: str | None) -> Any:
+    """The key to verify with: ``--pubkey`` if given (a key kept elsewhere), else the one
+    the mount publishes, else the store's own key file."""
     from worm_fs.audit.anchor import load_key
     from worm_fs.audit.checkpoint import VerifierKey
 
@@ -314,6 +316,8 @@ def _verifier(loc: Location, given: str | None) -> Any:
             return VerifierKey.parse(text)
         except ValueError as exc:
             raise UsageError(f"bad --pubkey: {exc}") from None
+    if loc is None:
+        raise UsageError("no verifier key: give --pubkey")
     if loc.mountpoint is not None:
         try:
             return VerifierKey.parse(os.getxattr(loc.mountpoint, "user.worm.pubkey").decode())
@@ -599,8 +603,7 @@ def cmd_manifest_verify(args: argparse.Namespace) -> int:
     if not root.is_dir():
         raise UsageError(f"{root} is not a directory")
     if args.pubkey:
-        verifier = _verifier(Location(state_dir=Path("/nonexistent"), mountpoint=None),
-                             args.pubkey)
+        verifier = _verifier(None, args.pubkey)
     else:
         try:
             verifier = _verifier(locate(root, allow_state_dir=False), None)

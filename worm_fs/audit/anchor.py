@@ -57,11 +57,3 @@ def make_checkpoint(store: Store, key: SigningKey, origin: str) -> str:
         tx.put_checkpoint(size, note_text.encode())
         tx.put_meta(CHECKPOINT_TIME_KEY, u64(time.time_ns()))
         return note_text
-
-
-def latest_checkpoint(store: Store) -> tuple[int, str] | None:
-    with store.read() as rt:
-        latest = None
-        for size, note in rt.iter_checkpoints():
-            latest = (size, note.decode())
-        return latest

@@ -28,7 +28,7 @@ from worm_fs.core.clock import advance_clock, trusted_now
 from worm_fs.core.fs import ROOT_INO, WormCore, iso_time, path_of
 from worm_fs.core.model import Caller, Inode, Kind, State
 from worm_fs.errors import NoSpace, NotFound, Refused, UsageError
-from worm_fs.store import ReadTxn, WriteTxn, release_chunk, u64
+from worm_fs.store import ReadTxn, WriteTxn, release_chunk
 
 
 @dataclass
@@ -332,7 +332,7 @@ class Deletions:
             tx.delete_dirent(inode.parent, inode.name)
             self.core.forget_recent(n)
             tx.set_writing(n, False)  # an orphaned "writing" file must leave recovery's index
-            tx.raw_delete("inodes", u64(n))
+            tx.delete_inode(n)
             removed.append((inode.parent, inode.name, n))
             batch.add(self.core.log.stamp(
                 "delete", path=path, ino=n, kind=inode.kind.value, size=inode.size,

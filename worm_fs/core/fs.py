@@ -400,11 +400,17 @@ class WormCore:
         self._next_fh += 1
         return fh
 
-    def _check_name(self, name: bytes) -> None:
+    def _check_name(self, op: str, parent: int, name: bytes, caller: Caller) -> None:
+        """Refuse (audited) a new name the kernel should never send us anyway."""
         if len(name) > NAME_MAX:
-            raise WormError("file name too long", errno=errno.ENAMETOOLONG)
-        if not name or b"/" in name or name in (b".", b".."):
-            raise UsageError("invalid file name")
+            err, why = errno.ENAMETOOLONG, "file name too long"
+        elif not name or b"/" in name or name in (b".", b".."):
+            err, why = errno.EINVAL, "invalid file name"
+        else:
+            return
+        with self.store.read() as rt:
+            path = self._child_path(rt, parent, name[:NAME_MAX])
+        raise self._refuse(op, err, caller, why, path=path)
 
     # ------------------------------------------------------------------ lookups
     def lookup(self, parent: int, name: bytes) -> Inode:
@@ -512,7 +518,7 @@ class WormCore:
         :data:`UNBORN_MAX_AGE_S`. Like any filesystem's, a create is durable once the
         file is flushed; a crash before that loses a file nobody has closed yet.
         """
-        self._check_name(name)
+        self._check_name("create", parent, name, caller)
         self.require_writable("create", caller)
         with self._lock:
             with self.store.read() as rt:
@@ -541,7 +547,7 @@ class WormCore:
         return handle.fh, inode
 
     def mkdir(self, parent: int, name: bytes, mode: int, caller: Caller) -> Inode:
-        self._check_name(name)
+        self._check_name("mkdir", parent, name, caller)
         self.require_writable("mkdir", caller)
         with self.transaction() as (tx, batch):
             _, path = self._prepare_new(tx, parent, name, "mkdir", caller)
@@ -552,7 +558,7 @@ class WormCore:
         return inode
 
     def symlink(self, parent: int, name: bytes, target: bytes, caller: Caller) -> Inode:
-        self._check_name(name)
+        self._check_name("symlink", parent, name, caller)
         self.require_writable("symlink", caller)
         with self.transaction() as (tx, batch):
             _, path = self._prepare_new(tx, parent, name, "symlink", caller)
@@ -616,7 +622,7 @@ class WormCore:
         self, old_parent: int, old_name: bytes, new_parent: int, new_name: bytes, flags: int,
         caller: Caller, *, exchange: bool = False,
     ) -> None:
-        self._check_name(new_name)
+        self._check_name("rename", new_parent, new_name, caller)
         self.require_writable("rename", caller)
         with self.transaction() as (tx, batch):
             path = self._child_path(tx, old_parent, old_name)

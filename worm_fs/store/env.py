@@ -187,6 +187,9 @@ class WriteTxn(ReadTxn):
     def put_inode(self, ino: int, value: bytes) -> None:
         self._txn.put(u64(ino), value, db=self._db["inodes"])
 
+    def delete_inode(self, ino: int) -> None:
+        self._txn.delete(u64(ino), db=self._db["inodes"])
+
     def set_writing(self, ino: int, writing: bool) -> None:
         if writing:
             self._txn.put(u64(ino), b"", db=self._db["writing"])
@@ -429,16 +432,6 @@ class Store:
     def free_bytes(self) -> int:
         st = os.statvfs(self.path)
         return st.f_bavail * st.f_frsize
-
-    def info(self) -> dict[str, int]:
-        stat = self._env.stat()
-        info = self._env.info()
-        return {
-            "page_size": stat["psize"],
-            "map_size": info["map_size"],
-            "last_page": info["last_pgno"],
-            "file_bytes": os.path.getsize(self.path / "store" / "data.mdb"),
-        }
 
     def close(self) -> None:
         self._env.close()
