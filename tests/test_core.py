@@ -301,11 +301,11 @@ def test_a_failed_follow_up_does_not_hang_the_next_flush(
     core.write(fh, 0, b"x")
     core.flush(fh)
     follow_up = core.write_buffered(fh, 0, b"y" * CHUNK_SIZE)  # mark + one chunk
-    real = core.transaction
-    monkeypatch.setattr(core, "transaction", lambda: (_ for _ in ()).throw(NoSpace()))
+    real = core.store.write
+    monkeypatch.setattr(core.store, "write", lambda: (_ for _ in ()).throw(NoSpace()))
     with pytest.raises(NoSpace):
         follow_up()
-    monkeypatch.setattr(core, "transaction", real)
+    monkeypatch.setattr(core.store, "write", real)
     done = threading.Event()
     worker = threading.Thread(target=lambda: (core.flush(fh), done.set()), daemon=True)
     worker.start()
@@ -331,3 +331,24 @@ def test_a_refused_name_is_audited(core: WormCore) -> None:
     assert exc.value.errno == errno.ENAMETOOLONG
     refused = [r for r in records(core) if r["result"] == "ENAMETOOLONG"]
     assert [(r["op"], r["pid"]) for r in refused] == [("create", ALICE.pid)]
+
+
+def test_a_directory_stays_movable_while_anything_deep_below_it_changes(
+    core: WormCore, clock: FakeClock
+) -> None:
+    """Changes touch only the entry and its parent; the settle walk finds deep ones."""
+    run = core.mkdir(ROOT_INO, b"run", 0o755, ALICE)
+    a = core.mkdir(run.ino, b"a", 0o755, ALICE)
+    b = core.mkdir(a.ino, b"b", 0o755, ALICE)
+    clock.advance(120)  # everything settled
+    fh, _ = core.create(b.ino, b"model.bin", 0o644, os.O_WRONLY, ALICE)
+    core.write(fh, 0, b"w")
+    core.flush(fh)
+    core.release(fh)
+    core.commit_pending()
+    assert core.getattr(run.ino).changed_ns < clock.now - 60 * SECOND  # not rewritten
+    clock.advance(30)
+    core.rename(ROOT_INO, b"run", ROOT_INO, b"run.done", 0, ALICE)  # b/model.bin is recent
+    clock.advance(61)
+    with pytest.raises(Refused):
+        core.rename(ROOT_INO, b"run.done", ROOT_INO, b"run.again", 0, ALICE)

@@ -32,7 +32,7 @@ from pathlib import Path
 import trio
 
 from worm_fs import fuse_ops
-from worm_fs.audit.anchor import ensure_key, make_checkpoint, origin_for
+from worm_fs.audit.anchor import ensure_key, origin_for, write_checkpoint
 from worm_fs.audit.log import AuditLog
 from worm_fs.control.server import ADMIN_SOCKET, REQUEST_SOCKET, ControlServer
 from worm_fs.core.clock import advance_clock
@@ -191,6 +191,7 @@ class Daemon:
                 len(recovered["sealed"]), len(recovered["quarantined"]),
                 time.monotonic() - started,
             )
+        self.core.start()  # from now on only the committer thread writes the store
         self.core.root_xattrs[b"user.worm.pid"] = str(os.getpid()).encode()
         self.core.root_xattrs[b"user.worm.pubkey"] = self.key.verifier_key().encode()
         self.core.root_xattrs[b"user.worm.control"] = str(
@@ -230,14 +231,14 @@ class Daemon:
             fuse_ops.notify_deleted(parent, name, ino)
 
     def _advance_clock(self) -> None:
-        with self.core.transaction() as (tx, _):
-            advance_clock(tx, self.core.clock())
+        self.core.commit(lambda tx, batch: advance_clock(tx, self.core.clock()))
 
     def _record(self, op: str, **fields: object) -> None:
         self.core.record(op, pid=os.getpid(), **fields)
 
     def checkpoint(self) -> str:
-        note = make_checkpoint(self.store, self.key, self.origin)
+        note = self.core.commit(lambda tx, batch: write_checkpoint(
+            tx, self.key, self.origin, batch.size, batch.root()))
         self._last_checkpoint_size = int(note.split("\n")[1])
         return note
 

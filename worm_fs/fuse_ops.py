@@ -6,10 +6,14 @@ Contract:
 * Handlers hold no policy. They build a :class:`~worm_fs.core.model.Caller`, call the
   core, and turn :class:`~worm_fs.errors.WormError` into ``FUSEError(errno)``. Any other
   exception is logged with its traceback and answered with ``EIO``; the daemon stays up.
-* Core calls that may block (they commit, fsync or hash) run in worker threads via
-  ``trio.to_thread.run_sync``. Lookups run inline (short read transactions only), and
-  calls that never wait for I/O run inline when the core lock is free (:meth:`_quick`),
-  because a thread hop costs more than they do.
+* Core calls that may block (they wait for a group commit, or hash or read chunks) run
+  in worker threads via ``trio.to_thread.run_sync``. Lookups and calls that never wait
+  for I/O (create, buffered writes, opens, refusals, quick releases) run inline: the
+  core holds its locks only for in-memory updates, and a thread hop costs more than
+  such a call (about 0.2 ms here).
+* Calls that wait for a commit have their own, large limiter: a commit serves every
+  change queued while the previous one synced, so the more of them wait at once, the
+  fewer syncs per change. CPU-bound reads keep a small one.
 * Every mutating handler is implemented, so refusals are deliberate and audited rather
   than pyfuse3's default ``ENOSYS``.
 """
@@ -111,11 +115,12 @@ class WormOperations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, core: WormCore, *, threads: int = 4) -> None:
+    def __init__(self, core: WormCore, *, threads: int = 4, commit_waiters: int = 64) -> None:
         super().__init__()
         self.core = core
         self._limiter = trio.CapacityLimiter(threads)
-        self._follow_up_limiter = trio.CapacityLimiter(threads)
+        self._commit_limiter = trio.CapacityLimiter(commit_waiters)
+        self._follow_up_limiter = trio.CapacityLimiter(commit_waiters)
         self._dirs: dict[int, list[tuple[bytes, Inode]]] = {}
         self._next_dir_fh = 1
         #: Set once the kernel's INIT request has been answered.
@@ -125,18 +130,12 @@ class WormOperations(pyfuse3.Operations):
         self.initialized.set()  # runs on the trio thread, inside pyfuse3's main loop
 
     async def _off_loop(self, fn: Callable[..., T], *args: Any) -> T:
+        """A call that reads or hashes chunks (CPU-bound)."""
         return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
 
-    async def _quick(self, fn: Callable[..., T], *args: Any) -> T:
-        """A call that does no blocking I/O: inline if the core is free, else a thread.
-
-        A thread hop costs more than such a call (about 0.2 ms here); waiting inline
-        for the core lock would stall every request behind another's commit.
-        """
-        done, result = self.core.run_if_free(fn, *args)
-        if done:
-            return result  # type: ignore[return-value]
-        return await self._off_loop(fn, *args)
+    async def _committed(self, fn: Callable[..., T], *args: Any) -> T:
+        """A call that waits for a group commit (mostly idle meanwhile)."""
+        return await trio.to_thread.run_sync(fn, *args, limiter=self._commit_limiter)
 
     # -- lookups -------------------------------------------------------------------
     @_guard
@@ -209,19 +208,19 @@ class WormOperations(pyfuse3.Operations):
     # -- creating names ------------------------------------------------------------
     @_guard
     async def create(self, parent_inode, name, mode, flags, ctx):
-        fh, inode = await self._quick(
-            self.core.create, parent_inode, name, mode, flags, caller_of(ctx, with_cmdline=True)
+        fh, inode = self.core.create(
+            parent_inode, name, mode, flags, caller_of(ctx, with_cmdline=True)
         )
         return pyfuse3.FileInfo(fh=fh, keep_cache=False), entry_attributes(inode)
 
     @_guard
     async def mkdir(self, parent_inode, name, mode, ctx):
-        inode = await self._off_loop(self.core.mkdir, parent_inode, name, mode, caller_of(ctx))
+        inode = await self._committed(self.core.mkdir, parent_inode, name, mode, caller_of(ctx))
         return entry_attributes(inode)
 
     @_guard
     async def symlink(self, parent_inode, name, target, ctx):
-        inode = await self._off_loop(
+        inode = await self._committed(
             self.core.symlink, parent_inode, name, target, caller_of(ctx)
         )
         return entry_attributes(inode)
@@ -229,33 +228,33 @@ class WormOperations(pyfuse3.Operations):
     # -- refused or restricted changes ---------------------------------------------
     @_guard
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
-        await self._quick(self.core.mknod, parent_inode, name, mode, caller_of(ctx))
+        self.core.mknod(parent_inode, name, mode, caller_of(ctx))
         raise pyfuse3.FUSEError(errno.EPERM)
 
     @_guard
     async def link(self, inode, new_parent_inode, new_name, ctx):
-        await self._quick(self.core.link, inode, new_parent_inode, new_name, caller_of(ctx))
+        self.core.link(inode, new_parent_inode, new_name, caller_of(ctx))
         raise pyfuse3.FUSEError(errno.EPERM)
 
     @_guard
     async def unlink(self, parent_inode, name, ctx):
-        await self._quick(self.core.unlink, parent_inode, name, caller_of(ctx))
+        self.core.unlink(parent_inode, name, caller_of(ctx))
 
     @_guard
     async def rmdir(self, parent_inode, name, ctx):
-        await self._quick(self.core.rmdir, parent_inode, name, caller_of(ctx))
+        self.core.rmdir(parent_inode, name, caller_of(ctx))
 
     @_guard
     async def setxattr(self, inode, name, value, ctx):
-        await self._quick(self.core.setxattr, inode, name, caller_of(ctx))
+        self.core.setxattr(inode, name, caller_of(ctx))
 
     @_guard
     async def removexattr(self, inode, name, ctx):
-        await self._quick(self.core.removexattr, inode, name, caller_of(ctx))
+        self.core.removexattr(inode, name, caller_of(ctx))
 
     @_guard
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
-        await self._off_loop(
+        await self._committed(
             functools.partial(
                 self.core.rename, parent_inode_old, name_old, parent_inode_new, name_new,
                 flags, caller_of(ctx), exchange=bool(flags & pyfuse3.RENAME_EXCHANGE),
@@ -274,13 +273,13 @@ class WormOperations(pyfuse3.Operations):
         )
         if change.is_empty():
             return entry_attributes(self.core.getattr(inode))
-        result = await self._off_loop(self.core.setattr, inode, change, fh, caller_of(ctx))
+        result = await self._committed(self.core.setattr, inode, change, fh, caller_of(ctx))
         return entry_attributes(result)
 
     # -- file handles --------------------------------------------------------------
     @_guard
     async def open(self, inode, flags, ctx):
-        fh, node = await self._quick(self.core.open, inode, flags, caller_of(ctx))
+        fh, node = self.core.open(inode, flags, caller_of(ctx))
         sealed = node.kind is Kind.FILE and node.state is not State.WRITING
         return pyfuse3.FileInfo(fh=fh, keep_cache=sealed)
 
@@ -290,26 +289,26 @@ class WormOperations(pyfuse3.Operations):
 
     @_guard
     async def write(self, fh, off, buf):
-        follow_up = await self._quick(self.core.write_buffered, fh, off, buf)
+        follow_up = self.core.write_buffered(fh, off, buf)
         if follow_up is not None:
-            # Its own limiter: flushes waiting in drain() hold the others' slots, and
-            # they wait for exactly these submissions.
+            # Its own limiter: flushes waiting in drain() hold the commit waiters'
+            # slots, and they wait for exactly these submissions.
             await trio.to_thread.run_sync(follow_up, limiter=self._follow_up_limiter)
         return len(buf)
 
     @_guard
     async def flush(self, fh):
         if not self.core.flush_is_noop(fh):
-            await self._off_loop(self.core.flush, fh)
+            await self._committed(self.core.flush, fh)
 
     @_guard
     async def fsync(self, fh, datasync):
-        await self._off_loop(self.core.fsync, fh)
+        await self._committed(self.core.fsync, fh)
 
     @_guard
     async def release(self, fh):
-        if not await self._quick(self.core.release_if_quick, fh):
-            await self._off_loop(self.core.release, fh)
+        if not self.core.release_if_quick(fh):
+            await self._committed(self.core.release, fh)
 
 
 # -- session control, used by the daemon ---------------------------------------------

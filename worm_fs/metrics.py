@@ -55,6 +55,16 @@ def collect(store: Store) -> list[Sample]:
          one(stats["freed_bytes"])),
         ("worm_fs_audit_records", "gauge", "Records in the audit log.",
          one(stats["audit_records"])),
+        ("worm_fs_commits_total", "counter", "Synced store commits (group commits).",
+         one(stats["commits"])),
+        ("worm_fs_commit_changes_total", "counter", "State changes committed.",
+         one(stats["commit_changes"])),
+        ("worm_fs_commit_flushes_total", "counter", "File flushes (closes) committed.",
+         one(stats["commit_flushes"])),
+        ("worm_fs_commit_records_total", "counter", "Audit records written by commits.",
+         one(stats["commit_records"])),
+        ("worm_fs_commits_shared_total", "counter",
+         "Commits that held the flushes of two or more files.", one(stats["commits_shared"])),
     ]
     if checkpoint_ns:
         samples.append(("worm_fs_audit_checkpoint_age_seconds", "gauge",

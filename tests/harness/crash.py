@@ -1,8 +1,10 @@
 """Kill -9 loop: concurrent writers, a daemon killed at a random moment, remount, check.
 
-Each writer process writes files of mixed sizes (10 KB to 6 MB) whose content is a
-pure function of the file name, and appends a name to its acknowledgement log only
-after ``close()`` returned 0. After each crash and remount the checker requires:
+Each writer process writes files (four writers of mixed sizes, 10 KB to 6 MB, and four
+of small files, so that the kill often lands while a group commit holds several closes)
+whose content is a pure function of the file name, and appends a name to its
+acknowledgement log only after ``close()`` returned 0. After each crash and remount the
+checker requires:
 
 * every acknowledged file exists, is sealed and has exactly its intended content;
 * every file in state ``sealed`` has exactly its intended content (acknowledged or not);
@@ -29,7 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 WRITERS = 4
+#: Writers of small files, so that many closes share each group commit when it is killed.
+SMALL_WRITERS = 4
 WORM_FS = [sys.executable, "-m", "worm_fs"]
+SIZES = [10_000, 100_000, 700_000, 1_048_576, 3_000_000, 6_000_000]
+SMALL_SIZES = [1, 4096, 10_000]
 
 
 def content(name: str) -> bytes:
@@ -46,7 +52,7 @@ def writer_main(mnt: str, wid: int, ack_path: str, start: int) -> None:
     with open(ack_path, "a") as ack:
         seq = start
         while True:
-            size = rng.choice([10_000, 100_000, 700_000, 1_048_576, 3_000_000, 6_000_000])
+            size = rng.choice(SMALL_SIZES if wid >= WRITERS else SIZES)
             size += rng.randrange(0, 5000)
             name = f"w{wid}-{seq}-{size}"
             data = content(name)
@@ -72,6 +78,11 @@ class Report:
     quarantined: int = 0
     remount_s: list[float] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    #: From ``worm-fs stats`` at the end: synced commits and file flushes they held.
+    commits: int = 0
+    commit_flushes: int = 0
+    #: Commits that held the closes of two or more files.
+    commits_shared: int = 0
 
 
 def _mount(state: Path, mnt: Path, log) -> subprocess.Popen:
@@ -117,6 +128,14 @@ def check(mnt: Path, state: Path, acked: set[str], report: Report) -> None:
                 report.problems.append(f"sealed file {name} has a wrong sha256 xattr")
             if name not in acked:
                 report.sealed_unacknowledged += 1
+    stats = subprocess.run([*WORM_FS, "stats", "--json", str(mnt)], capture_output=True,
+                           text=True)
+    if stats.returncode == 0:
+        counts = json.loads(stats.stdout)
+        report.commits, report.commit_flushes = counts["commits"], counts["commit_flushes"]
+        report.commits_shared = counts["commits_shared"]
+    else:
+        report.problems.append(f"worm-fs stats failed: {stats.stderr.strip()}")
     for command in (["verify", str(mnt)], ["log", "verify", str(mnt)]):
         result = subprocess.run([*WORM_FS, *command], capture_output=True, text=True)
         if result.returncode != 0:
@@ -141,7 +160,7 @@ def run(iterations: int, workdir: Path, *, seed: int = 0, max_remount_s: float =
                                          "sys.argv[3], int(sys.argv[4]))",
                                          str(mnt), str(w), str(acks / f"w{w}"), str(it * 100_000)],
                                         cwd=Path(__file__).parents[2])
-                       for w in range(WRITERS)]
+                       for w in range(WRITERS + SMALL_WRITERS)]
             time.sleep(rng.uniform(min_run_s, max_run_s))
             proc.send_signal(signal.SIGKILL)
             proc.wait()
@@ -182,8 +201,8 @@ def run(iterations: int, workdir: Path, *, seed: int = 0, max_remount_s: float =
 def main() -> int:
     parser = argparse.ArgumentParser(
         prog="scripts/crashtest",
-        description="Kill the worm-fs daemon with SIGKILL at random moments while four "
-        "writers write files of mixed sizes; remount and check that every acknowledged "
+        description="Kill the worm-fs daemon with SIGKILL at random moments while eight "
+        "writers write files of mixed and small sizes; remount and check that every acknowledged "
         "file is intact and every sealed file is exactly what was written.")
     parser.add_argument("--iterations", "-n", type=int, default=50)
     parser.add_argument("--seed", type=int, default=int(time.time()))
@@ -205,6 +224,8 @@ def main() -> int:
         "acknowledged_files": report.acknowledged,
         "sealed_unacknowledged": report.sealed_unacknowledged,
         "quarantined_seen": report.quarantined,
+        "commits": report.commits, "commit_flushes": report.commit_flushes,
+        "commits_shared": report.commits_shared,
         "max_remount_s": round(max(report.remount_s, default=0), 3),
         "problems": report.problems,
     }

@@ -12,7 +12,7 @@ from pathlib import Path
 from worm_fs.audit.checkpoint import Checkpoint, SigningKey, sign_checkpoint
 from worm_fs.audit.log import tree_head
 from worm_fs.errors import NotAStore
-from worm_fs.store import Store, u64
+from worm_fs.store import Store, WriteTxn, u64
 
 KEY_FILE = "audit-signing.key"
 CHECKPOINT_TIME_KEY = "checkpoint_time_ns"
@@ -44,16 +44,24 @@ def load_key(state_dir: Path) -> SigningKey:
 
 
 def make_checkpoint(store: Store, key: SigningKey, origin: str) -> str:
-    """Sign the current tree head and keep it; returns the signed note.
+    """Sign the current tree head and keep it; returns the signed note (for a process
+    other than the daemon: the daemon writes through its committer, see
+    :func:`write_checkpoint`).
 
     If a checkpoint of the current size exists already, that one is returned.
     """
     with store.write() as tx:
         size, root = tree_head(tx)
-        kept = tx.get_checkpoint(size)
-        if kept is not None:
-            return kept.decode()
-        note_text = sign_checkpoint(Checkpoint(origin=origin, size=size, root=root), key)
-        tx.put_checkpoint(size, note_text.encode())
-        tx.put_meta(CHECKPOINT_TIME_KEY, u64(time.time_ns()))
-        return note_text
+        return write_checkpoint(tx, key, origin, size, root)
+
+
+def write_checkpoint(tx: WriteTxn, key: SigningKey, origin: str, size: int, root: bytes) -> str:
+    """Sign the tree head (``size``, ``root``) inside ``tx`` and keep it (or return the
+    checkpoint of that size kept already)."""
+    kept = tx.get_checkpoint(size)
+    if kept is not None:
+        return kept.decode()
+    note_text = sign_checkpoint(Checkpoint(origin=origin, size=size, root=root), key)
+    tx.put_checkpoint(size, note_text.encode())
+    tx.put_meta(CHECKPOINT_TIME_KEY, u64(time.time_ns()))
+    return note_text

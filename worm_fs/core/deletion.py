@@ -4,7 +4,7 @@ Contract:
 
 * Identities (:class:`~worm_fs.core.model.Caller`) come from the control channel's
   ``SO_PEERCRED``; nothing a message claims about its sender is used.
-* An approval is checked and executed in **one** write transaction: the names go, the
+* An approval is checked and executed in **one** committer job (one transaction): the names go, the
   reference counts drop, chunks no other file references are freed, and the audit
   records of the decision and of every removed entry commit with it.
 * Refusals are audited like every other refusal and raised as
@@ -180,22 +180,27 @@ class Deletions:
         if not reason.strip():
             raise UsageError("a reason is required")
         self.core.require_writable("delete_request", who, path=path)
-        with self.core.transaction() as (tx, batch):
+        # The subtree is walked on a snapshot, outside the commit pipeline; approval
+        # checks again that the request still covers exactly these entries.
+        with self.core.store.read() as rt:
             try:
-                ino = self.resolve(tx, path)
+                ino = self.resolve(rt, path)
             except NotFound:
                 raise self._refuse("delete_request", errno.ENOENT, who, "no such entry",
                                    path=path) from None
             if ino == ROOT_INO:
                 raise self._refuse("delete_request", errno.EPERM, who,
                                    "the mount root cannot be deleted", path=path)
-            if not self._can_see(tx, ino, who):
+            if not self._can_see(rt, ino, who):
                 raise self._refuse("delete_request", errno.EACCES, who,
                                    "you cannot see this path", path=path)
-            cover = self._coverage(tx, ino)
+            cover = self._coverage(rt, ino)
+            where = path_of(rt, ino)
+
+        def job(tx: WriteTxn, batch: Any) -> DeletionRequest:
             now = advance_clock(tx, self.core.clock())
             req = DeletionRequest(
-                id=secrets.token_hex(6), state="pending", path=path_of(tx, ino), ino=ino,
+                id=secrets.token_hex(6), state="pending", path=where, ino=ino,
                 requester_uid=who.uid, requester_pid=who.pid, requester_comm=who.comm,
                 reason=reason, created_ns=now, expires_ns=now + self.request_ttl_ns,
                 files=cover.files, entries=len(cover.entries),
@@ -208,7 +213,9 @@ class Deletions:
                 files=req.files, bytes_freed=req.bytes_freed, uid=who.uid, gid=who.gid,
                 pid=who.pid, comm=who.comm,
             ))
-        return req
+            return req
+
+        return self.core.commit(job)
 
     def list(self) -> list[tuple[DeletionRequest, str]]:
         """Every request with its state as of now (pending ones past expiry: expired)."""
@@ -223,7 +230,8 @@ class Deletions:
             raise UsageError("a reason is required")
         self._require_admin("delete_reject", who, request_id=request_id)
         self.core.require_writable("delete_reject", who, request_id=request_id)
-        with self.core.transaction() as (tx, batch):
+
+        def job(tx: WriteTxn, batch: Any) -> DeletionRequest:
             req = self._load(tx, request_id)
             now = advance_clock(tx, self.core.clock())
             if req.shown_state(now) != "pending":
@@ -236,7 +244,9 @@ class Deletions:
                 "delete_reject", request_id=req.id, path=req.path, reason=reason,
                 uid=who.uid, gid=who.gid, pid=who.pid, comm=who.comm,
             ))
-        return req
+            return req
+
+        return self.core.commit(job)
 
     def approve(
         self, request_id: str, who: Caller, reason: str = ""
@@ -257,8 +267,9 @@ class Deletions:
     def _approve(
         self, request_id: str, who: Caller, reason: str
     ) -> tuple[DeletionRequest, list[tuple[int, bytes, int]]]:
-        expired = False
-        with self.core.transaction() as (tx, batch):
+        def job(
+            tx: WriteTxn, batch: Any
+        ) -> tuple[DeletionRequest, list[tuple[int, bytes, int]] | None]:
             req = self._load(tx, request_id)
             now = advance_clock(tx, self.core.clock())
             fields = {"request_id": req.id, "path": req.path}
@@ -267,16 +278,17 @@ class Deletions:
                 req.state = "expired"
                 tx.put_deletion(req.id.encode(), req.to_bytes())
                 batch.add(self.core.log.stamp("delete_expire", **fields))
-                expired = True
-            elif state != "pending":
+                return req, None  # refused below, once the expiry is recorded
+            if state != "pending":
                 raise self._refuse("delete_approve", errno.EPERM, who, f"request is {state}",
                                    **fields)
-            elif who.uid == req.requester_uid:
+            if who.uid == req.requester_uid:
                 raise self._refuse("delete_approve", errno.EPERM, who,
                                    "the approver must not be the requester", **fields)
-            else:
-                removed = self._execute(tx, batch, req, who, now, reason)
-        if expired:
+            return req, self._execute(tx, batch, req, who, now, reason)
+
+        req, removed = self.core.commit(job)
+        if removed is None:
             raise self._refuse("delete_approve", errno.EPERM, who, "request is expired",
                                request_id=request_id)
         return req, removed
@@ -360,7 +372,8 @@ class Deletions:
     def retain(self, path: str, who: Caller, until_ns: int) -> int:
         self._require_admin("retain", who, path=path)
         self.core.require_writable("retain", who, path=path)
-        with self.core.transaction() as (tx, batch):
+
+        def job(tx: WriteTxn, batch: Any) -> None:
             ino = self.resolve(tx, path)
             inode = self.core.inode_in(tx, ino)
             current = self.core.retention_of(inode)
@@ -375,6 +388,8 @@ class Deletions:
                 "retain", path=path_of(tx, ino), ino=ino, until=iso_time(until_ns), uid=who.uid,
                 gid=who.gid, pid=who.pid, comm=who.comm,
             ))
+
+        self.core.commit(job)
         return until_ns
 
     def _set_extra(
@@ -382,7 +397,8 @@ class Deletions:
     ) -> None:
         self._require_admin(op, who, path=path)
         self.core.require_writable(op, who, path=path)
-        with self.core.transaction() as (tx, batch):
+
+        def job(tx: WriteTxn, batch: Any) -> None:
             ino = self.resolve(tx, path)
             stored = Inode.from_bytes(tx.get_inode(ino) or b"")
             if value is None:
@@ -394,6 +410,8 @@ class Deletions:
                 op, path=path_of(tx, ino), ino=ino, uid=who.uid, gid=who.gid, pid=who.pid,
                 comm=who.comm, **fields,
             ))
+
+        self.core.commit(job)
 
 
 

@@ -85,23 +85,36 @@ class WriteHandle(Handle):
     """The single writable handle of a file, from ``create`` to the seal.
 
     Chunks move from ``buffers`` (being written, in memory) to ``pending`` (handed to
-    the storer, not yet committed) to the store. ``load`` functions passed in must look
-    in ``pending`` before the store (see :meth:`stored_or_pending`).
+    the storer or taken by a flush, not yet committed; never modified again) to the
+    store. ``load`` functions passed in must look in ``pending`` before the store (see
+    :meth:`stored_or_pending`).
+
+    Every field below ``guard`` is guarded by it (the running digest has its own lock).
+    ``guard`` is a condition: :meth:`ChunkStorer.drain` waits on it for ``queued`` to
+    reach zero. Nothing waits for a commit or hashes while holding it.
     """
 
+    guard: threading.Condition = field(default_factory=threading.Condition, repr=False)
     size: int = 0
     mtime_ns: int = 0
     buffers: dict[int, ChunkBuffer] = field(default_factory=dict)
     pending: dict[int, bytearray | memoryview] = field(default_factory=dict)
-    #: Chunks submitted to the storer and not yet processed.
+    #: Chunks submitted to the storer and not yet committed or failed.
     queued: int = 0
     #: The storer's last failure; reported by the next write or flush.
     error: Exception | None = None
     #: True while nothing has been written since the last flush (nothing to flush).
     durable_clean: bool = False
     #: True while the stored inode says not ``clean`` (a new file, or marked after the
-    #: first write that followed a flush); a crash then quarantines the file.
+    #: first write that followed a flush); a crash then quarantines the file. Cleared
+    #: when a flush takes its snapshot, because that flush may store ``clean``.
     dirty_marked: bool = True
+    #: Changes so far (writes and truncates): a flush stores ``clean`` only if none
+    #: happened after its snapshot.
+    generation: int = 0
+    #: Flush snapshots taken so far: a not-clean mark queued before the latest one
+    #: does not count as marking (the flush may have stored ``clean`` after it).
+    flush_epoch: int = 0
     writes: RangeLog = field(default_factory=RangeLog)
     #: SHA-256 over chunks [0, sha_next), fed in order as full chunks are stored;
     #: None once a chunk that may already be in it changed (the seal then re-reads).
@@ -166,6 +179,7 @@ class WriteHandle(Handle):
             pos += n
         self.size = max(self.size, off + len(data))
         self.writes.add(off, len(data))
+        self.generation += 1
 
     def truncate(self, new_size: int, load: Loader) -> int:
         """Cut or extend to ``new_size``; returns the first chunk index wholly past it.
@@ -188,6 +202,7 @@ class WriteHandle(Handle):
             if new_size < self.sha_next * CHUNK_SIZE:
                 self.sha_broken()
         self.size = new_size
+        self.generation += 1
         return last
 
     def hand_off(self) -> list[tuple[int, bytearray | memoryview]]:
@@ -203,6 +218,13 @@ class WriteHandle(Handle):
                 self.queued += 1
                 out.append((index, buf.data))
         return out
+
+    def take_dirty(self) -> list[tuple[int, bytearray | memoryview]]:
+        """Move every dirty buffer to ``pending``; returns all pending chunks in index
+        order (for a flush, after the storer drained: those it failed on, and these)."""
+        for index in [i for i, buf in self.buffers.items() if buf.dirty]:
+            self.pending[index] = self.buffers.pop(index).data
+        return sorted(self.pending.items())
 
     def read(self, off: int, size: int, load: Loader) -> bytes:
         end = min(off + size, self.size)

@@ -136,6 +136,12 @@ def rule_for(op: Op, column: Column) -> Rule:
     return RULES[op][_COLUMNS.index(column)]
 
 
+def needs_settle(op: Op, inode: Inode) -> bool:
+    """Whether deciding ``op`` on ``inode`` depends on the settle window (which may cost
+    a walk of a directory's subtree, so it is computed only when it matters)."""
+    return rule_for(op, column_of(inode)).cond in (Cond.SETTLING, Cond.SETTLING_NOOP)
+
+
 def decide(op: Op, inode: Inode, facts: Facts) -> int | None:
     """``None`` if ``op`` on ``inode`` is allowed, else the errno to refuse it with."""
     rule = rule_for(op, column_of(inode))

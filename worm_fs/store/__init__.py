@@ -7,7 +7,14 @@ The only package that imports :mod:`lmdb`.
   reference counts, digest check on every load)
 """
 
-from worm_fs.store.chunks import CHUNK_SIZE, check_chunk, load_chunk, put_chunk, release_chunk
+from worm_fs.store.chunks import (
+    CHUNK_SIZE,
+    check_chunk,
+    load_chunk,
+    load_file_chunk,
+    put_chunk,
+    release_chunk,
+)
 from worm_fs.store.env import ReadTxn, Store, WriteTxn, from_u64, u64
 
 __all__ = [
@@ -18,6 +25,7 @@ __all__ = [
     "check_chunk",
     "from_u64",
     "load_chunk",
+    "load_file_chunk",
     "put_chunk",
     "release_chunk",
     "u64",

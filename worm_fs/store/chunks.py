@@ -91,3 +91,9 @@ def check_chunk(key: bytes, data: bytes | None) -> bytes:
 def load_chunk(tx: ReadTxn, key: bytes) -> bytes:
     """The bytes of chunk ``key``, verified against its digest."""
     return check_chunk(key, tx.get_chunk(key))
+
+
+def load_file_chunk(tx: ReadTxn, ino: int, index: int) -> bytes | None:
+    """Chunk ``index`` of file ``ino`` (verified), or None for a hole."""
+    key = tx.get_manifest(ino, index)
+    return None if key is None else load_chunk(tx, key)

@@ -9,6 +9,9 @@ Contracts:
 * A write transaction is opened, used and committed on one thread, inside ``with``;
   nothing may ``await`` while one is open (the core is synchronous, so this holds by
   construction).
+* While serving, one thread owns write transactions (the core's committer): after
+  :meth:`Store.set_writer_thread`, :meth:`Store.write` on any other thread raises.
+  Before that (recovery) and after it is cleared, any one thread at a time may write.
 * Commits are synced (no ``NOSYNC``/``NOMETASYNC``/``MAPASYNC``/``WRITEMAP``): when
   ``Store.write()`` returns, the change is on disk.
 * LMDB failures surface as :class:`~worm_fs.errors.NoSpace` (full map or disk) or
@@ -292,6 +295,8 @@ class Store:
         self._map_size = map_size
         self._reopen_lock = threading.Lock()
         self._map_range: tuple[int, int] | None = None
+        #: The only thread allowed to write while serving (None: any).
+        self._writer_thread: int | None = None
         self._open()
 
     def _open(self) -> None:
@@ -357,9 +362,16 @@ class Store:
         except lmdb.Error as exc:
             raise _translate(exc) from None
 
+    def set_writer_thread(self, ident: int | None) -> None:
+        """Allow write transactions on thread ``ident`` only (None: on any thread)."""
+        self._writer_thread = ident
+
     @contextmanager
     def write(self) -> Iterator[WriteTxn]:
         """A write transaction, committed (and synced) when the block ends normally."""
+        owner = self._writer_thread
+        if owner is not None and owner != threading.get_ident():
+            raise RuntimeError("a write transaction outside the committer thread")
         try:
             txn = self._begin(write=True)
         except lmdb.Error as exc:

@@ -1,0 +1,195 @@
+"""The commit pipeline: group commit, failure isolation, a dead committer, lock freedom.
+
+These drive the core with its committer thread started (as the daemon does), and
+control when the committer may commit with a gate job, so every assertion is about
+an order of events, not about timing.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from worm_fs.audit.log import AuditLog
+from worm_fs.core.committer import Committer
+from worm_fs.core.fs import ROOT_INO, WormCore
+from worm_fs.core.model import Caller, Inode
+from worm_fs.errors import Refused, StorageError
+from worm_fs.store import Store
+
+ALICE = Caller(uid=1000, gid=1000, pid=4242, comm="alice")
+
+
+@pytest.fixture
+def core(tmp_path: Path) -> Iterator[WormCore]:
+    core = WormCore(Store(tmp_path), AuditLog(boot_id="test"), settle_s=0)
+    core.initialize()
+    core.start()
+    yield core
+    core.close()
+    core.store.close()
+
+
+class Gate:
+    """A job that holds the committer until opened: what is queued meanwhile must
+    share the next transaction."""
+
+    def __init__(self, committer: Committer) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.ticket = committer.submit(self._job)
+
+    def _job(self, tx, batch) -> None:
+        self.entered.set()
+        assert self.release.wait(30)
+
+    def __enter__(self) -> Gate:
+        assert self.entered.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release.set()
+        self.ticket.wait()
+
+
+def queued_jobs(core: WormCore) -> int:
+    return core.committer._queue.qsize()
+
+
+def wait_queued(core: WormCore, n: int) -> None:
+    deadline = threading.Event()
+    for _ in range(2000):
+        if queued_jobs(core) >= n:
+            return
+        deadline.wait(0.005)
+    raise AssertionError(f"only {queued_jobs(core)} of {n} jobs were queued")
+
+
+def stored_inode(core: WormCore, ino: int) -> Inode | None:
+    with core.store.read() as rt:
+        raw = rt.get_inode(ino)
+    return None if raw is None else Inode.from_bytes(raw)
+
+
+def test_concurrent_closes_share_one_commit_and_each_returns_after_it(core: WormCore) -> None:
+    writers = 8
+    files = [core.create(ROOT_INO, f"f{i}".encode(), 0o644, os.O_WRONLY, ALICE)
+             for i in range(writers)]
+    for i, (fh, _) in enumerate(files):
+        core.write(fh, 0, f"data {i}".encode())
+    before = core.stats()
+    durable_at_return: dict[int, bool] = {}
+
+    def close(fh: int, ino: int) -> None:
+        core.flush(fh)
+        inode = stored_inode(core, ino)  # a fresh snapshot, right after flush returned
+        durable_at_return[ino] = inode is not None and inode.clean and inode.size > 0
+
+    threads = [threading.Thread(target=close, args=(fh, inode.ino)) for fh, inode in files]
+    with Gate(core.committer):
+        for thread in threads:
+            thread.start()
+        wait_queued(core, writers)
+        assert not durable_at_return  # nobody returned while their commit could not happen
+    for thread in threads:
+        thread.join(10)
+    after = core.stats()
+    assert durable_at_return == {inode.ino: True for _, inode in files}
+    assert after["commit_flushes"] - before["commit_flushes"] == writers
+    # The gate's commit, then one for all eight flushes: fewer commits than closes.
+    assert after["commits"] - before["commits"] == 2
+    assert after["commits_shared"] - before["commits_shared"] == 1
+
+
+def test_a_refused_change_in_a_batch_fails_only_its_own_caller(core: WormCore) -> None:
+    core.mkdir(ROOT_INO, b"taken", 0o755, ALICE)
+    results: dict[str, object] = {}
+
+    def mkdir(name: bytes) -> None:
+        try:
+            results[name.decode()] = core.mkdir(ROOT_INO, name, 0o755, ALICE).ino
+        except Refused as exc:
+            results[name.decode()] = exc.errno
+
+    threads = [threading.Thread(target=mkdir, args=(name,))
+               for name in (b"a", b"taken", b"b")]
+    with Gate(core.committer):
+        for thread in threads:
+            thread.start()
+        wait_queued(core, 3)
+    for thread in threads:
+        thread.join(10)
+    import errno
+
+    assert results["taken"] == errno.EEXIST
+    assert isinstance(results["a"], int) and isinstance(results["b"], int)
+    assert {name for name, _ in core.readdir(ROOT_INO)} == {b"a", b"b", b"taken"}
+
+
+def test_two_creators_of_one_name_never_both_succeed(core: WormCore) -> None:
+    """A create (in memory) racing a mkdir (a job) of the same name."""
+    with Gate(core.committer):
+        outcome: list[object] = []
+        thread = threading.Thread(target=lambda: outcome.append(
+            _try(lambda: core.mkdir(ROOT_INO, b"same", 0o755, ALICE))))
+        thread.start()
+        wait_queued(core, 1)
+        fh, _ = core.create(ROOT_INO, b"same", 0o644, os.O_WRONLY, ALICE)  # first: wins
+    thread.join(10)
+    assert isinstance(outcome[0], Refused) and outcome[0].errno == 17  # EEXIST
+    core.release(fh)
+    core.commit_pending()
+    assert [name for name, _ in core.readdir(ROOT_INO)] == [b"same"]
+
+
+def _try(fn):
+    try:
+        return fn()
+    except Exception as exc:  # noqa: BLE001 - the test inspects it
+        return exc
+
+
+def test_lookups_stats_opens_and_writes_do_not_wait_for_a_commit(core: WormCore) -> None:
+    fh, sealed = core.create(ROOT_INO, b"sealed", 0o644, os.O_WRONLY, ALICE)
+    core.write(fh, 0, b"sealed bytes")
+    core.release(fh)
+    core.commit_pending()
+    other, _ = core.create(ROOT_INO, b"busy", 0o644, os.O_WRONLY, ALICE)
+    core.write(other, 0, b"x")
+
+    def calls() -> None:
+        assert core.lookup(ROOT_INO, b"sealed").ino == sealed.ino
+        assert core.getattr(sealed.ino).size == len(b"sealed bytes")
+        rfh, _ = core.open(sealed.ino, os.O_RDONLY, ALICE)
+        assert core.read(rfh, 0, 100) == b"sealed bytes"
+        core.release(rfh)
+        new, _ = core.create(ROOT_INO, b"new", 0o644, os.O_WRONLY, ALICE)
+        assert core.write_buffered(new, 0, b"y" * 4096) is None  # nothing to wait for
+        assert core.write_buffered(other, 1, b"more") is None
+        assert [n for n, _ in core.readdir(ROOT_INO)] == [b"busy", b"new", b"sealed"]
+        finished.set()
+
+    finished = threading.Event()
+    with Gate(core.committer):  # a commit is in progress and cannot finish
+        threading.Thread(target=calls, daemon=True).start()
+        assert finished.wait(10), "a call waited for the commit in progress"
+
+
+def test_a_dead_committer_fails_its_callers_instead_of_hanging(core: WormCore) -> None:
+    def bug(tx, batch) -> None:
+        raise SystemExit("a bug that escapes the job")  # not an Exception: kills the loop
+
+    core.committer.submit(bug)
+    with pytest.raises(StorageError):
+        core.mkdir(ROOT_INO, b"after", 0o755, ALICE)
+    assert core.failsafe is not None
+
+
+def test_only_the_committer_thread_writes_while_serving(core: WormCore) -> None:
+    with pytest.raises(RuntimeError, match="outside the committer"):
+        with core.store.write():
+            pass
