@@ -12,8 +12,11 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
+import multiprocessing
 import os
 import platform
+import queue
 import random
 import re
 import select
@@ -50,9 +53,43 @@ FRAG_SEED = 20261127
 FRAG_REQUESTER = 1001  # uid (and gid) that requests the deletion; root approves it
 CLI_TIMEOUT = 300.0  # seconds one `worm-fs delete ...` command may take
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# Concurrency phases: each writer/reader is a separate (forked) process, both sides get
+# the same number of them, and the time runs from the first one starting (all start
+# together, after a barrier) to the last one finishing.
+SMALL_WRITERS = (1, 4, 16)  # small_files_{N}w: --conc-files 4 KiB files split over N
+LARGE_WRITERS = (4, 8)  # large_{N}w: each process writes one --large-size file
+RSS_WRITERS = 8  # peak_rss_8w: the daemon's anonymous RSS is sampled during large_8w
+READERS = 8  # cold_read_8r: 8 processes read 8 different --large-size files
+READ_REQUEST = 128 * KiB  # cold_read_128k: the read() size
+LAT_WRITERS = 2  # latency_under_write: large-file writers running meanwhile
+LAT_WARMUP = 0.3  # seconds the writers run before the first latency sample
+LAT_PACE = 0.003  # seconds between latency samples
+LAT_WRITE_MIN_CAP = GiB  # a worm-fs latency writer stops after max(8 x --large-size, this)
+LAT_NATIVE_CAP = 64 * GiB  # a native one only keeps its last LAT_NATIVE_KEEP files
+LAT_NATIVE_KEEP = 2
+WORKER_POOL = 16 * MiB  # random data pool of one large-file writer process
+GUARD_INTERVAL = 0.25  # seconds between checks that the mount is still there
+WORKER_START_TIMEOUT = 120.0  # seconds the worker processes may take to get ready
+PHASE_TIMEOUT = 1800.0  # seconds one group of worker processes may run
+# Integer fields of `worm-fs stats --json` counting the daemon's commits (newer daemons).
+COMMIT_FIELDS = ("commits", "commit_changes", "commit_flushes", "commit_records")
 
-DEFAULTS = {"size": GiB, "big_size": 4 * GiB, "small_files": 2000, "reps": 3}
-QUICK = {"size": 64 * MiB, "big_size": 256 * MiB, "small_files": 200, "reps": 1}
+#: The phases --only can pick, in the order a run does them.
+PHASES = {
+    "rss": "daemon peak RSS writing one --big-size file (first, on a fresh daemon)",
+    "sequential": "one-process write + fsync, cold read, warm re-read, daemon CPU",
+    "small": "4 KiB files: one process (+ os.stat), then 1, 4 and 16 writer processes",
+    "large": "4 and 8 processes each writing one --large-size file; daemon RssAnon",
+    "reads": "cold read with 128 KiB read()s; 8 processes cold-reading 8 files",
+    "latency": "open/stat/pread p50 and p99 while 2 processes write large files",
+    "audit": "cold and warm re-read on a mount with --audit-reads each (needs sequential)",
+    "frag": "write after deleting half of a store, vs a fresh store",
+}
+
+DEFAULTS = {"size": GiB, "big_size": 4 * GiB, "small_files": 2000, "reps": 3,
+            "large_size": 256 * MiB, "conc_files": 2000, "latency_samples": 300}
+QUICK = {"size": 64 * MiB, "big_size": 256 * MiB, "small_files": 200, "reps": 1,
+         "large_size": 32 * MiB, "conc_files": 400, "latency_samples": 100}
 
 
 class BenchError(Exception):
@@ -101,6 +138,18 @@ class Metric:
     target: Target | None
     native: bool = True  # has a native counterpart
     baseline: str = "native"  # the side the ratio divides by
+    phase: str = "sequential"  # the --only phase that measures it
+
+
+def _latency_metrics() -> tuple[Metric, ...]:
+    """latency_under_write_{open,stat,pread}_{p50,p99}; p99 of open and stat have targets."""
+    what = {"open": "os.open+close", "stat": "os.stat", "pread": "4 KiB os.pread"}
+    return tuple(
+        Metric(f"latency_under_write_{op}_{q}", f"{label} {q}, 2 writers running", "ms", 2,
+               Target("<=", 5, False) if q == "p99" and op != "pread" else None,
+               phase="latency")
+        for op, label in what.items() for q in ("p50", "p99")
+    )
 
 
 METRICS = (
@@ -108,17 +157,32 @@ METRICS = (
     Metric("cold_read", "cold sequential read", "MB/s", 1, Target(">=", 1.0, True)),
     Metric("warm_read", "warm re-read", "MB/s", 1, Target(">=", 0.75, True)),
     Metric("small_files", "small files, 4 KiB create+write+close", "files/s", 0,
-           Target(">=", 3000, False)),
-    Metric("stat", "os.stat over those files", "calls/s", 0, Target(">=", 15000, False)),
+           Target(">=", 3000, False), phase="small"),
+    Metric("stat", "os.stat over those files", "calls/s", 0, Target(">=", 15000, False),
+           phase="small"),
+    *(Metric(f"small_files_{n}w", f"4 KiB files, {n} writer process{'es' * (n > 1)}",
+             "files/s", 0, Target(">=", 0.35 if n == 1 else 0.5, True), phase="small")
+      for n in SMALL_WRITERS),
     Metric("cpu_per_gib", "daemon CPU per GiB written", "s/GiB", 2, Target("<=", 1.2, False),
            native=False),
     Metric("peak_rss", "daemon peak RSS (big-file write)", "MiB", 1, Target("<=", 200, False),
-           native=False),
+           native=False, phase="rss"),
+    *(Metric(f"large_{n}w", f"large files, {n} writer processes", "MB/s", 1,
+             Target(">=", 0.6, True) if n == 4 else None, phase="large")
+      for n in LARGE_WRITERS),
+    Metric("peak_rss_8w", f"daemon peak RssAnon, {RSS_WRITERS} large writers", "MiB", 1,
+           Target("<=", 300, False), native=False, phase="large"),
+    Metric("cold_read_128k", "cold sequential read, 128 KiB read()s", "MB/s", 1,
+           Target(">=", 0.7, True), phase="reads"),
+    Metric("cold_read_8r", f"cold read, {READERS} reader processes", "MB/s", 1,
+           Target(">=", 0.5, True), phase="reads"),
+    *_latency_metrics(),
     Metric("audit_cold_read", "cold read, --audit-reads each", "MB/s", 1,
-           Target(">=", 0.7, True)),
-    Metric("audit_warm_read", "warm re-read, --audit-reads each", "MB/s", 1, None),
+           Target(">=", 0.7, True), phase="audit"),
+    Metric("audit_warm_read", "warm re-read, --audit-reads each", "MB/s", 1, None,
+           phase="audit"),
     Metric("frag_write", "write after deleting half of a store", "MB/s", 1,
-           Target(">=", 0.8, True), native=False, baseline="fresh"),
+           Target(">=", 0.8, True), native=False, baseline="fresh", phase="frag"),
 )
 METRIC_BY_KEY = {m.key: m for m in METRICS}
 
@@ -133,7 +197,8 @@ class Results:
         assert key in METRIC_BY_KEY, key
         self.samples.setdefault(key, {}).setdefault(side, []).append(value)
 
-    def rows(self) -> list[dict[str, Any]]:
+    def rows(self, phases: frozenset[str] = frozenset(PHASES)) -> list[dict[str, Any]]:
+        """One row per metric; those of phases not run (--only) say "not run"."""
         rows = []
         for m in METRICS:
             got = self.samples.get(m.key, {})
@@ -143,7 +208,9 @@ class Results:
             ratio = worm / base if worm is not None and base else None
             note = self.notes.get(m.key)
             met = m.target.met(worm, ratio) if m.target else None
-            if note:
+            if m.phase not in phases:
+                status = "not run"
+            elif note:
                 status = f"n/a ({note})"
             elif m.target is None:
                 status = "-"
@@ -152,7 +219,7 @@ class Results:
             else:
                 status = "met" if met else "MISSED"
             rows.append({
-                "key": m.key, "metric": m.label, "unit": m.unit,
+                "key": m.key, "metric": m.label, "unit": m.unit, "phase": m.phase,
                 "native": _round(native), "worm": _round(worm), "ratio": _round(ratio),
                 "baseline": m.baseline, "baseline_value": _round(base),
                 "target": m.target.text(m.unit, m.baseline) if m.target else None,
@@ -478,6 +545,375 @@ def wait_sealed(path: str, deadline: float) -> None:
         delay = min(delay * 2, 0.05)
 
 
+# ---------------------------------------------------------------------- worker processes
+class WorkerAbort(Exception):
+    """A worker process stops early; ``primary`` is False when another failure caused it."""
+
+    def __init__(self, message: str, primary: bool = True) -> None:
+        super().__init__(message)
+        self.primary = primary
+
+
+class MountGuard:
+    """Stops write loops when the directory they write into is no longer the one it was.
+
+    Created on a side's root (the worm-fs mountpoint or the native directory); if the
+    mount goes away, the mountpoint's st_dev changes (or stat fails on a dead FUSE mount),
+    and :meth:`check` raises BenchError instead of letting the loop write into the bare
+    directory. The check costs one stat every GUARD_INTERVAL seconds at most.
+    """
+
+    def __init__(self, root: Path, must_be_mount: bool) -> None:
+        if must_be_mount and not is_mounted(root):
+            raise BenchError(f"{root} is not mounted (did the worm-fs daemon exit?)")
+        self.root = str(root)
+        self.dev = os.stat(root).st_dev
+        self.next_check = 0.0
+
+    def check(self) -> None:
+        now = time.monotonic()
+        if now < self.next_check:
+            return
+        self.next_check = now + GUARD_INTERVAL
+        try:
+            dev = os.stat(self.root).st_dev
+        except OSError as exc:
+            raise BenchError(f"{self.root} is gone ({exc.strerror}); stopped") from None
+        if dev != self.dev:
+            raise BenchError(f"{self.root} is no longer mounted; stopped")
+
+
+@dataclass
+class WorkerEnv:
+    """What a worker process gets: its index, the mount guard and two shared events."""
+
+    index: int
+    guard: MountGuard
+    stop: Any  # multiprocessing Event: abort now (another worker failed, or Ctrl-C)
+    finish: Any  # multiprocessing Event: open-ended loops end normally
+
+    def check(self) -> None:
+        if self.stop.is_set():
+            raise WorkerAbort("stopped by the benchmark", primary=False)
+        self.guard.check()
+
+
+#: A job prepares (before the start barrier: data, buffers) and returns the function
+#: that does the measured work and returns a JSON-able payload.
+Job = Callable[..., Callable[[], dict[str, Any]]]
+
+
+@dataclass
+class WorkerRun:
+    elapsed: float  # the first worker's start to the last one's end, seconds
+    payloads: list[dict[str, Any]]  # by worker index
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}" + (f" ({exc.filename})" if exc.filename else "")
+    if isinstance(exc, (WorkerAbort, BenchError)):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _worker_main(job: Job, kwargs: dict[str, Any], env: WorkerEnv, barrier: Any,
+                 results: Any) -> None:
+    """A worker process: prepare, wait for the others, run, report (index, error, ...)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
+    try:
+        run = job(env, **kwargs)
+    except BaseException as exc:
+        results.put((env.index, f"preparing: {_describe(exc)}", True, 0.0, 0.0, None))
+        barrier.abort()
+        return
+    try:
+        barrier.wait(timeout=WORKER_START_TIMEOUT)
+    except threading.BrokenBarrierError:
+        results.put((env.index, "another process failed to start", False, 0.0, 0.0, None))
+        return
+    start = time.perf_counter()  # CLOCK_MONOTONIC: comparable across processes
+    try:
+        payload = run()
+    except BaseException as exc:
+        primary = not isinstance(exc, WorkerAbort) or exc.primary
+        results.put((env.index, _describe(exc), primary, start, 0.0, None))
+        return
+    results.put((env.index, None, True, start, time.perf_counter(), payload))
+
+
+def write_all(fd: int, view: memoryview) -> None:
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def small_files_job(env: WorkerEnv, directory: str, count: int,
+                    fsync: bool) -> Callable[[], dict[str, Any]]:
+    """``count`` new 4 KiB files f00000, f00001, ... in ``directory``: open(O_CREAT),
+    write, fsync if ``fsync`` (native), close."""
+    data = RandomData(MiB)
+    contents = [bytes(data.block(SMALL_FILE_SIZE)) for _ in range(count)]
+    paths = [os.path.join(directory, f"f{i:05d}") for i in range(count)]
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+
+    def run() -> dict[str, Any]:
+        for path, content in zip(paths, contents, strict=True):
+            env.check()
+            fd = os.open(path, flags, 0o644)
+            try:
+                if os.write(fd, content) != len(content):
+                    raise BenchError(f"short write to {path}")
+                if fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+        return {"files": count}
+
+    return run
+
+
+def large_writer_job(env: WorkerEnv, directory: str, size: int, files: int, seal: bool,
+                     open_ended: bool, keep: int = 0) -> Callable[[], dict[str, Any]]:
+    """Up to ``files`` new files of ``size`` bytes in ``directory`` (1 MiB writes, fsync
+    at the end of each, close; with ``seal``, wait until worm-fs reports it sealed).
+    ``open_ended``: stop early, mid-file too, once the finish event is set. ``keep``
+    (native only): remove all but the last ``keep`` files written."""
+    data = RandomData(WORKER_POOL)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+
+    def run() -> dict[str, Any]:
+        written = 0
+        paths: list[str] = []
+        for i in range(files):
+            if open_ended and env.finish.is_set():
+                break
+            path = os.path.join(directory, f"f{i:03d}.bin")
+            fd = os.open(path, flags, 0o644)
+            paths.append(path)
+            try:
+                left = size
+                while left:
+                    env.check()
+                    if open_ended and env.finish.is_set():
+                        break
+                    n = min(BLOCK, left)
+                    write_all(fd, data.block(n))
+                    left -= n
+                    written += n
+                if not left:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            if seal:
+                wait_sealed(path, time.monotonic() + SEAL_TIMEOUT)
+            if keep and len(paths) > keep:
+                os.unlink(paths.pop(0))
+        return {"bytes": written, "paths": paths}
+
+    return run
+
+
+def reader_job(env: WorkerEnv, path: str, expected: int,
+               block: int) -> Callable[[], dict[str, Any]]:
+    """Read ``path`` front to back with ``block``-byte read() calls."""
+    buf = bytearray(block)
+
+    def run() -> dict[str, Any]:
+        total = 0
+        with open(path, "rb", buffering=0) as f:
+            while n := f.readinto(buf):
+                total += n
+                env.check()
+        if total != expected:
+            raise BenchError(f"read {total} bytes of {path}, expected {expected}")
+        return {"bytes": total}
+
+    return run
+
+
+def latency_job(env: WorkerEnv, open_paths: list[str], stat_paths: list[str],
+                read_paths: list[str]) -> Callable[[], dict[str, Any]]:
+    """Latency samples, each on names not looked up before: os.open(O_RDONLY)+close of
+    one file, os.stat of another, a 4 KiB os.pread at offset 0 of a third (its open is
+    not timed). Ends early when the finish event is set (the writers are done)."""
+
+    def run() -> dict[str, Any]:
+        clock = time.perf_counter
+        env.finish.wait(LAT_WARMUP)  # let the writers get going
+        opens: list[float] = []
+        stats: list[float] = []
+        preads: list[float] = []
+        for a, b, c in zip(open_paths, stat_paths, read_paths, strict=True):
+            if env.finish.is_set():
+                break
+            env.check()
+            t0 = clock()
+            os.close(os.open(a, os.O_RDONLY | os.O_CLOEXEC))
+            t1 = clock()
+            os.stat(b)
+            t2 = clock()
+            fd = os.open(c, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                t3 = clock()
+                got = len(os.pread(fd, SMALL_FILE_SIZE, 0))
+                t4 = clock()
+            finally:
+                os.close(fd)
+            if got != SMALL_FILE_SIZE:
+                raise BenchError(f"read {got} bytes of {c}, expected {SMALL_FILE_SIZE}")
+            opens.append(t1 - t0)
+            stats.append(t2 - t1)
+            preads.append(t4 - t3)
+            time.sleep(LAT_PACE)
+        return {"open": opens, "stat": stats, "pread": preads}
+
+    return run
+
+
+def run_workers(what: str, guard: MountGuard, jobs: list[tuple[Job, dict[str, Any]]],
+                before_start: Callable[[], None] | None = None,
+                finish_when: Callable[[set[int]], bool] | None = None) -> WorkerRun:
+    """Run each job in a forked process of its own, all starting at once.
+
+    ``before_start`` runs in this process after every worker is forked (start sampler
+    threads there, never before a fork). ``finish_when(reported)`` is asked after each
+    report; when it says yes, the finish event ends the open-ended loops. A worker's
+    failure stops the others and raises BenchError; every worker is reaped on the way
+    out, on Ctrl-C too.
+    """
+    ctx = multiprocessing.get_context("fork")
+    stop, finish = ctx.Event(), ctx.Event()
+    barrier = ctx.Barrier(len(jobs) + 1)
+    results = ctx.Queue()
+    procs: list[Any] = []
+    try:
+        for index, (job, kwargs) in enumerate(jobs):
+            env = WorkerEnv(index, guard, stop, finish)
+            proc = ctx.Process(target=_worker_main, name=f"bench-worker-{index}",
+                               args=(job, kwargs, env, barrier, results), daemon=True)
+            proc.start()
+            procs.append(proc)
+        if before_start is not None:
+            before_start()
+        try:
+            barrier.wait(timeout=WORKER_START_TIMEOUT)
+        except threading.BrokenBarrierError:
+            pass  # a worker failed to prepare (its report says why), or they were too slow
+        reports = _collect(what, procs, results, stop, finish, finish_when)
+    finally:
+        _reap(procs, stop)
+        results.close()
+    starts = [r[0] for r in reports]
+    ends = [r[1] for r in reports]
+    return WorkerRun(elapsed=max(ends) - min(starts), payloads=[r[2] for r in reports])
+
+
+def _collect(what: str, procs: list[Any], results: Any, stop: Any, finish: Any,
+             finish_when: Callable[[set[int]], bool] | None
+             ) -> list[tuple[float, float, dict[str, Any]]]:
+    """Every worker's (start, end, payload), by index; BenchError on the first failure."""
+    n = len(procs)
+    done: dict[int, tuple[float, float, dict[str, Any]]] = {}
+    failed: dict[int, str] = {}
+    silent_since: dict[int, float] = {}
+    deadline = time.monotonic() + WORKER_START_TIMEOUT + PHASE_TIMEOUT
+    primary: str | None = None
+    while len(done) + len(failed) < n:
+        try:
+            index, error, is_primary, start, end, payload = results.get(timeout=0.2)
+        except queue.Empty:
+            now = time.monotonic()
+            if now > deadline:
+                raise BenchError(f"{what}: the worker processes did not finish within "
+                                 f"{PHASE_TIMEOUT:.0f} s") from None
+            for i, proc in enumerate(procs):
+                if i in done or i in failed or proc.exitcode is None:
+                    continue
+                if now - silent_since.setdefault(i, now) > 2.0:  # its report may lag
+                    failed[i] = f"exited with status {proc.exitcode} without a report"
+                    primary = primary or f"process {i + 1}/{n} {failed[i]}"
+                    stop.set()
+            continue
+        if error is not None:
+            failed[index] = error
+            if is_primary and primary is None:
+                primary = f"process {index + 1}/{n}: {error}"
+            stop.set()
+            continue
+        done[index] = (start, end, payload)
+        if finish_when is not None and finish_when(set(done)):
+            finish.set()
+    if failed:
+        first = min(failed)
+        raise BenchError(f"{what}: {primary or f'process {first + 1}/{n}: {failed[first]}'}")
+    return [done[i] for i in range(n)]
+
+
+def _reap(procs: list[Any], stop: Any) -> None:
+    """Wait for the worker processes; SIGTERM (then SIGKILL) any that linger."""
+    if any(proc.is_alive() for proc in procs):
+        stop.set()
+    deadline = time.monotonic() + 10
+    for proc in procs:
+        proc.join(max(0.0, deadline - time.monotonic()))
+    for proc in procs:
+        if proc.is_alive():
+            proc.terminate()  # our own child, by its pid
+            proc.join(5)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(5)
+
+
+def split_evenly(total: int, parts: int) -> list[int]:
+    """``total`` split into ``parts`` counts differing by at most one."""
+    return [total // parts + (i < total % parts) for i in range(parts)]
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile ``q`` (0-100) of ``values``."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
+
+
+def commit_batching(before: dict[str, int] | None, after: dict[str, int] | None,
+                    files: int) -> dict[str, float | None]:
+    """Per closed file and per commit figures from two `worm-fs stats` readings; None
+    where a counter is missing (older daemons have none of them)."""
+
+    def delta(name: str) -> int | None:
+        if before is None or after is None or name not in before or name not in after:
+            return None
+        return after[name] - before[name]
+
+    commits = delta("commits")
+
+    def per_commit(name: str) -> float | None:
+        value = delta(name)
+        return None if value is None or not commits else value / commits
+
+    return {
+        "files": files,
+        "commits": commits,
+        "commits_per_file": None if commits is None else commits / files,
+        "flushes_per_commit": per_commit("commit_flushes"),
+        "changes_per_commit": per_commit("commit_changes"),
+        "records_per_commit": per_commit("commit_records"),
+    }
+
+
+def batching_text(b: dict[str, Any]) -> str:
+    def num(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.2f}"
+
+    return (f"commits per closed file: {num(b['commits_per_file'])} (flushes per commit "
+            f"{num(b['flushes_per_commit'])}, changes per commit "
+            f"{num(b['changes_per_commit'])}, audit records per commit "
+            f"{num(b['records_per_commit'])})")
+
+
 # ---------------------------------------------------------------------- deletion helpers
 def frag_sizes(total: int) -> list[int]:
     """File sizes for the fragmentation fill: at least ``total`` bytes, an even count.
@@ -607,6 +1043,8 @@ class Side:
     root: Path
     worm: bool
     seq_files: dict[int, str] = field(default_factory=dict)
+    read_files: dict[int, list[str]] = field(default_factory=dict)  # large, sealed, by rep
+    scratch: list[Path] = field(default_factory=list)  # native dirs removed after a rep
 
 
 @dataclass
@@ -619,6 +1057,16 @@ class Config:
     base_dir: Path
     json: bool
     quick: bool
+    large_size: int = DEFAULTS["large_size"]
+    conc_files: int = DEFAULTS["conc_files"]
+    latency_samples: int = DEFAULTS["latency_samples"]
+    phases: frozenset[str] = frozenset(PHASES)
+
+    @property
+    def latency_cap(self) -> int:
+        """Bytes a worm-fs latency writer writes at most (it stops when the sampling
+        ends, usually long before; native writers remove their older files instead)."""
+        return max(8 * self.large_size, LAT_WRITE_MIN_CAP)
 
 
 class Bench:
@@ -661,18 +1109,38 @@ class Bench:
     # -- setup ---------------------------------------------------------------------
     def space_needed(self) -> tuple[int, int]:
         """Bytes needed for the native files and for the worm-fs store, margins included."""
-        cfg = self.cfg
-        small = cfg.reps * cfg.small_files
-        native = cfg.reps * cfg.size + small * SMALL_FILE_SIZE
+        cfg, phases = self.cfg, self.cfg.phases
         # 1 MiB chunks take one LMDB page extra, 4 KiB chunks two overflow pages + metadata
-        store = int((cfg.reps * cfg.size + cfg.big_size) * (1 + 4 * KiB / MiB)
-                    + small * 12 * KiB)
-        # the fragmentation stores, one after the other: the second one holds the fill
-        # and the --size written after the deletion (if no freed space is reused)
-        fill = frag_sizes(FRAG_FILL_FACTOR * cfg.size)
-        store += int((sum(fill) + cfg.size) * (1 + 4 * KiB / MiB) + len(fill) * 12 * KiB)
-        return (native + max(256 * MiB, native // 10),
-                store + max(256 * MiB, store // 10))
+        big, small = 1 + 4 * KiB / MiB, 12 * KiB
+        native = store = 0.0
+        if "sequential" in phases:
+            native += cfg.reps * cfg.size
+            store += cfg.reps * cfg.size * big
+        if "rss" in phases:
+            store += cfg.big_size * big
+        # one repetition of the concurrency phases (natively removed after each one)
+        files = large = native_latency = worm_latency = 0
+        if "small" in phases:
+            native += cfg.reps * cfg.small_files * SMALL_FILE_SIZE
+            store += cfg.reps * cfg.small_files * small
+            files += len(SMALL_WRITERS) * cfg.conc_files
+        if "large" in phases:
+            large += sum(LARGE_WRITERS) * cfg.large_size
+        elif "reads" in phases:
+            large += READERS * cfg.large_size
+        if "latency" in phases:
+            files += 3 * cfg.latency_samples
+            native_latency = LAT_WRITERS * (LAT_NATIVE_KEEP + 1) * cfg.large_size
+            worm_latency = LAT_WRITERS * cfg.latency_cap
+        native += files * SMALL_FILE_SIZE + large + native_latency
+        store += cfg.reps * (files * small + (large + worm_latency) * big)
+        if "frag" in phases:
+            # the fragmentation stores, one after the other: the second one holds the
+            # fill and the --size written after the deletion (if no freed space is reused)
+            fill = frag_sizes(FRAG_FILL_FACTOR * cfg.size)
+            store += (sum(fill) + cfg.size) * big + len(fill) * small
+        return (int(native + max(256 * MiB, native // 10)),
+                int(store + max(256 * MiB, store // 10)))
 
     def preflight(self) -> None:
         cfg = self.cfg
@@ -769,25 +1237,32 @@ class Bench:
         started = time.monotonic()
         self.preflight()
         self.setup()
-        self.start_mount("handle")
-        self.measure_peak_rss()  # first, on a fresh daemon: nothing else is mapped yet
-        for rep in range(cfg.reps):
+        phases = cfg.phases
+        rep_phases = [phase for name, phase in REP_PHASES if name in phases]
+        if "rss" in phases or rep_phases:
+            self.start_mount("handle")
+        if "rss" in phases:
+            self.measure_peak_rss()  # first, on a fresh daemon: nothing else is mapped yet
+        for rep in range(cfg.reps if rep_phases else 0):
             for side in self.sides(rep):
-                for phase in REP_PHASES:
+                for phase in rep_phases:
                     try:
                         phase(self, side, rep)
                     except NotMeasured as exc:
                         self.results.notes[exc.key] = exc.reason
+                self.remove_scratch(side)
         self.stop_mount()
-        self.start_mount("each")
-        for rep in range(cfg.reps):
-            for side in self.sides(rep):
-                self.reads(side, rep, "audit_cold_read", "audit_warm_read")
-        self.stop_mount()
-        try:  # once, on stores of its own, with no other daemon running
-            self.phase_fragmentation()
-        except NotMeasured as exc:
-            self.results.notes[exc.key] = exc.reason
+        if "audit" in phases:
+            self.start_mount("each")
+            for rep in range(cfg.reps):
+                for side in self.sides(rep):
+                    self.reads(side, rep, "audit_cold_read", "audit_warm_read")
+            self.stop_mount()
+        if "frag" in phases:
+            try:  # once, on stores of its own, with no other daemon running
+                self.phase_fragmentation()
+            except NotMeasured as exc:
+                self.results.notes[exc.key] = exc.reason
         self.duration = time.monotonic() - started
         self.machine["load_at_end"] = os.getloadavg()[0]
 
@@ -800,10 +1275,12 @@ class Bench:
 
     def write_file(self, path: str, size: int) -> None:
         assert self.data is not None
+        guard = MountGuard(Path(path).parent, must_be_mount=False)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
             left = size
             while left:
+                guard.check()
                 n = min(BLOCK, left)
                 view = self.data.block(n)
                 while view:
@@ -813,9 +1290,9 @@ class Bench:
         finally:
             os.close(fd)
 
-    def read_file(self, path: str, expected: int) -> float:
-        """Read ``path`` front to back in 1 MiB blocks; returns MB/s."""
-        buf = bytearray(BLOCK)
+    def read_file(self, path: str, expected: int, block: int = BLOCK) -> float:
+        """Read ``path`` front to back in ``block``-byte read() calls; returns MB/s."""
+        buf = bytearray(block)
         total = 0
         t0 = time.perf_counter()
         with open(path, "rb", buffering=0) as f:
@@ -830,6 +1307,7 @@ class Bench:
         """Sequential write with fsync (and daemon CPU), cold read, warm re-read."""
         size = self.cfg.size
         path = str(side.root / f"seq-r{rep}.bin")
+        self.guard(side)  # BenchError if the mount is gone (write_file watches it then)
         drop_caches()  # both sides start from the same, clean cache
         with self.step(f"{self.tag(side, rep)} write {human_bytes(size)} + fsync") as out:
             cpu0 = daemon_cpu_seconds(self.daemon_pid()) if side.worm else 0.0
@@ -870,9 +1348,11 @@ class Bench:
         paths = [str(directory / f"f{i:05d}") for i in range(n)]
         contents = [bytes(self.data.block(SMALL_FILE_SIZE)) for _ in range(n)]
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        guard = self.guard(side)
         with self.step(f"{self.tag(side, rep)} {n} small files") as out:
             t0 = time.perf_counter()
             for path, data in zip(paths, contents, strict=True):
+                guard.check()
                 fd = os.open(path, flags, 0o644)
                 try:
                     if os.write(fd, data) != len(data):
@@ -896,6 +1376,267 @@ class Bench:
             rate = n * passes / (time.perf_counter() - t0)
             self.results.add("stat", side.name, rate)
             out.append(f"{rate:.0f} calls/s")
+
+    # -- concurrency phases ------------------------------------------------------------
+    def guard(self, side: Side) -> MountGuard:
+        return MountGuard(side.root, must_be_mount=side.worm)
+
+    def scratch_dir(self, side: Side, name: str) -> Path:
+        """A new directory for one phase's files; native ones go after the repetition."""
+        path = side.root / name
+        path.mkdir()
+        if not side.worm:
+            side.scratch.append(path)
+        return path
+
+    def remove_scratch(self, side: Side) -> None:
+        """Remove the native files of the concurrency phases now (the disk is shared);
+        worm-fs files are write-once and go with the store at the end."""
+        for path in side.scratch:
+            shutil.rmtree(path, ignore_errors=True)
+        side.scratch.clear()
+
+    def store_stats(self) -> dict[str, Any] | None:
+        """`worm-fs stats --json` of the benchmark mount, or None (with a warning)."""
+        assert self.wormside is not None
+        try:
+            data = cli_json("worm-fs stats", run_cli(
+                ["stats", str(self.wormside.root), "--json"], timeout=120))
+        except BenchError as exc:
+            self.say(f"warning: {exc}")
+            return None
+        return data if isinstance(data, dict) else None
+
+    def commit_counters(self) -> dict[str, int] | None:
+        """The COMMIT_FIELDS the daemon's stats have (none before the committer rewrite)."""
+        data = self.store_stats()
+        if data is None:
+            return None
+        return {name: value for name in COMMIT_FIELDS
+                if isinstance(value := data.get(name), int) and not isinstance(value, bool)}
+
+    def wait_none_writing(self, paths: list[str]) -> None:
+        """Wait until the store has no file being written (closed files sealed), without
+        looking any of ``paths`` up if the stats tell; else through their xattrs."""
+        deadline = time.monotonic() + SEAL_TIMEOUT
+        while (stats := self.store_stats()) is not None and isinstance(stats.get("writing"),
+                                                                         int):
+            if stats["writing"] == 0:
+                return
+            if time.monotonic() > deadline:
+                raise BenchError(f"{stats['writing']} file(s) still being written "
+                                 f"{SEAL_TIMEOUT:.0f} s after close")
+            time.sleep(0.1)
+        for path in paths:
+            wait_sealed(path, deadline)
+
+    def phase_small_writers(self, side: Side, rep: int) -> None:
+        """--conc-files 4 KiB files by 1, 4 and 16 writer processes at once."""
+        for writers in SMALL_WRITERS:
+            self.small_writers(side, rep, writers)
+
+    def small_writers(self, side: Side, rep: int, writers: int) -> None:
+        """One small_files_{N}w measurement: each process writes its share of the files
+        into a directory of its own. Natively each file is open(O_CREAT)/write/fsync/
+        close; on worm-fs open/write/close (a close is durable there), timed to the last
+        close and then checked sealed. On worm-fs, commits per closed file come from
+        `worm-fs stats` before and after."""
+        key = f"small_files_{writers}w"
+        total = self.cfg.conc_files
+        guard = self.guard(side)
+        base = self.scratch_dir(side, f"small-{writers}w-r{rep}")
+        dirs = [base / f"w{j:02d}" for j in range(writers)]
+        for directory in dirs:
+            directory.mkdir()
+        counts = split_evenly(total, writers)
+        jobs: list[tuple[Job, dict[str, Any]]] = [
+            (small_files_job, {"directory": str(d), "count": c, "fsync": not side.worm})
+            for d, c in zip(dirs, counts, strict=True)
+        ]
+        os.sync()  # no dirty data of earlier phases for the fsyncs to wait for
+        before = self.commit_counters() if side.worm else None
+        how = "open/write/close" if side.worm else "open/write/fsync/close"
+        procs = f"{writers} writer process{'es' * (writers > 1)}"
+        with self.step(f"{self.tag(side, rep)} {total} small files ({how}), {procs}") as out:
+            run = run_workers(key, guard, jobs)
+            rate = total / run.elapsed
+            self.results.add(key, side.name, rate)
+            out.append(f"{rate:.0f} files/s")
+            if side.worm:
+                deadline = time.monotonic() + SEAL_TIMEOUT
+                for directory, count in zip(dirs, counts, strict=True):
+                    for i in range(count):
+                        wait_sealed(str(directory / f"f{i:05d}"), deadline)
+                batching = commit_batching(before, self.commit_counters(), total)
+                self.results.details.setdefault("commit_batching", {}).setdefault(
+                    key, []).append(batching)
+                out.append(f"-- {batching_text(batching)}")
+
+    def phase_large(self, side: Side, rep: int) -> None:
+        """4 and 8 processes each writing one --large-size file at once; the 8 files are
+        then the ones the reads phase reads."""
+        for writers in LARGE_WRITERS:
+            paths = self.large_writers(side, rep, writers)
+            if len(paths) >= READERS:
+                side.read_files[rep] = paths[:READERS]
+
+    def large_writers(self, side: Side, rep: int, writers: int) -> list[str]:
+        """One large_{N}w measurement: N processes each write + fsync + close one file
+        (on worm-fs timed until sealed, as the sequential write); with 8 writers on
+        worm-fs, the daemon's RssAnon is sampled (peak_rss_8w). Returns the files."""
+        key, size = f"large_{writers}w", self.cfg.large_size
+        guard = self.guard(side)
+        base = self.scratch_dir(side, f"large-{writers}w-r{rep}")
+        dirs = [base / f"w{j}" for j in range(writers)]
+        for directory in dirs:
+            directory.mkdir()
+        jobs: list[tuple[Job, dict[str, Any]]] = [
+            (large_writer_job, {"directory": str(d), "size": size, "files": 1,
+                                "seal": side.worm, "open_ended": False})
+            for d in dirs
+        ]
+        sampler = (MemorySampler(self.daemon_pid(), interval=0.02)
+                   if side.worm and writers == RSS_WRITERS else None)
+        drop_caches()
+        cpu0 = daemon_cpu_seconds(self.daemon_pid()) if side.worm else 0.0
+        with self.step(f"{self.tag(side, rep)} {writers} processes each writing "
+                       f"{human_bytes(size)} + fsync") as out:
+            try:
+                run = run_workers(key, guard, jobs,
+                                  before_start=sampler.start if sampler else None)
+            finally:
+                if sampler is not None and sampler.ident is not None:
+                    sampler.stop()
+            total = writers * size
+            mb_s = total / run.elapsed / 1e6
+            self.results.add(key, side.name, mb_s)
+            out.append(f"{mb_s:.1f} MB/s")
+            extra = []
+            if side.worm:
+                cpu = (daemon_cpu_seconds(self.daemon_pid()) - cpu0) / (total / GiB)
+                self.results.details.setdefault("large_cpu_per_gib", {}).setdefault(
+                    key, []).append(round(cpu, 3))
+                extra.append(f"daemon CPU {cpu:.2f} s/GiB")
+            if sampler is not None:
+                anon, file_backed = sampler.peak_anon / MiB, sampler.peak_file / MiB
+                self.results.add("peak_rss_8w", side.name, anon)
+                self.results.details.setdefault("peak_rss_8w", []).append({
+                    "peak_rss_anon_mib": round(anon, 1),
+                    "peak_rss_file_mib": round(file_backed, 1)})
+                extra.append(f"peak RssAnon {anon:.0f} MiB, file-backed {file_backed:.0f} MiB")
+            if extra:
+                out.append(f"({'; '.join(extra)})")
+        return [path for payload in run.payloads for path in payload["paths"]]
+
+    def write_read_files(self, side: Side, rep: int) -> list[str]:
+        """READERS sealed --large-size files to read (when the large phase did not run)."""
+        size = self.cfg.large_size
+        guard = self.guard(side)
+        base = self.scratch_dir(side, f"reads-r{rep}")
+        dirs = [base / f"w{j}" for j in range(READERS)]
+        for directory in dirs:
+            directory.mkdir()
+        jobs: list[tuple[Job, dict[str, Any]]] = [
+            (large_writer_job, {"directory": str(d), "size": size, "files": 1,
+                                "seal": side.worm, "open_ended": False})
+            for d in dirs
+        ]
+        with self.step(f"{self.tag(side, rep)} writing {READERS} x {human_bytes(size)} "
+                       "to read"):
+            run = run_workers("files to read", guard, jobs)
+        return [path for payload in run.payloads for path in payload["paths"]]
+
+    def phase_reads(self, side: Side, rep: int) -> None:
+        """Cold read of one --large-size sealed file in 128 KiB read()s; then READERS
+        processes cold-reading READERS different files at once (1 MiB read()s)."""
+        size = self.cfg.large_size
+        guard = self.guard(side)
+        files = side.read_files.get(rep) or self.write_read_files(side, rep)
+        drop_caches()
+        with self.step(f"{self.tag(side, rep)} cold read of {human_bytes(size)}, "
+                       f"{human_bytes(READ_REQUEST)} read()s") as out:
+            mb_s = self.read_file(files[0], size, READ_REQUEST)
+            self.results.add("cold_read_128k", side.name, mb_s)
+            out.append(f"{mb_s:.1f} MB/s")
+        drop_caches()
+        jobs: list[tuple[Job, dict[str, Any]]] = [
+            (reader_job, {"path": path, "expected": size, "block": BLOCK}) for path in files
+        ]
+        with self.step(f"{self.tag(side, rep)} {READERS} processes cold-reading "
+                       f"{human_bytes(size)} each") as out:
+            run = run_workers("cold_read_8r", guard, jobs)
+            mb_s = len(files) * size / run.elapsed / 1e6
+            self.results.add("cold_read_8r", side.name, mb_s)
+            out.append(f"{mb_s:.1f} MB/s")
+
+    def phase_latency(self, side: Side, rep: int) -> None:
+        """p50/p99 of open+close, stat and a 4 KiB pread of sealed files while
+        LAT_WRITERS processes write large files.
+
+        3 x --latency-samples small files are written first (by 4 processes) and, on
+        worm-fs, left to seal; the caches are dropped; then each sample opens one file,
+        stats another and preads a third, none of them looked up before (worm-fs gives
+        sealed files long entry and attribute timeouts, so a name seen once would never
+        reach the daemon again). The writers write --large-size files (fsync at the end
+        of each) until the sampling ends, at most max(4 x --large-size, 512 MiB) each.
+        """
+        cfg = self.cfg
+        n, size = cfg.latency_samples, cfg.large_size
+        guard = self.guard(side)
+        base = self.scratch_dir(side, f"latency-r{rep}")
+        sealed = base / "sealed"
+        sealed.mkdir()
+        dirs = [sealed / f"w{j}" for j in range(4)]
+        for directory in dirs:
+            directory.mkdir()
+        counts = split_evenly(3 * n, len(dirs))
+        paths = [str(d / f"f{i:05d}") for d, c in zip(dirs, counts, strict=True)
+                 for i in range(c)]
+        random.Random(FRAG_SEED).shuffle(paths)
+        with self.step(f"{self.tag(side, rep)} writing {3 * n} small files to look up"):
+            run_workers("latency files", guard, [
+                (small_files_job, {"directory": str(d), "count": c, "fsync": False})
+                for d, c in zip(dirs, counts, strict=True)])
+            if side.worm:
+                self.wait_none_writing(paths)
+        writer_dirs = [base / f"writer{j}" for j in range(LAT_WRITERS)]
+        for directory in writer_dirs:
+            directory.mkdir()
+        cap = LAT_NATIVE_CAP if not side.worm else cfg.latency_cap
+        jobs: list[tuple[Job, dict[str, Any]]] = [
+            (large_writer_job, {"directory": str(d), "size": size, "files": -(-cap // size),
+                                "seal": False, "open_ended": True,
+                                "keep": 0 if side.worm else LAT_NATIVE_KEEP})
+            for d in writer_dirs
+        ]
+        jobs.append((latency_job, {"open_paths": paths[0::3], "stat_paths": paths[1::3],
+                                   "read_paths": paths[2::3]}))
+        measurer, writers = len(jobs) - 1, set(range(LAT_WRITERS))
+        drop_caches()
+        with self.step(f"{self.tag(side, rep)} open/stat/pread latency while "
+                       f"{LAT_WRITERS} processes write") as out:
+            run = run_workers("latency_under_write", guard, jobs,
+                              finish_when=lambda done: measurer in done or writers <= done)
+            got = run.payloads[measurer]
+            samples = len(got["open"])
+            if not samples:
+                raise BenchError("latency_under_write: no sample taken before the writers "
+                                 "finished; raise --large-size")
+            text = []
+            for op in ("open", "stat", "pread"):
+                p50, p99 = (percentile(got[op], q) * 1e3 for q in (50, 99))
+                self.results.add(f"latency_under_write_{op}_p50", side.name, p50)
+                self.results.add(f"latency_under_write_{op}_p99", side.name, p99)
+                text.append(f"{op} {p50:.2f}/{p99:.2f}")
+            written = sum(payload["bytes"] for payload in run.payloads[:LAT_WRITERS])
+            self.results.details.setdefault("latency_under_write", {}).setdefault(
+                side.name, []).append({
+                    "samples": samples, "seconds": round(run.elapsed, 2),
+                    "written_bytes": written,
+                    "write_mb_s": round(written / run.elapsed / 1e6, 1)})
+            out.append(f"p50/p99 ms: {', '.join(text)} ({samples} samples; the writers "
+                       f"wrote {human_bytes(written)} at {written / run.elapsed / 1e6:.0f} "
+                       "MB/s)")
 
     def phase_fragmentation(self) -> None:
         """--size write + fsync on a store after deleting half of it, vs a fresh store.
@@ -1057,15 +1798,34 @@ class Bench:
                        f"{size / elapsed / 1e6:.1f} MB/s)")
 
     # -- report ----------------------------------------------------------------------
+    def small_files_scaling(self) -> dict[str, Any] | None:
+        """Whether 4 worm-fs writer processes write more small files/s than 1 does."""
+        got = {n: self.results.samples.get(f"small_files_{n}w", {}).get("worm")
+               for n in (1, 4)}
+        if not got[1] or not got[4]:
+            return None
+        one, four = statistics.median(got[1]), statistics.median(got[4])
+        return {"worm_1w_files_s": round(one, 1), "worm_4w_files_s": round(four, 1),
+                "worm_4w_over_1w": round(four / one, 3), "worm_4w_gt_1w": four > one}
+
     def report(self) -> dict[str, Any]:
         cfg = self.cfg
-        rows = self.results.rows()
+        rows = self.results.rows(cfg.phases)
+        details = dict(self.results.details)
+        if (scaling := self.small_files_scaling()) is not None:
+            details["small_files_scaling"] = scaling
         return {
             "machine": self.machine,
             "config": {
+                "phases": [name for name in PHASES if name in cfg.phases],
                 "size": cfg.size, "big_size": cfg.big_size, "small_files": cfg.small_files,
                 "small_file_size": SMALL_FILE_SIZE, "reps": cfg.reps,
                 "stat_passes": cfg.stat_passes, "block_size": BLOCK, "quick": cfg.quick,
+                "large_size": cfg.large_size, "conc_files": cfg.conc_files,
+                "latency_samples": cfg.latency_samples, "latency_write_cap": cfg.latency_cap,
+                "small_writers": list(SMALL_WRITERS), "large_writers": list(LARGE_WRITERS),
+                "readers": READERS, "read_request": READ_REQUEST,
+                "latency_writers": LAT_WRITERS, "processes": "forked, one per writer/reader",
                 "frag_fill_size": FRAG_FILL_FACTOR * cfg.size,
                 "order": "A/B alternating per repetition (native,worm / worm,native / ...)",
                 "statistic": "median over repetitions; ratio = worm-fs / native (frag_write: "
@@ -1073,23 +1833,71 @@ class Bench:
                 "mb": "1 MB = 10^6 bytes",
             },
             "metrics": rows,
-            "details": self.results.details,
+            "details": details,
             "all_targets_met": all(r["met"] is not False for r in rows),
             "duration_s": round(self.duration, 1),
         }
 
 
-#: What one repetition runs on each side, in order. A new measurement is one more
-#: method here (and its Metric row above); raise NotMeasured to show "n/a (reason)".
-#: (Bench.phase_fragmentation runs once per run, from Bench.run, on stores of its own.)
-REP_PHASES: tuple[Callable[[Bench, Side, int], None], ...] = (
-    Bench.phase_sequential,
-    Bench.phase_small_files,
+#: What one repetition runs on each side, in order, with the --only phase each belongs
+#: to. A new measurement is one more method here (and its Metric row above); raise
+#: NotMeasured to show "n/a (reason)". (rss, audit and frag run once per run, from
+#: Bench.run; frag on stores of its own.)
+REP_PHASES: tuple[tuple[str, Callable[[Bench, Side, int], None]], ...] = (
+    ("sequential", Bench.phase_sequential),
+    ("small", Bench.phase_small_files),
+    ("small", Bench.phase_small_writers),
+    ("large", Bench.phase_large),
+    ("reads", Bench.phase_reads),
+    ("latency", Bench.phase_latency),
 )
 
 
 def fmt(value: float | None, digits: int) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def _median_field(items: list[dict[str, Any]], name: str) -> float | None:
+    values = [item[name] for item in items if item.get(name) is not None]
+    return statistics.median(values) if values else None
+
+
+def concurrency_text(details: dict[str, Any]) -> list[str]:
+    """The report's lines about the concurrency phases (beyond the table)."""
+    lines: list[str] = []
+    scaling = details.get("small_files_scaling")
+    if scaling:
+        lines += ["", f"small files on worm-fs: 4 writer processes "
+                  f"{scaling['worm_4w_files_s']:,.0f} files/s vs 1 writer "
+                  f"{scaling['worm_1w_files_s']:,.0f} files/s: 4 > 1 "
+                  f"{'yes' if scaling['worm_4w_gt_1w'] else 'NO'} "
+                  f"({scaling['worm_4w_over_1w']:.2f}x)"]
+    batching = details.get("commit_batching")
+    if batching:
+        lines += ["", "commit batching on worm-fs (`worm-fs stats` before/after each phase, "
+                  "medians):"]
+        for key, items in batching.items():
+            median = {name: _median_field(items, name) for name in
+                      ("commits_per_file", "flushes_per_commit", "changes_per_commit",
+                       "records_per_commit")}
+            lines.append(f"  {METRIC_BY_KEY[key].label}: {batching_text(median)}")
+    rss = details.get("peak_rss_8w")
+    if rss:
+        lines += ["", f"daemon RSS, {RSS_WRITERS} large writers: peak RssAnon "
+                  f"{_median_field(rss, 'peak_rss_anon_mib')} MiB, file-backed (mapped store) "
+                  f"{_median_field(rss, 'peak_rss_file_mib')} MiB (medians of sampled peaks)"]
+    cpu = details.get("large_cpu_per_gib")
+    if cpu:
+        lines.append("daemon CPU per GiB written by the large writers: " + ", ".join(
+            f"{key.removeprefix('large_')} {statistics.median(v):.2f} s"
+            for key, v in cpu.items()))
+    latency = details.get("latency_under_write")
+    if latency:
+        lines += ["", "latency under write: " + "; ".join(
+            f"{'worm-fs' if side == 'worm' else side} {_median_field(v, 'samples'):.0f} samples "
+            f"while {LAT_WRITERS} writers wrote {_median_field(v, 'write_mb_s'):,.0f} MB/s"
+            for side, v in latency.items())]
+    return lines
 
 
 def render_text(report: dict[str, Any]) -> str:
@@ -1108,6 +1916,10 @@ def render_text(report: dict[str, Any]) -> str:
         f"blocks; big file {human_bytes(c['big_size'])}; {c['small_files']} x "
         f"{human_bytes(c['small_file_size'])} files; {c['stat_passes']} stat passes; "
         f"{c['reps']} rep(s), A/B alternating{' (--quick)' if c['quick'] else ''}",
+        f"  processes:  {c['conc_files']} small files per writer count; "
+        f"{human_bytes(c['large_size'])} per large writer/reader; "
+        f"{c['latency_samples']} latency samples",
+        f"  phases:     {', '.join(c['phases'])}",
         f"  reporting:  medians; ratio = worm-fs / native (fragmentation: / fresh store); "
         f"1 MB = 10^6 bytes; took {report['duration_s']:.0f} s",
         "",
@@ -1115,6 +1927,8 @@ def render_text(report: dict[str, Any]) -> str:
     header = ("metric", "native", "worm-fs", "ratio", "target", "result")
     table = [header]
     for r in report["metrics"]:
+        if r["status"] == "not run":
+            continue
         digits = METRIC_BY_KEY[r["key"]].digits
         table.append((
             f"{r['metric']} ({r['unit']})",
@@ -1139,6 +1953,7 @@ def render_text(report: dict[str, Any]) -> str:
                      f"{rss['sampled_peak_rss_anon_mib']} MiB, file-backed (mapped store) "
                      f"{rss['sampled_peak_rss_file_mib']} MiB; the {human_bytes(c['big_size'])}"
                      f" file was written at {rss['big_write_mb_s']} MB/s")
+    lines += concurrency_text(report["details"])
     frag = report["details"].get("frag_write")
     if frag:
         lines.append("")
@@ -1192,6 +2007,34 @@ report gives the median of each metric over --reps repetitions:
      two-person procedure (`worm-fs delete request` as uid 1001, `worm-fs delete
      approve` as root) -> MB/s; ratio = after deletion / fresh store.
 
+Concurrency phases (each writer or reader is a forked process of its own; both sides get
+the same number; all start together after a barrier, and the time runs from the first
+start to the last end):
+
+ 10. small files by 1, 4 and 16 writer processes, each in its own subdirectory:
+     --conc-files 4 KiB files in all -> total files/s. Natively each is
+     open(O_CREAT|O_WRONLY)/write/fsync/close; on worm-fs open/write/close (a close is
+     durable there), timed to the last close, then checked sealed. On worm-fs,
+     `worm-fs stats --json` before and after each gives commits per closed file and
+     flushes, state changes and audit records per commit (n/a if the daemon has no
+     such counters).
+ 11. large files: 4 and 8 processes each writing one --large-size file in 1 MiB writes,
+     fsync at the end (on worm-fs timed until sealed) -> total MB/s; during the 8, the
+     daemon's RssAnon (/proc/PID/status) is sampled every 20 ms -> peak MiB.
+ 12. cold reads, caches dropped before each: one of the files of step 11 with 128 KiB
+     read() calls, then 8 processes reading the 8 files of step 11 at once (1 MiB
+     read()s) -> MB/s. Without the large phase, the 8 files are written first.
+ 13. latency under write: while 2 processes write --large-size files (fsync at the end
+     of each, until the sampling ends; on worm-fs at most max(8 x --large-size, 1 GiB)
+     each, natively only the last 2 files kept),
+     another takes --latency-samples samples of os.open(O_RDONLY)+close, os.stat and a
+     4 KiB os.pread (open not timed), each on a different sealed small file not looked
+     up before (3 x samples of them written first, caches dropped) -> p50, p99 in ms.
+
+--only picks phases (comma-separated): rss (7), sequential (1-3, 6), small (4, 5, 10),
+large (11), reads (12), latency (13), audit (8; runs sequential too), frag (9).
+Native files of the concurrency phases are removed after each repetition.
+
 worm-fs files are write-once: a file is sealed (read-only) when its writer closes it
 and can never be written again, so every repetition writes NEW files (seq-rN.bin,
 small-rN/) and the re-reads read existing sealed files. The written data never
@@ -1203,12 +2046,18 @@ targets (ratio = worm-fs / native):
   seq write >= 0.5x; cold read >= 1.0x; warm re-read >= 0.75x;
   audit-each cold read >= 0.7x; small files >= 3000 files/s; stat >= 15000 calls/s;
   daemon CPU <= 1.2 s/GiB; daemon peak RSS <= 200 MiB;
-  write after deleting half >= 0.8x of a fresh store's.
+  write after deleting half >= 0.8x of a fresh store's;
+  small files by 1 / 4 / 16 writer processes >= 0.35x / 0.5x / 0.5x;
+  large files by 4 writer processes >= 0.6x; daemon peak RssAnon with 8 <= 300 MiB;
+  cold read in 128 KiB read()s >= 0.7x; 8 cold readers >= 0.5x;
+  p99 of open+close and of stat with 2 writers running <= 5 ms.
 
 requirements: root (to drop the page cache), /dev/fuse and fusermount3, and free space
 in --dir for both sides: about reps x --size + the small files natively, plus
-reps x --size + --big-size in the store and 3 x --size for the fragmentation stores,
-plus a margin; the run refuses to start without it. For the deletion request, uid 1001
+reps x --size + --big-size in the store and 3 x --size for the fragmentation stores;
+for the concurrency phases 18 x --large-size natively, and reps x (12 x --large-size +
+2 x the latency writers' cap) in the store; plus a margin (phases left out by --only count
+nothing); the run refuses to start without it. For the deletion request, uid 1001
 must be able to reach the work directory (every directory above --dir searchable by
 others; otherwise that metric is n/a). Everything it creates is removed at the end and
 everything it mounted is unmounted, also after a failure or Ctrl-C (fusermount3 -u -z
@@ -1220,16 +2069,21 @@ exit status: 0 measured (whether or not the targets were met); 1 could not measu
 2 bad arguments; 130 interrupted.
 
 examples:
-  scripts/bench                     full run (about 14 GiB written; several minutes)
-  scripts/bench --quick             smoke run with small sizes
+  scripts/bench                     full run (about 40 GiB written; about 10 minutes)
+  scripts/bench --quick             smoke run with small sizes (well under 3 minutes)
+  scripts/bench --quick --only small,latency
+                                    only those phases
   scripts/bench --reps 5 --json     more repetitions, machine-readable output
   scripts/bench --dir /mnt/nvme     benchmark another disk
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
+    phases = "".join(f"  {name:<11} {text}\n" for name, text in PHASES.items())
     parser = argparse.ArgumentParser(
-        prog="scripts/bench", description=DESCRIPTION, epilog=EPILOG,
+        prog="scripts/bench", description=DESCRIPTION,
+        epilog=f"phases (--only, comma-separated; default all, in this order):\n{phases}\n"
+        + EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--reps", type=positive_int, metavar="N",
@@ -1246,21 +2100,50 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dir", type=Path, default=Path("/var/tmp"), metavar="DIR",
                         help="where the temporary work directory goes; it decides the "
                         "disk measured (default /var/tmp)")
+    parser.add_argument("--large-size", type=parse_size, metavar="SIZE",
+                        help="file size per large-file writer/reader process "
+                        "(default 256 MiB)")
+    parser.add_argument("--conc-files", type=positive_int, metavar="N",
+                        help="4 KiB files per small-file concurrency phase, split over its "
+                        "writer processes (default 2000)")
+    parser.add_argument("--latency-samples", type=positive_int, metavar="N",
+                        help="open/stat/pread samples in the latency phase (default 300)")
+    parser.add_argument("--only", type=parse_phases, metavar="PHASES",
+                        help="comma-separated phases to run (default all): "
+                        + ", ".join(PHASES))
     parser.add_argument("--quick", action="store_true",
                         help="smoke-test sizes: 64 MiB file, 256 MiB big file, 200 small "
-                        "files, 1 rep (explicit options still win)")
+                        "files, 32 MiB per large writer, 400 files per concurrency phase, "
+                        "100 latency samples, 1 rep (explicit options still win)")
     parser.add_argument("--json", action="store_true",
                         help="print the machine description and results as one JSON object")
     return parser
 
 
+def parse_phases(text: str) -> frozenset[str]:
+    names = [name.strip().lower() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in PHASES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown phase(s) {', '.join(unknown) or repr(text)}; pick from "
+            + ", ".join(PHASES))
+    return frozenset(names)
+
+
 def config_from(args: argparse.Namespace) -> Config:
     base = QUICK if args.quick else DEFAULTS
     pick = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in base.items()}
+    phases = args.only or frozenset(PHASES)
+    if "audit" in phases and "sequential" not in phases:
+        print("bench: --only audit: running sequential too (audit re-reads its files)",
+              file=sys.stderr)
+        phases |= {"sequential"}
     return Config(
         size=pick["size"], big_size=pick["big_size"], small_files=pick["small_files"],
         reps=pick["reps"], stat_passes=args.stat_passes, base_dir=args.dir.absolute(),
-        json=args.json, quick=args.quick,
+        json=args.json, quick=args.quick, large_size=pick["large_size"],
+        conc_files=pick["conc_files"], latency_samples=pick["latency_samples"],
+        phases=phases,
     )
 
 
