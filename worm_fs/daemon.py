@@ -23,6 +23,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -45,6 +46,7 @@ from worm_fs.store.reserve import SpaceReserve
 log = logging.getLogger(__name__)
 
 GROUP_COMMIT_INTERVAL = 0.05
+GIL_SWITCH_INTERVAL = 0.0005
 MAPPED_TRIM_INTERVAL = 0.5
 MAPPED_TRIM_KIB = 32 << 10
 LOCK_FILE = "daemon.lock"
@@ -202,6 +204,9 @@ class Daemon:
 
     def run(self, ready_fd: int | None = None) -> None:
         keep_freed_memory()
+        # The event loop answers lookups while the hasher and committer threads work;
+        # with the default 5 ms switch interval a stat waits up to that long for the GIL.
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL)
         self.ops = ops = fuse_ops.WormOperations(self.core)
         self._record("mount", mountpoint=str(self.mountpoint), settle=self.options.settle,
                      audit_reads=self.options.audit_reads)

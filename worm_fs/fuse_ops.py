@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 import pyfuse3
 import trio
 
+from worm_fs.core.committer import Ticket
 from worm_fs.core.fs import WormCore
 from worm_fs.core.model import AttrChange, Caller, Inode, Kind, State
 from worm_fs.errors import WormError
@@ -106,6 +107,16 @@ def entry_attributes(inode: Inode) -> pyfuse3.EntryAttributes:
     attr.st_mtime_ns = inode.mtime_ns
     attr.st_ctime_ns = inode.ctime_ns
     return attr
+
+
+async def _committed_ticket(ticket: Ticket) -> None:
+    """Wait for a commit without a thread: the committer wakes this loop."""
+    if ticket.done:
+        return
+    event = trio.Event()
+    token = trio.lowlevel.current_trio_token()
+    ticket.add_done_callback(lambda: token.run_sync_soon(event.set))
+    await event.wait()
 
 
 class WormOperations(pyfuse3.Operations):
@@ -298,8 +309,14 @@ class WormOperations(pyfuse3.Operations):
 
     @_guard
     async def flush(self, fh):
-        if not self.core.flush_is_noop(fh):
+        if self.core.flush_is_noop(fh):
+            return
+        pending = self.core.flush_start(fh)
+        if pending is None:  # large, or waiting for the storer: in a thread
             await self._committed(self.core.flush, fh)
+            return
+        await _committed_ticket(pending.ticket)
+        pending.finish()
 
     @_guard
     async def fsync(self, fh, datasync):

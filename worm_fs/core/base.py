@@ -152,10 +152,12 @@ class CoreState:
                     del self._unborn[ino]
                     self._unborn_names.pop((inode.parent, inode.name), None)
                 del self._pending_seals[:sealed]
-            for ino, (inode, when) in list(self._born.items()):
-                if now - when > BORN_GRACE_S:
-                    del self._born[ino]
-                    self._born_names.pop((inode.parent, inode.name), None)
+            while self._born:  # in the order they were stored: the oldest first
+                ino, (inode, when) = next(iter(self._born.items()))
+                if now - when <= BORN_GRACE_S:
+                    break
+                del self._born[ino]
+                self._born_names.pop((inode.parent, inode.name), None)
 
     # -- provided by the other parts (declared here, the last class in the MRO) -------
     def _seal_in(

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from worm_fs.audit.log import AuditBatch
 from worm_fs.core.base import CoreState
+from worm_fs.core.committer import Ticket
 from worm_fs.core.handles import Handle, RangeLog, WriteHandle
 from worm_fs.core.model import Caller, Inode, State
 from worm_fs.core.policy import Op
@@ -63,6 +64,28 @@ class Snapshot:
     #: A truncate also drops stored chunks from this index on.
     drop_from: int | None = None
     nbytes: int = field(default=0)
+
+
+#: A flush with at most this much to hash may be started on the event loop.
+INLINE_FLUSH_BYTES = 256 << 10
+
+
+@dataclass
+class PendingFlush:
+    """A queued flush: wait for ``ticket`` (it never needs a lock), then ``finish()``."""
+
+    core: FileOps
+    snap: Snapshot
+    ticket: Ticket
+
+    def finish(self) -> None:
+        """Wait if needed, then retire the snapshot; raises the flush's error."""
+        try:
+            self.ticket.wait()
+        except BaseException:
+            self.core._snapshot_failed(self.snap)
+            raise
+        self.core._retire_snapshot(self.snap)
 
 
 class FileOps(CoreState):
@@ -249,7 +272,30 @@ class FileOps(CoreState):
 
     def _flush_writer(self, writer: WriteHandle) -> None:
         self.require_writable("flush", writer.caller, ino=writer.ino)
-        snap = self._snapshot(writer)
+        self._submit_flush(self._snapshot(writer)).finish()
+
+    def flush_start(self, fh: int) -> PendingFlush | None:
+        """Start a small flush without blocking: snapshot, hash and queue it, for the
+        caller to wait on ``ticket`` (without a thread) and then call ``finish()``.
+
+        Returns None when :meth:`flush` must be used instead: nothing to flush, chunks
+        still with the storer (the flush would wait for them), or more than
+        :data:`INLINE_FLUSH_BYTES` to hash.
+        """
+        handle = self._handle(fh)
+        writer = self._writers.get(handle.ino)
+        if writer is None or writer.fh != fh or writer.durable_clean:
+            return None
+        with writer.guard:
+            dirty = sum(len(b.data) for b in writer.buffers.values() if b.dirty)
+            if writer.queued or dirty + sum(map(len, writer.pending.values())) > \
+                    INLINE_FLUSH_BYTES:
+                return None
+        self.require_writable("flush", writer.caller, ino=writer.ino)
+        return self._submit_flush(self._snapshot(writer))
+
+    def _submit_flush(self, snap: Snapshot) -> PendingFlush:
+        writer = snap.writer
 
         def job(tx: WriteTxn, batch: AuditBatch) -> None:
             inode = self._store_snapshot(tx, snap, clean=True)
@@ -258,12 +304,8 @@ class FileOps(CoreState):
                 writes=snap.writes.summary(), **self._who(writer.caller),
             ))
 
-        try:
-            self.commit(job, flushes=1, nbytes=snap.nbytes)
-        except BaseException:
-            self._snapshot_failed(snap)
-            raise
-        self._retire_snapshot(snap)
+        ticket = self.committer.submit(job, flushes=1, nbytes=snap.nbytes)
+        return PendingFlush(self, snap, ticket)
 
     def _snapshot(self, writer: WriteHandle, *, truncate_to: int | None = None) -> Snapshot:
         """Take what is not stored yet (after the storer drained), then hash it outside

@@ -28,7 +28,8 @@ from worm_fs.core.policy import Facts, Op, decide
 from worm_fs.errors import NotFound, WormError
 from worm_fs.store import ReadTxn, WriteTxn, u64
 
-#: xattrs every file carries, and the root's extra ones.
+#: xattrs every file carries, and the root's extra ones; all start with this.
+XATTR_PREFIX = b"user.worm."
 XATTR_SHA256 = b"user.worm.sha256"
 XATTR_STATE = b"user.worm.state"
 XATTR_SEALED_AT = b"user.worm.sealed_at"
@@ -81,6 +82,10 @@ class NamespaceOps(CoreState):
         return inode.target
 
     def getxattr(self, ino: int, name: bytes) -> bytes:
+        if not name.startswith(XATTR_PREFIX):
+            # Every name we serve has the prefix. The kernel asks for
+            # security.capability before every write: answer without a lookup.
+            raise WormError("no such attribute", errno=errno.ENODATA)
         value = self.xattrs(ino).get(name)
         if value is None:
             raise WormError("no such attribute", errno=errno.ENODATA)
