@@ -317,7 +317,6 @@ class NamespaceOps(CoreState):
             tx.put_dirent(new_parent, new_name, inode.ino)
             stored = Inode.from_bytes(tx.get_inode(inode.ino) or b"")
             stored.parent, stored.name, stored.ctime_ns = new_parent, new_name, now
-            stored.changed_ns = now
             tx.put_inode(inode.ino, stored.to_bytes())
             self.touch(tx, old_parent, now, mtime=True)
             if new_parent != old_parent:
