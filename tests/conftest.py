@@ -27,6 +27,22 @@ from worm_fs.store import Store
 
 WORM_FS = [sys.executable, "-m", "worm_fs"]
 
+#: Fixtures that mount a real filesystem (or start a daemon); tests using any of them
+#: are marked ``mount`` and left out by ``scripts/test --fast``.
+MOUNTING_FIXTURES = frozenset({
+    "mount_factory", "mnt", "settled_mnt", "store", "store_factory", "pristine", "copy",
+    "gate", "small_disk", "public_base",
+})
+#: Modules whose tests start daemons themselves.
+MOUNTING_MODULES = frozenset({"test_crash", "test_service", "test_cli", "test_ml_writers"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        if module in MOUNTING_MODULES or MOUNTING_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.mount)
+
 
 def run_cli(*args: str, check: bool = False, **kwargs) -> subprocess.CompletedProcess:
     """Run the ``worm-fs`` command and capture its output."""

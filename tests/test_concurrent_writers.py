@@ -8,11 +8,7 @@ import json
 import os
 import threading
 
-import pytest
-
 from tests.conftest import Mount, run_cli, wait_sealed
-
-pytestmark = pytest.mark.mount
 
 WRITERS = 8
 FILES_EACH = 25

@@ -29,8 +29,8 @@ import trio
 
 from worm_fs.control import protocol
 from worm_fs.core.deletion import Deletions
-from worm_fs.core.fs import iso_time
 from worm_fs.core.model import Caller
+from worm_fs.core.paths import iso_time
 from worm_fs.errors import Refused, StoreBusy, WormError
 
 log = logging.getLogger(__name__)

@@ -53,6 +53,8 @@ JobFn = Callable[[WriteTxn, AuditBatch], Any]
 MAX_JOBS_PER_COMMIT = 512
 #: Chunk bytes in one transaction at most (LMDB slows with hundreds of MiB dirty).
 MAX_BYTES_PER_COMMIT = 32 << 20
+#: Chunk bytes committed between two rounds of store housekeeping.
+HOUSEKEEPING_BYTES = 16 << 20
 
 #: Counters kept in ``meta`` by every commit, for ``worm-fs stats``.
 COMMITS_KEY = "commits"
@@ -152,6 +154,7 @@ class Committer:
         #: Set when the thread died of a bug: every ticket fails with it.
         self._dead: StorageError | None = None
         self._ready = threading.Event()
+        self._since_housekeeping = 0
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -310,8 +313,7 @@ class Committer:
             self._hooks.after_commit(token, True)
             for job in jobs:
                 self._finish(job, None)
-            if any(job.nbytes for job in jobs):
-                self._after_chunks()
+            self._after_chunks(sum(job.nbytes for job in jobs))
             break
         for job, error in refused:
             self._finish(job, error)
@@ -327,11 +329,16 @@ class Committer:
             tx.add_counter(SHARED_COMMITS_KEY, 1)
         tx.add_counter(COMMIT_RECORDS_KEY, batch.added)
 
-    def _after_chunks(self) -> None:
-        """After a commit that stored chunks: keep the data file allocated ahead (a
-        commit that grows the file also commits ext4's journal, 3x slower) and drop
-        this process's mapping of the pages just written, so resident memory does not
-        grow with the file."""
+    def _after_chunks(self, nbytes: int) -> None:
+        """Every :data:`HOUSEKEEPING_BYTES` of stored chunks: keep the data file
+        allocated ahead (a commit that grows the file also commits ext4's journal, 3x
+        slower) and drop this process's mapping of the pages just written, so resident
+        memory does not grow with the file. (Per commit, the re-faulting of the map
+        cost more than the commit.)"""
+        self._since_housekeeping += nbytes
+        if self._since_housekeeping < HOUSEKEEPING_BYTES:
+            return
+        self._since_housekeeping = 0
         try:
             self._store.release_mapped_pages()
             self._store.ensure_headroom()

@@ -25,8 +25,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from worm_fs.core.clock import advance_clock, trusted_now
-from worm_fs.core.fs import ROOT_INO, WormCore, iso_time, path_of
+from worm_fs.core.fs import WormCore
 from worm_fs.core.model import Caller, Inode, Kind, State
+from worm_fs.core.paths import ROOT_INO, iso_time, path_of
 from worm_fs.errors import NoSpace, NotFound, Refused, UsageError
 from worm_fs.store import ReadTxn, WriteTxn, release_chunk
 

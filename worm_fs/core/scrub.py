@@ -12,8 +12,8 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from worm_fs.core.fs import path_of
 from worm_fs.core.model import Inode, Kind, State
+from worm_fs.core.paths import path_of
 from worm_fs.errors import Corruption
 from worm_fs.store import CHUNK_SIZE, Store, check_chunk
 
