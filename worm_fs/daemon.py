@@ -4,8 +4,10 @@ Order of start-up (a failure at any step exits non-zero with a one-line message)
 
 1. take ``STATE_DIR/daemon.lock`` (a second daemon on the same store is refused);
 2. open the store, clear stale LMDB reader slots, create the root on first use;
-3. recover files left writing by a crash (seal or quarantine, audited);
-4. mount, then report readiness (``--ready-fd`` for ``worm-fs mount``, ``READY=1``
+3. recover files left writing by a crash (seal or quarantine, audited), then start
+   the core's committer and hasher threads (from now on only the committer writes);
+4. set a 0.5 ms GIL switch interval (lookup latency while those threads work), mount,
+   then report readiness (``--ready-fd`` for ``worm-fs mount``, ``READY=1``
    to systemd when ``NOTIFY_SOCKET`` is set);
 5. serve until SIGTERM/SIGINT or an external unmount, with background tasks for the
    audit group commit (every 50 ms) and automatic checkpoints.

@@ -91,7 +91,9 @@ class WriteHandle(Handle):
 
     Every field below ``guard`` is guarded by it (the running digest has its own lock).
     ``guard`` is a condition: :meth:`ChunkStorer.drain` waits on it for ``queued`` to
-    reach zero. Nothing waits for a commit or hashes while holding it.
+    reach zero. Nothing waits for a commit while holding it; the only hashing under it
+    is the digest check of a stored chunk loaded for a partial write, a truncate or a
+    read of the file being written.
     """
 
     guard: threading.Condition = field(default_factory=threading.Condition, repr=False)
@@ -101,7 +103,8 @@ class WriteHandle(Handle):
     pending: dict[int, bytearray | memoryview] = field(default_factory=dict)
     #: Chunks submitted to the storer and not yet committed or failed.
     queued: int = 0
-    #: The storer's last failure; reported by the next write or flush.
+    #: The storer's last failure: the next write reports it; a flush stores the chunks
+    #: again and clears it if that succeeds.
     error: Exception | None = None
     #: True while nothing has been written since the last flush (nothing to flush).
     durable_clean: bool = False

@@ -2,7 +2,8 @@
 
 An :class:`Inode` is encoded as compact JSON in the ``inodes`` database. Times are
 nanoseconds since the epoch. ``changed_ns`` drives the settle window: it is the last
-time the entry (or, for a directory, anything below it) changed.
+time the entry itself changed (a directory: also when a name was added to or removed
+from it); changes further below are found by :mod:`worm_fs.core.settle`.
 """
 
 from __future__ import annotations

@@ -3,8 +3,11 @@
 Lookup-style calls (:meth:`lookup`, :meth:`getattr`, :meth:`readdir`, xattrs,
 :meth:`statfs`) take no lock and open one short read transaction. :meth:`create` never
 waits for I/O: the new file lives in memory until the next commit stores it. ``mkdir``,
-``symlink``, ``rename`` and ``setattr`` are committer jobs and return once durable;
-they decide inside the job, where the transaction is the latest state of the store.
+``symlink``, ``rename`` and ``setattr`` are committer jobs and return once durable.
+mkdir, symlink and rename decide inside the job, where the transaction is the latest
+state of the store (a rename's subtree walk for the settle window runs on a snapshot
+before the job is queued); ``setattr`` decides on a snapshot, as its rules depend only
+on the entry itself and its writer.
 
 A new name is *claimed* (:attr:`_claims`) before it is checked against the store, so
 two creators of one name can never both succeed, whichever path each takes.
@@ -160,22 +163,23 @@ class NamespaceOps(CoreState):
         self._check_name("create", parent, name, caller)
         self.require_writable("create", caller)
         key = (parent, name)
-        with self.store.read() as rt:
-            path = self._parent_for_new(rt, parent, name, "create", caller)
         with self._lock:
             taken = key in self._claims or key in self._unborn_names
             if not taken:
                 self._claims[key] = 0
-        if not taken:
+        try:
             with self.store.read() as rt:  # begun after the claim: sees any committed name
-                taken = rt.get_dirent(parent, name) is not None
-                if self._next_ino is None:
-                    next_ino = rt.get_counter("next_ino")
+                path = self._parent_for_new(rt, parent, name, "create", caller)
+                taken = taken or rt.get_dirent(parent, name) is not None
+                next_ino = rt.get_counter("next_ino") if self._next_ino is None else 0
             if taken:
+                raise self._refuse("create", errno.EEXIST, caller, "name exists", path=path)
+        except BaseException:
+            if not taken or key in self._claims:
                 with self._lock:
-                    self._claims.pop(key, None)
-        if taken:
-            raise self._refuse("create", errno.EEXIST, caller, "name exists", path=path)
+                    if self._claims.get(key) == 0 and not taken:
+                        del self._claims[key]
+            raise
         now = self.clock()
         with self._lock:
             if self._next_ino is None:

@@ -17,7 +17,7 @@ Contract:
 * ``writer.queued`` counts chunks submitted and not yet committed or failed; it is
   changed under ``writer.guard``, which :meth:`ChunkStorer.drain` waits on.
 * A failed commit (full disk, I/O error) leaves the chunks pending and the error on the
-  writer; the writer's next ``write``/``flush`` reports it and ``flush`` stores them.
+  writer; the writer's next ``write`` reports it, and a ``flush`` stores them again.
 * At most :data:`MAX_IN_FLIGHT` chunks are between ``submit`` and their commit;
   ``submit`` blocks beyond that (back-pressure on the writers, not unbounded memory).
 * Before :meth:`start` (core unit tests, recovery) a chunk is hashed and stored inline
