@@ -674,6 +674,19 @@ def small_files_job(env: WorkerEnv, directory: str, count: int,
     return run
 
 
+def one_large_file_each(base: Path, writers: int, size: int, seal: bool
+                        ) -> list[tuple[Job, dict[str, Any]]]:
+    """Jobs for ``writers`` processes that each write one ``size``-byte file into their
+    own new directory under ``base``."""
+    jobs: list[tuple[Job, dict[str, Any]]] = []
+    for j in range(writers):
+        directory = base / f"w{j}"
+        directory.mkdir()
+        jobs.append((large_writer_job, {"directory": str(directory), "size": size,
+                                        "files": 1, "seal": seal, "open_ended": False}))
+    return jobs
+
+
 def large_writer_job(env: WorkerEnv, directory: str, size: int, files: int, seal: bool,
                      open_ended: bool, keep: int = 0) -> Callable[[], dict[str, Any]]:
     """Up to ``files`` new files of ``size`` bytes in ``directory`` (1 MiB writes, fsync
@@ -1487,14 +1500,7 @@ class Bench:
         key, size = f"large_{writers}w", self.cfg.large_size
         guard = self.guard(side)
         base = self.scratch_dir(side, f"large-{writers}w-r{rep}")
-        dirs = [base / f"w{j}" for j in range(writers)]
-        for directory in dirs:
-            directory.mkdir()
-        jobs: list[tuple[Job, dict[str, Any]]] = [
-            (large_writer_job, {"directory": str(d), "size": size, "files": 1,
-                                "seal": side.worm, "open_ended": False})
-            for d in dirs
-        ]
+        jobs = one_large_file_each(base, writers, size, side.worm)
         sampler = (MemorySampler(self.daemon_pid(), interval=0.02)
                    if side.worm and writers == RSS_WRITERS else None)
         drop_caches()
@@ -1533,14 +1539,7 @@ class Bench:
         size = self.cfg.large_size
         guard = self.guard(side)
         base = self.scratch_dir(side, f"reads-r{rep}")
-        dirs = [base / f"w{j}" for j in range(READERS)]
-        for directory in dirs:
-            directory.mkdir()
-        jobs: list[tuple[Job, dict[str, Any]]] = [
-            (large_writer_job, {"directory": str(d), "size": size, "files": 1,
-                                "seal": side.worm, "open_ended": False})
-            for d in dirs
-        ]
+        jobs = one_large_file_each(base, READERS, size, side.worm)
         with self.step(f"{self.tag(side, rep)} writing {READERS} x {human_bytes(size)} "
                        "to read"):
             run = run_workers("files to read", guard, jobs)
