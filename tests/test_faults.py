@@ -91,6 +91,54 @@ def test_a_full_disk_is_enospc_and_the_store_recovers_after_a_deletion(
         m.stop()
 
 
+def fill_concurrently(directory: Path, writers: int, size: int) -> dict[int, list]:
+    """``writers`` threads write ``size``-byte files into ``directory`` until one write
+    or close fails; returns each writer's (name, bytes) files that closed and the errno
+    that stopped it."""
+    outcome: dict[int, list] = {}
+
+    def fill(w: int) -> None:
+        done: list[tuple[str, bytes]] = []
+        for i in range(200):
+            data = os.urandom(size)
+            name = f"w{w}-{i}"
+            try:
+                write_file(directory / name, data)
+            except OSError as exc:
+                outcome[w] = [done, exc.errno]
+                return
+            done.append((name, data))
+        outcome[w] = [done, None]
+
+    threads = [threading.Thread(target=fill, args=(w,)) for w in range(writers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(300)
+    return outcome
+
+
+def test_a_full_disk_under_several_writers_fails_only_what_did_not_fit(
+    small_disk: Path, public_base: Path
+) -> None:
+    m = Mount(small_disk / "state", public_base / "mnt", ["--settle", "0"])
+    m.start()
+    try:
+        (m.path / "fills").mkdir()
+        outcome = fill_concurrently(m.path / "fills", 4, 3 << 20)
+        assert sorted(outcome) == [0, 1, 2, 3]
+        assert {err for _, err in outcome.values()} == {errno.ENOSPC}  # never EIO or a hang
+        assert os.path.ismount(m.path)
+        for done, _ in outcome.values():  # every close that returned 0 kept its bytes
+            for name, data in done:
+                wait_sealed(m.path / "fills" / name)
+                assert (m.path / "fills" / name).read_bytes() == data
+        assert run_cli("log", "verify", str(m.path)).returncode == 0
+    finally:
+        m.stop()
+    assert "Traceback" not in m.daemon_log()
+
+
 # ------------------------------------------------------------------------ injected I/O errors
 def strace_inject(pid: int, syscall: str) -> subprocess.Popen:
     if shutil.which("strace") is None:
@@ -136,6 +184,31 @@ def test_store_io_errors_fail_the_write_and_put_the_store_in_failsafe(
     if (m.path / "during").exists():  # its create may have failed too
         assert os.getxattr(m.path / "during", "user.worm.state") == b"quarantined"
     os.mkdir(m.path / "newdir")
+    assert run_cli("verify", str(m.path)).returncode == 0
+    assert run_cli("log", "verify", str(m.path)).returncode == 0
+
+
+def test_an_io_error_under_several_writers_fails_them_all_and_goes_failsafe(
+    mount_factory,
+) -> None:
+    m = mount_factory("--settle", "0")
+    write_file(m.path / "before", b"b" * 300_000)
+    wait_sealed(m.path / "before")
+    (m.path / "fills").mkdir()
+    tracer = strace_inject(m.proc.pid, "fdatasync")
+    try:
+        outcome = fill_concurrently(m.path / "fills", 4, 1 << 20)
+    finally:
+        tracer.terminate()
+        tracer.wait(timeout=30)
+    assert sorted(outcome) == [0, 1, 2, 3]
+    assert {err for _, err in outcome.values()} <= {errno.EIO, errno.EROFS}
+    assert errno_of(os.mkdir, m.path / "newdir") == errno.EROFS
+    assert m.daemon_log().count("FAILSAFE") == 1  # logged once, whoever hit it
+    m.restart()
+    assert (m.path / "before").read_bytes() == b"b" * 300_000
+    for name in os.listdir(m.path / "fills"):  # nothing half-written passes as sealed
+        assert os.getxattr(m.path / "fills" / name, "user.worm.state") == b"quarantined"
     assert run_cli("verify", str(m.path)).returncode == 0
     assert run_cli("log", "verify", str(m.path)).returncode == 0
 
