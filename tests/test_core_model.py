@@ -231,3 +231,20 @@ TestCoreAgainstModel.settings = settings(
     stateful_step_count=30, deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
+
+
+class ThreadedCoreMachine(CoreMachine):
+    """The same model with the committer and hasher threads running, as in the daemon:
+    every change goes through the group commit, full chunks through the hasher."""
+
+    def _open(self) -> None:
+        super()._open()
+        self.core.start()
+
+
+TestThreadedCoreAgainstModel = ThreadedCoreMachine.TestCase
+TestThreadedCoreAgainstModel.settings = settings(
+    max_examples=int(os.environ.get("WORM_FS_MODEL_EXAMPLES", "25")),
+    stateful_step_count=30, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
