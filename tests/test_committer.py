@@ -193,3 +193,109 @@ def test_only_the_committer_thread_writes_while_serving(core: WormCore) -> None:
     with pytest.raises(RuntimeError, match="outside the committer"):
         with core.store.write():
             pass
+
+
+def test_two_flushes_of_one_file_commit_in_snapshot_order(
+    core: WormCore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two closes of one open file (dup'd descriptors) racing a write: the older
+    snapshot must never overwrite the size the newer one stored."""
+    import hashlib
+
+    import worm_fs.core.files as files
+
+    fh, inode = core.create(ROOT_INO, b"f", 0o644, os.O_WRONLY, ALICE)
+    core.write(fh, 0, b"A" * 100)
+    real = files.digest
+    hashing, go = threading.Event(), threading.Event()
+
+    def slow(data):
+        if threading.current_thread().name == "first-close":
+            hashing.set()
+            assert go.wait(10)
+        return real(data)
+
+    monkeypatch.setattr(files, "digest", slow)
+    first = threading.Thread(target=core.flush, args=(fh,), name="first-close")
+    first.start()
+    assert hashing.wait(10)  # the first close has its snapshot and is hashing it
+    core.write(fh, 100, b"B" * 100)
+    second = threading.Thread(target=core.flush, args=(fh,))
+    second.start()
+    second.join(0.2)
+    assert second.is_alive()  # it waits until the first one is queued
+    go.set()
+    first.join(10)
+    second.join(10)
+    assert stored_inode(core, inode.ino).size == 200
+    core.release(fh)
+    core.commit_pending()
+    sealed = core.getattr(inode.ino)
+    assert sealed.size == 200
+    assert sealed.sha256 == hashlib.sha256(b"A" * 100 + b"B" * 100).hexdigest()
+
+
+def test_a_truncate_between_two_flushes_is_not_undone(core: WormCore) -> None:
+    from worm_fs.core.model import AttrChange
+
+    fh, inode = core.create(ROOT_INO, b"t", 0o644, os.O_WRONLY, ALICE)
+    core.write(fh, 0, b"X" * 100)
+    threads = []
+    with Gate(core.committer):  # all three jobs land in one transaction, in this order
+        for target, args in ((core.flush, (fh,)),
+                             (core.setattr, (inode.ino, AttrChange(size=0), fh, ALICE)),
+                             (core.flush, (fh,))):
+            threads.append(threading.Thread(target=target, args=args))
+            threads[-1].start()
+            wait_queued(core, len(threads))
+    for thread in threads:
+        thread.join(10)
+    with core.store.read() as rt:
+        assert list(rt.iter_manifest(inode.ino)) == []  # the cut chunk stays cut
+    core.setattr(inode.ino, AttrChange(size=100), fh, ALICE)
+    core.release(fh)
+    core.commit_pending()
+    rfh, _ = core.open(inode.ino, os.O_RDONLY, ALICE)
+    assert core.read(rfh, 0, 100) == bytes(100)
+
+
+def test_a_lost_create_race_leaves_no_claim_behind(core: WormCore) -> None:
+    core.mkdir(ROOT_INO, b"d", 0o755, ALICE)
+    for _ in range(3):
+        with pytest.raises(Refused):
+            core.create(ROOT_INO, b"d", 0o644, os.O_WRONLY, ALICE)
+    assert core._claims == {}
+
+
+def test_an_approval_never_orphans_a_file_created_in_its_directory(core: WormCore) -> None:
+    """A create that lands while the approval's transaction is being built either makes
+    the approval refuse (EBUSY) or is itself refused; never both succeed."""
+    import errno
+
+    from worm_fs.core.deletion import Deletions
+
+    carol = Caller(uid=1003, gid=4242, pid=4243, comm="carol")
+    runs = core.mkdir(ROOT_INO, b"runs", 0o755, ALICE)
+    desk = Deletions(core, admin_gids=frozenset({4242}))
+    req = desk.request("/runs", "cleanup", ALICE)
+    outcome: list[object] = []
+    with Gate(core.committer) as first:
+        second = Gate(core.committer)
+        approver = threading.Thread(target=lambda: outcome.append(
+            _try(lambda: desk.approve(req.id, carol))))
+        approver.start()
+        wait_queued(core, 2)
+        first.release.set()
+        assert second.entered.wait(10)  # the approval's transaction is open
+        fh, new = core.create(runs.ino, b"new.bin", 0o644, os.O_WRONLY, ALICE)
+        second.release.set()
+        approver.join(10)
+    assert isinstance(outcome[0], Refused) and outcome[0].errno == errno.EBUSY
+    core.write(fh, 0, b"precious")
+    core.release(fh)
+    core.commit_pending()
+    assert core.lookup(runs.ino, b"new.bin").ino == new.ino
+    # Once the file is sealed, a new request and approval remove everything.
+    req = desk.request("/runs", "cleanup", ALICE)
+    desk.approve(req.id, carol)
+    assert [n for n, _ in core.readdir(ROOT_INO)] == []

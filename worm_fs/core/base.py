@@ -15,13 +15,20 @@ state               what it holds                                          guard
 ``_born_names``     readers whose snapshot predates it
 ``_claims``         names being created by a queued change (not yet        core lock
                     visible; a second create of the name is refused)
+``_doomed``         directories a queued approval removes (no create       core lock
+                    may start in them)
 ``_pending_seals``  seals decided at release, written by the next commit   core lock
 ``_next_ino``,      counters                                               core lock
 ``_next_fh``
-``_renamed``,       per transaction: inodes renamed by it, names it        the committer
-``_txn_claims``     claimed                                                (inside jobs only)
+``_renamed``,       per transaction: inodes renamed by it, names and       the committer
+``_txn_claims``,    directories it claimed                                 (inside jobs only)
+``_txn_doomed``
 writer state        buffers, pending chunks, size, flush marks             ``writer.guard``
+a writer's order    its flush and truncate jobs, queued in snapshot order  ``writer.flush_lock``
 ==================  =====================================================  ==================
+
+Lock order: a writer's ``flush_lock``, its ``guard``, then the core lock; never the
+other way round. Jobs and the committer never take a ``flush_lock``.
 
 The core lock (a plain :class:`threading.Lock`: accidental nesting deadlocks at once
 instead of hiding) is held only for dictionary and counter updates: never while
@@ -95,6 +102,9 @@ class CoreState:
         self._born: dict[int, tuple[Inode, float]] = {}
         self._born_names: dict[_Name, int] = {}
         self._claims: dict[_Name, int] = {}
+        #: Directories an approval in the running transaction removes: no create in them.
+        self._doomed: set[int] = set()
+        self._txn_doomed: list[int] = []
         self._pending_seals: list[tuple[int, str, Caller, str]] = []
         self._renamed: set[int] = set()
         self._txn_claims: list[_Name] = []
@@ -137,10 +147,12 @@ class CoreState:
         """Commit hook: release the transaction's name claims; after a commit, move the
         files it stored to the grace list and drop the seals it wrote."""
         claims, self._txn_claims = self._txn_claims, []
+        doomed, self._txn_doomed = self._txn_doomed, []
         now = time.monotonic()
         with self._lock:
             for name in claims:
                 self._claims.pop(name, None)
+            self._doomed.difference_update(doomed)
             if committed and token is not None:
                 born, sealed = token  # type: ignore[misc]
                 self.audit_failing = False  # whatever was buffered is written now
@@ -294,6 +306,18 @@ class CoreState:
                 return False
             self._claims[key] = 0
         self._txn_claims.append(key)
+        return True
+
+    def _doom_in_job(self, dirs: set[int]) -> bool:
+        """For an approval's job: mark ``dirs`` as going, so no create starts in them
+        until the transaction ends; False if a create in one is under way already."""
+        with self._lock:
+            busy = any(parent in dirs for parent, _ in self._claims) or \
+                any(parent in dirs for parent, _ in self._unborn_names)
+            if busy:
+                return False
+            self._doomed.update(dirs)
+        self._txn_doomed.extend(dirs)
         return True
 
     def _path(self, txn: ReadTxn, ino: int) -> str:

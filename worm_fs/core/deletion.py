@@ -314,6 +314,11 @@ class Deletions:
                     and self.core.has_writer(n)):
                 raise self._refuse("delete_approve", errno.EBUSY, who,
                                    f"{path_of(tx, n)} is still being written", **fields)
+        # A file created in one of these directories but not yet stored is not in the
+        # transaction; refuse while one exists, and keep new ones out until it commits.
+        if not self.core._doom_in_job({n for n, i in cover.entries if i.kind is Kind.DIR}):
+            raise self._refuse("delete_approve", errno.EBUSY, who,
+                               f"a file is being created in {req.path}", **fields)
         for n in [n for n, _ in cover.entries] + self._lineage(tx, req.ino)[1:]:
             hold = self.core.inode_in(tx, n).extra.get("hold")
             if hold:

@@ -272,27 +272,34 @@ class FileOps(CoreState):
 
     def _flush_writer(self, writer: WriteHandle) -> None:
         self.require_writable("flush", writer.caller, ino=writer.ino)
-        self._submit_flush(self._snapshot(writer)).finish()
+        with writer.flush_lock:  # queued in snapshot order (see WriteHandle.flush_lock)
+            pending = self._submit_flush(self._snapshot(writer))
+        pending.finish()
 
     def flush_start(self, fh: int) -> PendingFlush | None:
         """Start a small flush without blocking: snapshot, hash and queue it, for the
         caller to wait on ``ticket`` (without a thread) and then call ``finish()``.
 
-        Returns None when :meth:`flush` must be used instead: nothing to flush, chunks
-        still with the storer (the flush would wait for them), or more than
-        :data:`INLINE_FLUSH_BYTES` to hash.
+        Returns None when :meth:`flush` must be used instead: nothing to flush, another
+        flush of the file being queued, chunks still with the storer (the flush would
+        wait for them), or more than :data:`INLINE_FLUSH_BYTES` to hash.
         """
         handle = self._handle(fh)
         writer = self._writers.get(handle.ino)
         if writer is None or writer.fh != fh or writer.durable_clean:
             return None
-        with writer.guard:
-            dirty = sum(len(b.data) for b in writer.buffers.values() if b.dirty)
-            if writer.queued or dirty + sum(map(len, writer.pending.values())) > \
-                    INLINE_FLUSH_BYTES:
-                return None
-        self.require_writable("flush", writer.caller, ino=writer.ino)
-        return self._submit_flush(self._snapshot(writer))
+        if not writer.flush_lock.acquire(blocking=False):
+            return None
+        try:
+            with writer.guard:
+                dirty = sum(len(b.data) for b in writer.buffers.values() if b.dirty)
+                if writer.queued or dirty + sum(map(len, writer.pending.values())) > \
+                        INLINE_FLUSH_BYTES:
+                    return None
+            self.require_writable("flush", writer.caller, ino=writer.ino)
+            return self._submit_flush(self._snapshot(writer))
+        finally:
+            writer.flush_lock.release()
 
     def _submit_flush(self, snap: Snapshot) -> PendingFlush:
         writer = snap.writer

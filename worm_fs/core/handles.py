@@ -124,6 +124,10 @@ class WriteHandle(Handle):
     sha: Any = field(default_factory=hashlib.sha256)
     sha_next: int = 0
     sha_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    #: Held from a flush's (or truncate's) snapshot until its job is queued, so the jobs
+    #: of one writer reach the committer in snapshot order and an older snapshot never
+    #: overwrites the size a newer one stored. Not held while waiting for the commit.
+    flush_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def feed_sha(self, index: int, data: bytes | bytearray | memoryview) -> None:
         """Extend the running digest if ``data`` is the next full chunk (storer thread)."""
@@ -187,12 +191,15 @@ class WriteHandle(Handle):
     def truncate(self, new_size: int, load: Loader) -> int:
         """Cut or extend to ``new_size``; returns the first chunk index wholly past it.
 
-        Call with nothing pending (after the storer drained). The caller drops stored
-        chunks from the returned index on.
+        Call with nothing queued (after the storer drained). Chunks past the end leave
+        ``buffers`` and ``pending`` (so no later flush stores them again); the caller
+        drops stored chunks from the returned index on.
         """
         last = (new_size + CHUNK_SIZE - 1) // CHUNK_SIZE  # first index past the end
         for i in [i for i in self.buffers if i >= last]:
             del self.buffers[i]
+        for i in [i for i in self.pending if i >= last]:
+            del self.pending[i]
         if new_size < self.size:
             tail = new_size % CHUNK_SIZE
             if tail:

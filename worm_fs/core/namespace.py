@@ -164,21 +164,25 @@ class NamespaceOps(CoreState):
         self.require_writable("create", caller)
         key = (parent, name)
         with self._lock:
-            taken = key in self._claims or key in self._unborn_names
-            if not taken:
+            doomed = parent in self._doomed
+            mine = not (doomed or key in self._claims or key in self._unborn_names)
+            if mine:
                 self._claims[key] = 0
         try:
             with self.store.read() as rt:  # begun after the claim: sees any committed name
+                if doomed:  # its directory is being deleted by a queued approval
+                    raise self._refuse("create", errno.ENOENT, caller,
+                                       "the directory is being deleted",
+                                       path=self._child_path(rt, parent, name))
                 path = self._parent_for_new(rt, parent, name, "create", caller)
-                taken = taken or rt.get_dirent(parent, name) is not None
+                if not mine or rt.get_dirent(parent, name) is not None:
+                    raise self._refuse("create", errno.EEXIST, caller, "name exists",
+                                       path=path)
                 next_ino = rt.get_counter("next_ino") if self._next_ino is None else 0
-            if taken:
-                raise self._refuse("create", errno.EEXIST, caller, "name exists", path=path)
         except BaseException:
-            if not taken or key in self._claims:
+            if mine:
                 with self._lock:
-                    if self._claims.get(key) == 0 and not taken:
-                        del self._claims[key]
+                    del self._claims[key]
             raise
         now = self.clock()
         with self._lock:
@@ -364,7 +368,7 @@ class NamespaceOps(CoreState):
             if change.atime_ns is not None or change.mtime_ns is not None:
                 check(Op.UTIMES, "utimes")
         truncating = change.size is not None and writer is not None
-        snap = self._truncate_snapshot(writer, change.size) if truncating else None  # type: ignore[arg-type]
+        snap: Any = None
 
         def job(tx: WriteTxn, batch: AuditBatch) -> None:
             # The stored record, not the writer's view: its size is what is stored.
@@ -387,8 +391,15 @@ class NamespaceOps(CoreState):
                 **self._who(caller),
             ))
 
+        if truncating:
+            assert writer is not None and change.size is not None
+            with writer.flush_lock:  # queued in snapshot order, like a flush
+                snap = self._truncate_snapshot(writer, change.size)
+                ticket = self.committer.submit(job, nbytes=snap.nbytes)
+        else:
+            ticket = self.committer.submit(job)
         try:
-            self.commit(job, nbytes=snap.nbytes if snap is not None else 0)
+            ticket.wait()
         except BaseException:
             if snap is not None:
                 self._snapshot_failed(snap)

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 
 from worm_fs.audit.log import AuditBatch
 from worm_fs.core.committer import Committer
+from worm_fs.errors import WormError
 from worm_fs.store import CHUNK_SIZE, WriteTxn, put_chunk, release_chunk
 from worm_fs.store.chunks import digest
 
@@ -128,8 +129,9 @@ class ChunkStorer:
                 return
             try:
                 self._hash_and_queue(*item)
-            except Exception:  # a bug: keep the thread (and every other writer) alive
+            except Exception as exc:  # a bug: keep the thread (and every other writer) alive
                 log.exception("chunk storer failed")
+                self._done(item[0], [], WormError(f"hashing a chunk failed: {exc}"))
 
     def _hash_and_queue(self, writer: WriteHandle, index: int, data: bytearray | memoryview
                         ) -> None:
@@ -139,18 +141,21 @@ class ChunkStorer:
         def job(tx: WriteTxn, batch: AuditBatch) -> int:
             return store_live_chunks(tx, writer, chunks)
 
-        def done(error: BaseException | None) -> None:
-            with writer.guard:
-                writer.queued -= 1
-                if error is not None:
-                    writer.error = error
-                    writer.sha_broken()
-                else:
-                    retire_chunks(writer, chunks)
-                writer.guard.notify_all()
-            self._slots.release()
+        self._committer.submit(job, nbytes=len(data),
+                               on_done=lambda error: self._done(writer, chunks, error))
 
-        self._committer.submit(job, nbytes=len(data), on_done=done)
+    def _done(self, writer: WriteHandle, chunks: list[Chunk], error: BaseException | None
+              ) -> None:
+        """A submitted chunk's outcome: retire it, or leave it pending with the error."""
+        with writer.guard:
+            writer.queued -= 1
+            if error is not None:
+                writer.error = error
+                writer.sha_broken()
+            else:
+                retire_chunks(writer, chunks)
+            writer.guard.notify_all()
+        self._slots.release()
 
 
 __all__ = ["CHUNK_SIZE", "ChunkStorer", "retire_chunks", "store_live_chunks"]
