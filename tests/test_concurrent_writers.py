@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import threading
 
 from tests.conftest import Mount, run_cli, wait_sealed
@@ -60,6 +61,8 @@ def test_concurrent_closes_share_commits_and_every_file_is_intact(settled_mnt: M
     assert closes == files
     assert commits < files  # seals, creates and records rode the closes' commits too
     assert after["commits_shared"] > before["commits_shared"]
+    text = run_cli("stats", str(m.path), check=True).stdout
+    assert re.search(r"^commits: +\d+ \(\d+ file flushes", text, re.M)
     prom = run_cli("stats", str(m.path), "--prometheus", check=True).stdout
     assert 'worm_fs_commit_flushes_total{store="' in prom
     assert run_cli("verify", str(m.path)).returncode == 0

@@ -267,6 +267,9 @@ def cmd_stats(args: argparse.Namespace) -> int:
             f"dedup ratio:    {d['dedup_ratio']}",
             f"freed bytes:    {d['freed_bytes']} ({d['deleted_entries']} entries deleted)",
             f"audit records:  {d['audit_records']}",
+            f"commits:        {d['commits']} ({d['commit_flushes']} file flushes, "
+            f"{d['flushes_per_commit']} per commit; {d['commits_shared']} shared by "
+            f"several files; {d['commit_records']} audit records)",
         ])
 
     emit(args, data, human)
