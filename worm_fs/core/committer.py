@@ -178,6 +178,21 @@ class Committer:
             return
         self._thread = None
         self._store.set_writer_thread(None)
+        # Jobs queued while the thread was stopping run inline, like any later job.
+        late = self._drain_queue()
+        if late:
+            with self._inline:
+                self._run(late)
+
+    def _drain_queue(self) -> list[_Job]:
+        jobs: list[_Job] = []
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                return jobs
+            if job is not None:
+                jobs.append(job)
 
     @property
     def threaded(self) -> bool:
@@ -202,6 +217,8 @@ class Committer:
                 self._run([job])
         else:
             self._queue.put(job)
+            if self._dead is not None:  # it died after the check above: fail, never hang
+                self._fail_queued(self._dead)
         return job.ticket
 
     def run(self, fn: JobFn, *, nbytes: int = 0, flushes: int = 0) -> Any:
@@ -246,18 +263,9 @@ class Committer:
                 if not job.ticket.done:
                     self._finish(job, self._dead)
             self._fail_queued(self._dead)
-        finally:
-            if self._dead is None:
-                self._fail_queued(StorageError("the store is closing"))
-
     def _fail_queued(self, error: BaseException) -> None:
-        while True:
-            try:
-                job = self._queue.get_nowait()
-            except queue.Empty:
-                return
-            if job is not None:
-                self._finish(job, error)
+        for job in self._drain_queue():
+            self._finish(job, error)
 
     # ------------------------------------------------------------------ one commit
     def _run(self, jobs: list[_Job], *, nudged: bool = False) -> None:

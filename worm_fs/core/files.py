@@ -63,6 +63,8 @@ class Snapshot:
     writes: RangeLog
     #: A truncate also drops stored chunks from this index on.
     drop_from: int | None = None
+    #: The storer failure this snapshot's chunks retry (cleared once they are stored).
+    error: Exception | None = None
     nbytes: int = field(default=0)
 
 
@@ -333,7 +335,7 @@ class FileOps(CoreState):
             writer.dirty_marked = False  # this flush may store "clean"
             writer.flush_epoch += 1
             snap = Snapshot(writer, [], writer.size, writer.mtime_ns, writer.generation,
-                            writer.flush_epoch, writes, drop_from)
+                            writer.flush_epoch, writes, drop_from, error=writer.error)
         snap.chunks = [(index, data, digest(data)) for index, data in raw]
         snap.nbytes = sum(len(data) for _, data, _ in snap.chunks)
         for index, data, _ in snap.chunks:
@@ -369,7 +371,8 @@ class FileOps(CoreState):
         writer = snap.writer
         with writer.guard:
             retire_chunks(writer, snap.chunks)
-            writer.error = None
+            if writer.error is snap.error:  # not a failure of a chunk handed off since
+                writer.error = None
             if marked_dirty:
                 if writer.flush_epoch == snap.epoch:  # no flush since that may be clean
                     writer.dirty_marked = True  # the job stored clean=False
