@@ -194,10 +194,6 @@ class Committer:
             if job is not None:
                 jobs.append(job)
 
-    @property
-    def threaded(self) -> bool:
-        return self._thread is not None
-
     # ------------------------------------------------------------------ submitting
     def submit(
         self, fn: JobFn, *, nbytes: int = 0, flushes: int = 0,
