@@ -656,22 +656,29 @@ def small_files_job(env: WorkerEnv, directory: str, count: int,
     data = RandomData(MiB)
     contents = [bytes(data.block(SMALL_FILE_SIZE)) for _ in range(count)]
     paths = [os.path.join(directory, f"f{i:05d}") for i in range(count)]
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 
     def run() -> dict[str, Any]:
-        for path, content in zip(paths, contents, strict=True):
-            env.check()
-            fd = os.open(path, flags, 0o644)
-            try:
-                if os.write(fd, content) != len(content):
-                    raise BenchError(f"short write to {path}")
-                if fsync:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
+        write_small_files(paths, contents, fsync=fsync, check=env.check)
         return {"files": count}
 
     return run
+
+
+def write_small_files(paths: list[str], contents: list[bytes], *, fsync: bool,
+                      check: Callable[[], None]) -> None:
+    """Create each of ``paths`` (it must not exist), write its content, ``fsync`` if
+    asked, close; ``check()`` before each file stops the loop when the mount is gone."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    for path, content in zip(paths, contents, strict=True):
+        check()
+        fd = os.open(path, flags, 0o644)
+        try:
+            if os.write(fd, content) != len(content):
+                raise BenchError(f"short write to {path}")
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def one_large_file_each(base: Path, writers: int, size: int, seal: bool
@@ -1360,18 +1367,10 @@ class Bench:
         directory.mkdir()
         paths = [str(directory / f"f{i:05d}") for i in range(n)]
         contents = [bytes(self.data.block(SMALL_FILE_SIZE)) for _ in range(n)]
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
         guard = self.guard(side)
         with self.step(f"{self.tag(side, rep)} {n} small files") as out:
             t0 = time.perf_counter()
-            for path, data in zip(paths, contents, strict=True):
-                guard.check()
-                fd = os.open(path, flags, 0o644)
-                try:
-                    if os.write(fd, data) != len(data):
-                        raise BenchError(f"short write to {path}")
-                finally:
-                    os.close(fd)
+            write_small_files(paths, contents, fsync=False, check=guard.check)
             if side.worm:  # a close seals asynchronously: count until all report sealed
                 deadline = time.monotonic() + SEAL_TIMEOUT
                 for path in paths:

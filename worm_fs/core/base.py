@@ -101,7 +101,7 @@ class CoreState:
         self._unborn_names: dict[_Name, int] = {}
         self._born: dict[int, tuple[Inode, float]] = {}
         self._born_names: dict[_Name, int] = {}
-        self._claims: dict[_Name, int] = {}
+        self._claims: set[_Name] = set()
         #: Directories an approval in the running transaction removes: no create in them.
         self._doomed: set[int] = set()
         self._txn_doomed: list[int] = []
@@ -151,7 +151,7 @@ class CoreState:
         now = time.monotonic()
         with self._lock:
             for name in claims:
-                self._claims.pop(name, None)
+                self._claims.discard(name)
             self._doomed.difference_update(doomed)
             if committed and token is not None:
                 born, sealed = token  # type: ignore[misc]
@@ -180,7 +180,7 @@ class CoreState:
     def _flush_writer(self, writer: WriteHandle) -> None:
         raise NotImplementedError  # files.FileOps
 
-    def _truncate_snapshot(self, writer: WriteHandle, size: int) -> Any:
+    def _snapshot(self, writer: WriteHandle, *, truncate_to: int | None = None) -> Any:
         raise NotImplementedError  # files.FileOps
 
     def _store_snapshot(self, tx: WriteTxn, snap: Any, *, clean: bool) -> Inode:
@@ -304,7 +304,7 @@ class CoreState:
             if key in self._claims or key in self._unborn_names or \
                     txn.get_dirent(parent, name) is not None:
                 return False
-            self._claims[key] = 0
+            self._claims.add(key)
         self._txn_claims.append(key)
         return True
 

@@ -38,7 +38,7 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from worm_fs.audit.log import AuditBatch, AuditLog
@@ -127,7 +127,6 @@ class _Job:
     flushes: int = 0
     on_done: Callable[[BaseException | None], None] | None = None
     result: Any = None
-    error: BaseException | None = field(default=None)
 
 
 class _JobFailed(Exception):

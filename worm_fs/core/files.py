@@ -21,7 +21,7 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from worm_fs.audit.log import AuditBatch
 from worm_fs.core.base import CoreState
@@ -65,7 +65,7 @@ class Snapshot:
     drop_from: int | None = None
     #: The storer failure this snapshot's chunks retry (cleared once they are stored).
     error: Exception | None = None
-    nbytes: int = field(default=0)
+    nbytes: int = 0
 
 
 #: A flush with at most this much to hash may be started on the event loop.
@@ -187,6 +187,11 @@ class FileOps(CoreState):
             follow_up()
         return len(data)
 
+    def _load_chunk(self, ino: int, index: int) -> bytes | None:
+        """A stored chunk for a partial write (most writes need none: no transaction)."""
+        with self.store.read() as rt:
+            return load_file_chunk(rt, ino, index)
+
     def _writer_of(self, fh: int) -> WriteHandle:
         handle = self._handle(fh)
         writer = self._writers.get(handle.ino)
@@ -210,8 +215,7 @@ class FileOps(CoreState):
             # acknowledged, or a crash would seal the file without it.
             mark_epoch = None if writer.dirty_marked else writer.flush_epoch
             writer.durable_clean = False
-            with self.store.read() as rt:
-                writer.write(off, data, lambda i: load_file_chunk(rt, writer.ino, i))
+            writer.write(off, data, lambda i: self._load_chunk(writer.ino, i))
             writer.mtime_ns = self.clock()
             handoff = writer.hand_off()
         while handoff and self._storer.try_submit(writer, *handoff[0]):
@@ -254,20 +258,25 @@ class FileOps(CoreState):
         return job
 
     # ------------------------------------------------------------------ flush
-    def flush_is_noop(self, fh: int) -> bool:
-        """Whether :meth:`flush` has nothing to make durable for ``fh``."""
+    def _to_flush(self, fh: int) -> WriteHandle | None:
+        """The writer behind ``fh`` if it has written anything since its last flush."""
         handle = self._handles.get(fh)
         writer = self._writers.get(handle.ino) if handle is not None else None
-        return writer is None or writer.fh != fh or writer.durable_clean
+        if writer is None or writer.fh != fh or writer.durable_clean:
+            return None
+        return writer
+
+    def flush_is_noop(self, fh: int) -> bool:
+        """Whether :meth:`flush` has nothing to make durable for ``fh``."""
+        return self._to_flush(fh) is None
 
     def flush(self, fh: int) -> None:
         """Make everything written through ``fh`` durable (each ``close``); returns once
         the commit holding it is synced."""
-        handle = self._handle(fh)
-        writer = self._writers.get(handle.ino)
-        if writer is None or writer.fh != fh or writer.durable_clean:
-            return
-        self._flush_writer(writer)
+        self._handle(fh)  # EBADF for an unknown handle
+        writer = self._to_flush(fh)
+        if writer is not None:
+            self._flush_writer(writer)
 
     def fsync(self, fh: int) -> None:
         self.flush(fh)
@@ -286,11 +295,8 @@ class FileOps(CoreState):
         flush of the file being queued, chunks still with the storer (the flush would
         wait for them), or more than :data:`INLINE_FLUSH_BYTES` to hash.
         """
-        handle = self._handle(fh)
-        writer = self._writers.get(handle.ino)
-        if writer is None or writer.fh != fh or writer.durable_clean:
-            return None
-        if not writer.flush_lock.acquire(blocking=False):
+        writer = self._to_flush(fh)
+        if writer is None or not writer.flush_lock.acquire(blocking=False):
             return None
         try:
             with writer.guard:
@@ -341,9 +347,6 @@ class FileOps(CoreState):
         for index, data, _ in snap.chunks:
             writer.feed_sha(index, data)
         return snap
-
-    def _truncate_snapshot(self, writer: WriteHandle, size: int) -> Snapshot:
-        return self._snapshot(writer, truncate_to=size)
 
     def _store_snapshot(self, tx: WriteTxn, snap: Snapshot, *, clean: bool) -> Inode:
         """Inside a job: store the snapshot's live chunks and the file's durable size;

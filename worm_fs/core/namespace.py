@@ -167,7 +167,7 @@ class NamespaceOps(CoreState):
             doomed = parent in self._doomed
             mine = not (doomed or key in self._claims or key in self._unborn_names)
             if mine:
-                self._claims[key] = 0
+                self._claims.add(key)
         try:
             with self.store.read() as rt:  # begun after the claim: sees any committed name
                 if doomed:  # its directory is being deleted by a queued approval
@@ -182,7 +182,7 @@ class NamespaceOps(CoreState):
         except BaseException:
             if mine:
                 with self._lock:
-                    del self._claims[key]
+                    self._claims.remove(key)
             raise
         now = self.clock()
         with self._lock:
@@ -205,7 +205,7 @@ class NamespaceOps(CoreState):
             self._next_fh += 1
             self._unborn[inode.ino] = (inode, record, time.monotonic())
             self._unborn_names[key] = inode.ino
-            del self._claims[key]
+            self._claims.remove(key)
             self._handles[handle.fh] = handle
             self._writers[inode.ino] = handle
         return handle.fh, inode
@@ -372,9 +372,8 @@ class NamespaceOps(CoreState):
 
         def job(tx: WriteTxn, batch: AuditBatch) -> None:
             # The stored record, not the writer's view: its size is what is stored.
-            stored = Inode.from_bytes(tx.get_inode(ino) or b"")
-            if snap is not None:
-                stored = self._store_snapshot(tx, snap, clean=False)
+            stored = self._store_snapshot(tx, snap, clean=False) if snap is not None \
+                else Inode.from_bytes(tx.get_inode(ino) or b"")
             if change.mode is not None:
                 mode = change.mode & 0o7777
                 if stored.kind is Kind.FILE and stored.state is not State.WRITING:
@@ -394,7 +393,7 @@ class NamespaceOps(CoreState):
         if truncating:
             assert writer is not None and change.size is not None
             with writer.flush_lock:  # queued in snapshot order, like a flush
-                snap = self._truncate_snapshot(writer, change.size)
+                snap = self._snapshot(writer, truncate_to=change.size)
                 ticket = self.committer.submit(job, nbytes=snap.nbytes)
         else:
             ticket = self.committer.submit(job)
