@@ -264,7 +264,7 @@ def test_a_lost_create_race_leaves_no_claim_behind(core: WormCore) -> None:
     for _ in range(3):
         with pytest.raises(Refused):
             core.create(ROOT_INO, b"d", 0o644, os.O_WRONLY, ALICE)
-    assert core._claims == {}
+    assert core._claims == set()
 
 
 def test_an_approval_never_orphans_a_file_created_in_its_directory(core: WormCore) -> None:
@@ -298,4 +298,36 @@ def test_an_approval_never_orphans_a_file_created_in_its_directory(core: WormCor
     # Once the file is sealed, a new request and approval remove everything.
     req = desk.request("/runs", "cleanup", ALICE)
     desk.approve(req.id, carol)
+    assert [n for n, _ in core.readdir(ROOT_INO)] == []
+
+
+def test_a_create_in_a_directory_being_deleted_is_refused_and_audited(
+    core: WormCore,
+) -> None:
+    import errno
+
+    from worm_fs.core.deletion import Deletions
+
+    carol = Caller(uid=1003, gid=4242, pid=4243, comm="carol")
+    runs = core.mkdir(ROOT_INO, b"runs", 0o755, ALICE)
+    desk = Deletions(core, admin_gids=frozenset({4242}))
+    req = desk.request("/runs", "cleanup", ALICE)
+    with Gate(core.committer) as first:
+        approver = threading.Thread(target=desk.approve, args=(req.id, carol))
+        approver.start()
+        wait_queued(core, 1)
+        after = Gate(core.committer)  # runs in the same transaction, after the approval
+        wait_queued(core, 2)
+        first.release.set()
+        assert after.entered.wait(10)  # the approval's job has run; not committed yet
+        with pytest.raises(Refused) as refused:
+            core.create(runs.ino, b"late.bin", 0o644, os.O_WRONLY, ALICE)
+        after.release.set()
+        approver.join(10)
+    assert refused.value.errno == errno.ENOENT
+    core.commit_pending()
+    with core.store.read() as rt:
+        records = [r for _, r in rt.iter_records()]
+    assert any(b'"op":"create"' in r and b'"result":"ENOENT"' in r and b"late.bin" in r
+               for r in records)
     assert [n for n, _ in core.readdir(ROOT_INO)] == []
