@@ -136,7 +136,8 @@ def test_recovery_seals_a_flushed_file_and_quarantines_an_unflushed_one(
 
     core = open_core(tmp_path, clock)
     outcome = core.recover()
-    assert outcome == {"sealed": [str(a.ino)], "quarantined": [str(b.ino), str(c.ino)]}
+    assert outcome == {"sealed": [str(a.ino)], "quarantined": [str(b.ino), str(c.ino)],
+                       "layouts": []}
     with pytest.raises(NotFound):  # a create is durable with the file's first flush
         core.lookup(ROOT_INO, b"just-created")
     assert core.getattr(a.ino).state is State.SEALED
@@ -239,7 +240,7 @@ def test_deleting_an_orphaned_writing_file_leaves_recovery_nothing_to_trip_on(
     core.close()
     core.store.close()
     core = open_core(tmp_path, clock)
-    assert core.recover() == {"sealed": [], "quarantined": []}
+    assert core.recover() == {"sealed": [], "quarantined": [], "layouts": []}
     assert core.stats()["writing"] == 0
     core.close()
     core.store.close()

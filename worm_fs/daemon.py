@@ -195,6 +195,9 @@ class Daemon:
                 len(recovered["sealed"]), len(recovered["quarantined"]),
                 time.monotonic() - started,
             )
+        if recovered["layouts"]:
+            log.warning("recorded the layout digests of %d file(s) sealed by an older version",
+                        len(recovered["layouts"]))
         self.core.start()  # from now on only the committer thread writes the store
         self.core.root_xattrs[b"user.worm.pid"] = str(os.getpid()).encode()
         self.core.root_xattrs[b"user.worm.pubkey"] = self.key.verifier_key().encode()

@@ -54,6 +54,7 @@ from typing import Any
 from worm_fs.audit.log import AuditBatch, AuditLog
 from worm_fs.core.committer import Committer, JobFn
 from worm_fs.core.handles import Handle, WriteHandle
+from worm_fs.core.layout import SealPlan
 from worm_fs.core.model import Caller, Inode
 from worm_fs.core.paths import NAME_MAX, ROOT_INO, path_of
 from worm_fs.core.policy import FAILSAFE_ERRNO, Facts, Op, decide, needs_settle
@@ -105,7 +106,7 @@ class CoreState:
         #: Directories an approval in the running transaction removes: no create in them.
         self._doomed: set[int] = set()
         self._txn_doomed: list[int] = []
-        self._pending_seals: list[tuple[int, str, Caller, str]] = []
+        self._pending_seals: list[SealPlan] = []
         self._renamed: set[int] = set()
         self._txn_claims: list[_Name] = []
         self._next_ino: int | None = None
@@ -139,8 +140,8 @@ class CoreState:
             with self._lock:
                 next_ino = max(self._next_ino or 0, tx.get_counter("next_ino"))
             tx.put_meta("next_ino", u64(next_ino))
-        for ino, digest, caller, op in seals:
-            self._seal_in(tx, batch, ino, digest, caller, op)
+        for plan in seals:
+            self._seal_in(tx, batch, plan)
         return [ino for ino, _ in unborn], len(seals)
 
     def after_commit(self, token: object, committed: bool) -> None:
@@ -172,9 +173,7 @@ class CoreState:
                 self._born_names.pop((inode.parent, inode.name), None)
 
     # -- provided by the other parts (declared here, the last class in the MRO) -------
-    def _seal_in(
-        self, tx: WriteTxn, batch: AuditBatch, ino: int, digest: str, caller: Caller, op: str
-    ) -> None:
+    def _seal_in(self, tx: WriteTxn, batch: AuditBatch, plan: SealPlan) -> None:
         raise NotImplementedError  # sealing.SealOps
 
     def _flush_writer(self, writer: WriteHandle) -> None:

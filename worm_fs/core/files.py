@@ -27,7 +27,8 @@ from worm_fs.audit.log import AuditBatch
 from worm_fs.core.base import CoreState
 from worm_fs.core.committer import Ticket
 from worm_fs.core.handles import Handle, RangeLog, WriteHandle
-from worm_fs.core.model import Caller, Inode, State
+from worm_fs.core.layout import check_layout, check_length
+from worm_fs.core.model import Caller, Inode, Kind, State
 from worm_fs.core.policy import Op
 from worm_fs.core.storer import Chunk, ChunkStorer, retire_chunks, store_live_chunks
 from worm_fs.errors import Corruption, WormError
@@ -145,15 +146,17 @@ class FileOps(CoreState):
         return data
 
     def _read_chunks(self, rt: ReadTxn, handle: Handle, off: int, size: int) -> bytes:
-        if handle.size is None:
-            handle.size = self.inode_in(rt, handle.ino).size
+        if handle.keys is None:
+            self._check_layout(rt, handle)
+        keys = handle.keys
+        assert handle.size is not None
         end = min(off + size, handle.size)
         pieces: list[bytes] = []
         pos = off
         while pos < end:
             index, coff = divmod(pos, CHUNK_SIZE)
             n = min(CHUNK_SIZE - coff, end - pos)
-            key = rt.get_manifest(handle.ino, index)
+            key = keys[index] if keys else rt.get_manifest(handle.ino, index)
             cached_key, cached_data = handle.cache
             if key is None:
                 if rt.get_inode(handle.ino) is None:  # deleted under an open handle
@@ -162,14 +165,32 @@ class FileOps(CoreState):
             elif key == cached_key:
                 data = cached_data
             else:
-                data = check_chunk(key, rt.get_chunk(key))
+                stored = rt.get_chunk(key)
+                if stored is None and rt.get_inode(handle.ino) is None:
+                    raise WormError("the file was deleted", errno=errno.ESTALE)
+                data = check_chunk(key, stored)
+                if keys:
+                    check_length(handle.size, index, data)
                 handle.cache = (key, data)  # one assignment: safe for concurrent readers
             piece = data if coff == 0 and n == len(data) else data[coff : coff + n]
             pieces.append(piece)
-            if len(piece) < n:
+            if len(piece) < n:  # a hole of a file not sealed (yet)
                 pieces.append(bytes(n - len(piece)))
             pos += n
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    def _check_layout(self, rt: ReadTxn, handle: Handle) -> None:
+        """Before the first read of a sealed file through ``handle``: its layout must be
+        canonical and match its digest (raises Corruption). A file not sealed yet
+        (quarantined, or its seal not committed) is read as stored, holes as zeros."""
+        raw = rt.get_inode(handle.ino)
+        inode = self.inode_in(rt, handle.ino) if raw is None else Inode.from_bytes(raw)
+        if inode.kind is Kind.FILE and inode.state is State.SEALED:
+            keys = check_layout(inode.size, rt.iter_manifest(handle.ino), inode.layout)
+            handle.size = inode.size
+            handle.keys = keys
+        elif handle.size is None:
+            handle.size = inode.size
 
     def _report_corruption(self, handle: Handle, what: str) -> None:
         with self.store.read() as rt:

@@ -69,6 +69,8 @@ class Handle:
     #: (key, bytes) of the last chunk this handle verified, so sequential reads of one
     #: chunk hash and copy it once. Replaced as a whole, never mutated.
     cache: tuple[bytes, bytes] = (b"", b"")
+    #: A sealed file's chunk keys, once its layout was checked (the first read).
+    keys: list[bytes] | None = None
     #: Guards ``reads`` against concurrent readers of one handle.
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 

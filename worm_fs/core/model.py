@@ -45,6 +45,8 @@ class Inode:
     changed_ns: int = 0
     sealed_ns: int = 0
     sha256: str = ""
+    #: A sealed file's layout digest (see :mod:`worm_fs.core.layout`); "" otherwise.
+    layout: str = ""
     target: bytes = b""
     #: True when the file's durable bytes cover every write acknowledged so far, i.e.
     #: its last flush came after its last write. Recovery seals only clean files.

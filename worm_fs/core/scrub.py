@@ -1,4 +1,5 @@
-"""Scrub: re-hash every chunk and every sealed file, and check reference counts.
+"""Scrub: re-hash every chunk and every sealed file, check each sealed file's layout
+against its digest, and check reference counts.
 
 Runs in one read transaction, so it can run beside a live daemon (a long reader pins
 old pages; a scrub of a large store is the one long reader we accept, and it is an
@@ -12,6 +13,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from worm_fs.core.layout import check_layout
 from worm_fs.core.model import Inode, Kind, State
 from worm_fs.core.paths import path_of
 from worm_fs.errors import Corruption
@@ -20,7 +22,7 @@ from worm_fs.store import CHUNK_SIZE, Store, check_chunk
 
 @dataclass
 class Finding:
-    kind: str  # "chunk", "file", "refcount", "manifest"
+    kind: str  # "chunk", "file", "layout", "refcount", "manifest"
     detail: str
     path: str = ""
 
@@ -70,6 +72,10 @@ def scrub(store: Store, progress: Progress | None = None) -> ScrubReport:
                 continue
             report.files += 1
             path = path_of(rt, ino)
+            try:
+                check_layout(inode.size, sorted(manifest.items()), inode.layout)
+            except Corruption as exc:
+                report.findings.append(Finding("layout", str(exc), path))
             sha = hashlib.sha256()
             broken = ""
             for index in range(-(-inode.size // CHUNK_SIZE)):
@@ -84,6 +90,10 @@ def scrub(store: Store, progress: Progress | None = None) -> ScrubReport:
                     if not data:
                         broken = f"chunk {index} ({key.hex()}) is missing"
                         break
+                    if len(data) != length and inode.layout:
+                        report.findings.append(Finding("layout", (
+                            f"chunk {index} holds {len(data)} bytes where the file's "
+                            f"layout needs {length}"), path))
                 sha.update(data[:length])
                 if len(data) < length:
                     sha.update(bytes(length - len(data)))

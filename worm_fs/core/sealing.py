@@ -18,14 +18,24 @@ from worm_fs.audit.log import AuditBatch
 from worm_fs.core.base import CoreState
 from worm_fs.core.clock import advance_clock
 from worm_fs.core.handles import WriteHandle
-from worm_fs.core.model import Caller, Inode, State
+from worm_fs.core.layout import SealPlan, check_layout, chunk_count, chunk_length, layout_digest
+from worm_fs.core.model import Caller, Inode, Kind, State
 from worm_fs.core.paths import iso_time
 from worm_fs.core.storer import ChunkStorer
 from worm_fs.errors import WormError
-from worm_fs.store import CHUNK_SIZE, WriteTxn, load_file_chunk
+from worm_fs.store import (
+    CHUNK_SIZE,
+    WriteTxn,
+    digest,
+    load_file_chunk,
+    put_chunk,
+    release_chunk,
+)
 
 log = logging.getLogger(__name__)
 HOSTNAME = socket.gethostname()
+#: Set in ``meta`` once every sealed file has a layout digest.
+LAYOUTS_META = "layouts_recorded"
 
 
 class SealOps(CoreState):
@@ -52,13 +62,13 @@ class SealOps(CoreState):
         try:
             if not writer.durable_clean:
                 self._flush_writer(writer)
-            digest = self._file_sha256(writer.ino, writer)
+            plan = self._seal_plan(writer.ino, writer.caller, "seal", writer)
         except WormError as exc:
             self._seal_failed(writer, exc)
             raise
         with self._lock:
             # Written by the next commit; a crash before that seals it at recovery.
-            self._pending_seals.append((writer.ino, digest, writer.caller, "seal"))
+            self._pending_seals.append(plan)
             del self._writers[writer.ino]
 
     def release_if_quick(self, fh: int) -> bool:
@@ -87,8 +97,12 @@ class SealOps(CoreState):
             log.error("could not quarantine inode %d either (%s); recovery will at the "
                       "next start", writer.ino, again.message)
 
-    def _file_sha256(self, ino: int, writer: WriteHandle | None = None) -> str:
-        """SHA-256 of a file's durable content (continuing the writer's running hash)."""
+    def _seal_plan(
+        self, ino: int, caller: Caller, op: str, writer: WriteHandle | None = None
+    ) -> SealPlan:
+        """Hash a file's durable content (continuing the writer's running hash, which
+        covers only full chunks) and find the chunks its canonical layout still needs
+        (:mod:`worm_fs.core.layout`). Runs outside every lock, in one read transaction."""
         with self.store.read() as rt:
             inode = Inode.from_bytes(rt.get_inode(ino) or b"")
             with writer.sha_lock if writer is not None else threading.Lock():
@@ -96,28 +110,33 @@ class SealOps(CoreState):
                     else None
                 start = writer.sha_next if running is not None else 0
             sha = running if running is not None else hashlib.sha256()
-            nchunks = -(-inode.size // CHUNK_SIZE)
-            for index in range(start, nchunks):
-                length = min(CHUNK_SIZE, inode.size - index * CHUNK_SIZE)
-                data = load_file_chunk(rt, ino, index) or b""
-                sha.update(data[:length])
-                if len(data) < length:
-                    sha.update(bytes(length - len(data)))
-            return sha.hexdigest()
+            plan = SealPlan(ino, "", caller, op)
+            for index in range(start, chunk_count(inode.size)):
+                length = chunk_length(inode.size, index)
+                data = load_file_chunk(rt, ino, index)
+                if data is None or len(data) != length:
+                    data = (data or b"")[:length]
+                    data += _zeros(length - len(data))
+                    plan.fixups.append((index, data, digest(data)))
+                sha.update(data)
+            plan.sha256 = sha.hexdigest()
+            return plan
 
     # ------------------------------------------------------------------ the seal itself
-    def _seal(self, ino: int, digest: str, caller: Caller, op: str) -> None:
-        self.commit(lambda tx, batch: self._seal_in(tx, batch, ino, digest, caller, op))
+    def _seal(self, plan: SealPlan) -> None:
+        self.commit(lambda tx, batch: self._seal_in(tx, batch, plan))
 
-    def _seal_in(
-        self, tx: WriteTxn, batch: AuditBatch, ino: int, digest: str, caller: Caller, op: str
-    ) -> None:
-        """Seal ``ino`` with its SHA-256; records the seal and the file's provenance."""
+    def _seal_in(self, tx: WriteTxn, batch: AuditBatch, plan: SealPlan) -> None:
+        """Seal a file as planned: make its layout canonical, then record the seal (with
+        the SHA-256 and the layout digest) and the file's provenance."""
+        ino, digest, caller, op = plan.ino, plan.sha256, plan.caller, plan.op
         now = advance_clock(tx, self.clock())  # retention counts from trusted time
         inode = Inode.from_bytes(tx.get_inode(ino) or b"")
+        inode.layout = self._canonical_layout(tx, inode, plan)
         path = self._path(tx, ino)
         seq = batch.add(self.log.stamp(
-            op, path=path, ino=ino, size=inode.size, sha256=digest, **self._who(caller),
+            op, path=path, ino=ino, size=inode.size, sha256=digest, layout=inode.layout,
+            **self._who(caller),
         ))
         inode.state = State.SEALED
         inode.mode &= ~0o222
@@ -141,6 +160,26 @@ class SealOps(CoreState):
         tx.add_counter("files", 1)
         tx.add_counter("logical_bytes", inode.size)
 
+    @staticmethod
+    def _canonical_layout(tx: WriteTxn, inode: Inode, plan: SealPlan) -> str:
+        """Inside the seal's job: store the plan's fixed chunks, drop entries past the
+        size, and return the layout digest. Nothing else changes a file's chunks
+        between its plan and its seal (its writer is gone), so what remains is
+        canonical; :func:`check_layout` makes sure."""
+        ino = inode.ino
+        for index, data, chunk_digest in plan.fixups:
+            old = tx.get_manifest(ino, index)
+            tx.put_manifest(ino, index, put_chunk(tx, data, chunk_digest))
+            if old is not None:
+                release_chunk(tx, old)
+        count = chunk_count(inode.size)
+        for index, key in list(tx.iter_manifest(ino)):
+            if index >= count:
+                tx.delete_manifest(ino, index)
+                release_chunk(tx, key)
+        keys = check_layout(inode.size, tx.iter_manifest(ino), "")
+        return layout_digest(inode.size, keys)
+
     # ------------------------------------------------------------------ recovery
     def recover(self) -> dict[str, list[str]]:
         """Seal or quarantine files left writing by a crash. Run before serving."""
@@ -152,12 +191,47 @@ class SealOps(CoreState):
                        rt.iter_writing()]
         for ino, inode in pending:
             if inode.clean:
-                self._seal(ino, self._file_sha256(ino), daemon, "recover_seal")
+                self._seal(self._seal_plan(ino, daemon, "recover_seal"))
                 sealed.append(str(ino))
             else:
                 self._quarantine(ino, daemon)
                 quarantined.append(str(ino))
-        return {"sealed": sealed, "quarantined": quarantined}
+        return {"sealed": sealed, "quarantined": quarantined,
+                "layouts": self._record_missing_layouts(daemon)}
+
+    def _record_missing_layouts(self, caller: Caller) -> list[str]:
+        """Once per store: give files sealed before layouts were recorded a canonical
+        layout and its digest (each recorded as ``layout_recorded``). A file whose
+        content no longer matches its sealed SHA-256 is left alone, for ``verify``
+        to report."""
+        with self.store.read() as rt:
+            if rt.get_meta(LAYOUTS_META) is not None:
+                return []
+            inodes = (Inode.from_bytes(raw) for _, raw in rt.iter_inodes())
+            todo = [inode.ino for inode in inodes
+                    if inode.kind is Kind.FILE and inode.state is State.SEALED
+                    and not inode.layout]
+        recorded: list[str] = []
+        for ino in todo:
+            plan = self._seal_plan(ino, caller, "layout_recorded")
+
+            def job(tx: WriteTxn, batch: AuditBatch, plan: SealPlan = plan) -> None:
+                inode = Inode.from_bytes(tx.get_inode(plan.ino) or b"")
+                if inode.sha256 != plan.sha256:
+                    log.error("inode %d no longer matches its sealed SHA-256; its layout is "
+                              "not recorded (run worm-fs verify)", plan.ino)
+                    return
+                inode.layout = self._canonical_layout(tx, inode, plan)
+                tx.put_inode(plan.ino, inode.to_bytes())
+                batch.add(self.log.stamp(
+                    "layout_recorded", path=self._path(tx, plan.ino), ino=plan.ino,
+                    size=inode.size, sha256=inode.sha256, layout=inode.layout,
+                    **self._who(caller)))
+                recorded.append(str(plan.ino))
+
+            self.commit(job)
+        self.commit(lambda tx, batch: tx.put_meta(LAYOUTS_META, b"1"))
+        return recorded
 
     def _quarantine(
         self, ino: int, caller: Caller,
@@ -189,3 +263,11 @@ class SealOps(CoreState):
         """Whether ``ino`` has a live writable handle (a ``writing`` file without one
         was orphaned by a failed seal and is quarantined at the next start)."""
         return ino in self._writers
+
+
+_ZERO_CHUNK = bytes(CHUNK_SIZE)
+
+
+def _zeros(n: int) -> bytes:
+    """``n`` zero bytes; a whole hole chunk shares one object."""
+    return _ZERO_CHUNK if n == CHUNK_SIZE else bytes(n)

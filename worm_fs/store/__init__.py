@@ -10,6 +10,7 @@ The only package that imports :mod:`lmdb`.
 from worm_fs.store.chunks import (
     CHUNK_SIZE,
     check_chunk,
+    digest,
     load_chunk,
     load_file_chunk,
     put_chunk,
@@ -23,6 +24,7 @@ __all__ = [
     "Store",
     "WriteTxn",
     "check_chunk",
+    "digest",
     "from_u64",
     "load_chunk",
     "load_file_chunk",
