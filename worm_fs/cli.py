@@ -60,6 +60,8 @@ def _check_mount_args(args: argparse.Namespace) -> tuple[Path, Path]:
     mountpoint = Path(args.mountpoint).absolute()
     if args.settle < 0:
         raise UsageError("--settle must be 0 or more seconds")
+    if args.settle_limit <= 0:
+        raise UsageError("--settle-limit must be more than 0 seconds")
     if args.retention < 0 or args.request_ttl <= 0:
         raise UsageError("--retention must be 0 or more days, --request-ttl more than 0")
     from worm_fs.daemon import resolve_group
@@ -97,6 +99,7 @@ def _mount_options(args: argparse.Namespace) -> Any:
 
     return MountOptions(
         settle=args.settle,
+        settle_limit=args.settle_limit,
         allow_other=args.allow_other,
         audit_reads=args.audit_reads,
         checkpoint_records=args.checkpoint_records,

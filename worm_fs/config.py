@@ -30,6 +30,9 @@ class Setting:
 MOUNT_SETTINGS: tuple[Setting, ...] = (
     Setting("settle", float, 60.0, "how long a new entry stays renamable by its creator "
             "(0 = never; default 60)", "SECONDS"),
+    Setting("settle_limit", float, 86_400.0, "an entry's settle window closes at the latest "
+            "this long after its creation, however active it stays (default 86400)",
+            "SECONDS"),
     Setting("allow_other", bool, False, "let users other than the mounter use the mount"),
     Setting("audit_reads", str, "handle", "one read record per open handle (default) or "
             "per read call", choices=("handle", "each")),

@@ -57,6 +57,7 @@ LOCK_FILE = "daemon.lock"
 @dataclass
 class MountOptions:
     settle: float = 60.0
+    settle_limit: float = 86_400.0
     allow_other: bool = False
     audit_reads: str = "handle"  # or "each"
     checkpoint_records: int = 10_000
@@ -170,6 +171,7 @@ class Daemon:
         self.log = AuditLog()
         self.core = WormCore(
             self.store, self.log, settle_s=options.settle,
+            settle_limit_s=options.settle_limit,
             audit_reads_each=options.audit_reads == "each",
             retention_days=options.retention_days,
         )
@@ -214,6 +216,7 @@ class Daemon:
         sys.setswitchinterval(GIL_SWITCH_INTERVAL)
         self.ops = ops = fuse_ops.WormOperations(self.core)
         self._record("mount", mountpoint=str(self.mountpoint), settle=self.options.settle,
+                     settle_limit=self.options.settle_limit,
                      audit_reads=self.options.audit_reads)
         fuse_ops.mount(ops, str(self.mountpoint), allow_other=self.options.allow_other,
                        debug=self.options.debug_fuse)

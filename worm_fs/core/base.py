@@ -58,11 +58,13 @@ from worm_fs.core.layout import SealPlan
 from worm_fs.core.model import Caller, Inode
 from worm_fs.core.paths import NAME_MAX, ROOT_INO, path_of
 from worm_fs.core.policy import FAILSAFE_ERRNO, Facts, Op, decide, needs_settle
-from worm_fs.core.settle import is_unsettled, recently_changed
+from worm_fs.core.settle import Survey, Window, closed_itself, survey, window_open
 from worm_fs.errors import Corruption, NotFound, Refused, StorageError, WormError
 from worm_fs.store import ReadTxn, Store, WriteTxn, u64
 
 log = logging.getLogger(__name__)
+#: Counter of entries placed under another creator's directory (see ``placed``).
+MIXED_ENTRIES = "mixed_entries"
 
 #: A created file that no flush has stored yet is written by the group commit after this.
 UNBORN_MAX_AGE_S = 1.0
@@ -83,6 +85,7 @@ class CoreState:
         log: AuditLog,
         *,
         settle_s: float = 60.0,
+        settle_limit_s: float = 86_400.0,
         audit_reads_each: bool = False,
         retention_days: float = 0.0,
         clock: Any = time.time_ns,
@@ -90,6 +93,7 @@ class CoreState:
         self.store = store
         self.log = log
         self.settle_ns = int(settle_s * 1e9)
+        self.window = Window(self.settle_ns, int(settle_limit_s * 1e9))
         self.audit_reads_each = audit_reads_each
         self.clock = clock
         self.retention_ns = int(retention_days * 86_400 * 1e9)
@@ -134,7 +138,7 @@ class CoreState:
             tx.put_inode(ino, inode.to_bytes())
             tx.put_dirent(inode.parent, inode.name, ino)
             tx.set_writing(ino, True)
-            self.touch(tx, inode.parent, inode.ctime_ns, mtime=True)
+            self.placed(tx, inode, self.touch(tx, inode.parent, inode.ctime_ns, mtime=True))
             batch.add(record)
         if unborn:
             with self._lock:
@@ -329,17 +333,26 @@ class CoreState:
         base = self._path(txn, parent).rstrip("/")
         return f"{base}/{name.decode('utf-8', 'surrogateescape')}"
 
-    def touch(self, tx: WriteTxn, ino: int, now: int, *, mtime: bool = False) -> None:
+    def touch(self, tx: WriteTxn, ino: int, now: int, *, mtime: bool = False) -> Inode | None:
         """Mark ``ino`` itself as changed now (O(1): ancestors are not rewritten; see
-        :mod:`worm_fs.core.settle`); ``mtime`` also sets its mtime and ctime."""
+        :mod:`worm_fs.core.settle`); ``mtime`` also sets its mtime and ctime. Returns
+        the updated inode (None if it does not exist)."""
         raw = tx.get_inode(ino)
         if raw is None:
-            return
+            return None
         inode = Inode.from_bytes(raw)
         inode.changed_ns = now
         if mtime:
             inode.mtime_ns = inode.ctime_ns = now
         tx.put_inode(ino, inode.to_bytes())
+        return inode
+
+    def placed(self, tx: WriteTxn, entry: Inode, parent: Inode | None) -> None:
+        """Inside a job: ``entry`` was just created in, or moved into, ``parent``. Counts
+        entries placed under a directory of another creator (``mixed_entries``), so a
+        rename decided on an older snapshot can tell that its survey is stale."""
+        if parent is not None and parent.uid != entry.uid:
+            tx.add_counter(MIXED_ENTRIES, 1)
 
     def _new_ino(self, tx: ReadTxn) -> int:
         """A fresh inode number (the counter is stored by the transaction's hook or the
@@ -360,31 +373,37 @@ class CoreState:
     # ------------------------------------------------------------------ policy
     def _facts(
         self, txn: ReadTxn, op: Op, inode: Inode, caller: Caller, *,
-        subtree_unsettled: bool | None = None, **extra: bool,
+        below: Survey | None = None, **extra: bool,
     ) -> Facts:
         """The facts for deciding ``op``. The settle window is computed only when the
-        rule needs it; ``subtree_unsettled`` passes in a walk already done elsewhere
-        (then only the entry itself is looked at here)."""
+        rule needs it; ``below`` passes in a survey already done on a snapshot (then
+        only the entry itself is looked at here)."""
         is_creator = caller.uid == inode.uid
-        unsettled = False
-        if is_creator and needs_settle(op, inode) and self.settle_ns > 0:
-            if subtree_unsettled is None:
-                unsettled = is_unsettled(txn, inode, self.clock(), self.settle_ns,
-                                         self.inode_in, self._children)
-            else:
-                unsettled = subtree_unsettled or recently_changed(
-                    inode, self.clock(), self.settle_ns)
-        return Facts(is_creator=is_creator, unsettled=unsettled, **extra)
+        unsettled, closed = False, ""
+        if is_creator and needs_settle(op, inode):
+            now = self.clock()
+            if below is None:
+                below = self._survey(txn, op, inode, caller) or Survey()
+            unsettled, closed = window_open(inode, below, now, self.window)
+        return Facts(is_creator=is_creator, unsettled=unsettled, closed=closed, **extra)
 
-    def _subtree_unsettled(self, txn: ReadTxn, op: Op, inode: Inode, caller: Caller) -> bool:
-        """The settle walk of ``inode`` on a snapshot, for a job to use later."""
-        return self._facts(txn, op, inode, caller).unsettled
+    def _survey(self, txn: ReadTxn, op: Op, inode: Inode, caller: Caller) -> Survey | None:
+        """The settle survey of ``inode`` on a snapshot, for a job to use later (None
+        when the decision does not depend on it)."""
+        now = self.clock()
+        if caller.uid != inode.uid or not needs_settle(op, inode) \
+                or closed_itself(inode, now, self.window):
+            return None
+        return survey(txn, inode, now, self.window, self.inode_in, self._children)
 
     def _children(self, txn: ReadTxn, ino: int) -> list[int]:
-        """Entries of directory ``ino``: stored, and created but not yet stored."""
-        children = [child for _, child in txn.iter_dirents(ino)]
-        children += [c for (p, _), c in self._unborn_names.copy().items() if p == ino]
-        return children
+        """Entries of directory ``ino``: stored, just stored (the grace list, for a
+        snapshot begun before their commit) and created but not yet stored."""
+        children = dict.fromkeys(child for _, child in txn.iter_dirents(ino))
+        with self._lock:
+            recent = [*self._unborn_names.items(), *self._born_names.items()]
+        children.update(dict.fromkeys(c for (p, _), c in recent if p == ino))
+        return list(children)
 
     def _who(self, caller: Caller) -> dict[str, Any]:
         return {"uid": caller.uid, "gid": caller.gid, "pid": caller.pid, "comm": caller.comm}
@@ -400,10 +419,10 @@ class CoreState:
     ) -> None:
         err = decide(op, inode, facts)
         if err is not None:
-            raise self._refuse(
-                audit_op, err, caller, f"{op.value} refused on {inode.kind.value} "
-                f"({inode.state.value})", path=path, ino=inode.ino, **fields,
-            )
+            why = f"{op.value} refused on {inode.kind.value} ({inode.state.value})"
+            if facts.is_creator and facts.closed and needs_settle(op, inode):
+                why += f": {facts.closed}"
+            raise self._refuse(audit_op, err, caller, why, path=path, ino=inode.ino, **fields)
 
     def _check_name(self, op: str, parent: int, name: bytes, caller: Caller) -> None:
         """Refuse (audited) a new name the kernel should never send us anyway."""

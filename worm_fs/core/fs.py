@@ -37,7 +37,7 @@ from worm_fs.core.files import FileOps, wants_write
 from worm_fs.core.model import Inode, Kind
 from worm_fs.core.namespace import XATTR_STATE_DIR, NamespaceOps
 from worm_fs.core.paths import NAME_MAX, ROOT_INO, iso_time, path_of
-from worm_fs.core.sealing import SealOps
+from worm_fs.core.sealing import LAYOUTS_META, SealOps
 from worm_fs.core.storer import ChunkStorer
 from worm_fs.errors import UsageError
 from worm_fs.store import Store, u64
@@ -76,11 +76,12 @@ class WormCore(NamespaceOps, FileOps, SealOps):
         root = Inode(
             ino=ROOT_INO, kind=Kind.DIR, mode=0o755, uid=os.getuid(), gid=os.getgid(),
             parent=ROOT_INO, name=b"", atime_ns=now, mtime_ns=now, ctime_ns=now,
-            changed_ns=now,
+            changed_ns=now, born_ns=now,
         )
 
         def job(tx: Any, batch: Any) -> None:
             tx.put_meta("schema_version", str(SCHEMA_VERSION).encode())
+            tx.put_meta(LAYOUTS_META, b"1")  # a new store has no file without a layout
             tx.put_meta("store_id", secrets.token_hex(8).encode())
             tx.put_meta("next_ino", u64(ROOT_INO + 1))
             tx.put_inode(ROOT_INO, root.to_bytes())

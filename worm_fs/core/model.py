@@ -43,6 +43,9 @@ class Inode:
     mtime_ns: int = 0
     ctime_ns: int = 0
     changed_ns: int = 0
+    #: When the entry was created (0: stored before this was recorded). The settle
+    #: window closes at ``born_ns + --settle-limit`` whatever happens later.
+    born_ns: int = 0
     sealed_ns: int = 0
     sha256: str = ""
     #: A sealed file's layout digest (see :mod:`worm_fs.core.layout`); "" otherwise.

@@ -23,11 +23,13 @@ from dataclasses import asdict
 from typing import Any
 
 from worm_fs.audit.log import AuditBatch
-from worm_fs.core.base import CoreState
+from worm_fs.core.base import MIXED_ENTRIES, CoreState
+from worm_fs.core.committer import JobFn
 from worm_fs.core.handles import WriteHandle
 from worm_fs.core.model import AttrChange, Caller, Inode, Kind, State
 from worm_fs.core.paths import MAX_DEPTH, ROOT_INO, iso_time
 from worm_fs.core.policy import Facts, Op, decide
+from worm_fs.core.settle import Survey
 from worm_fs.errors import NotFound, WormError
 from worm_fs.store import ReadTxn, WriteTxn, u64
 
@@ -140,12 +142,12 @@ class NamespaceOps(CoreState):
         inode = Inode(
             ino=self._new_ino(tx), kind=kind, mode=mode & 0o7777, uid=caller.uid,
             gid=caller.gid, parent=parent, name=name, atime_ns=now, mtime_ns=now,
-            ctime_ns=now, changed_ns=now, **fields,
+            ctime_ns=now, changed_ns=now, born_ns=now, **fields,
         )
         tx.put_inode(inode.ino, inode.to_bytes())
         tx.put_dirent(parent, name, inode.ino)
         tx.put_meta("next_ino", u64(max(inode.ino + 1, tx.get_counter("next_ino"))))
-        self.touch(tx, parent, now, mtime=True)
+        self.placed(tx, inode, self.touch(tx, parent, now, mtime=True))
         return inode
 
     def create(
@@ -191,7 +193,7 @@ class NamespaceOps(CoreState):
             inode = Inode(
                 ino=self._next_ino, kind=Kind.FILE, mode=mode & 0o7777, uid=caller.uid,
                 gid=caller.gid, parent=parent, name=name, atime_ns=now, mtime_ns=now,
-                ctime_ns=now, changed_ns=now, state=State.WRITING, clean=False,
+                ctime_ns=now, changed_ns=now, born_ns=now, state=State.WRITING, clean=False,
                 extra={"writer": {"uid": caller.uid, "gid": caller.gid, "pid": caller.pid,
                                   "comm": caller.comm, "cmdline": list(caller.cmdline)}},
             )
@@ -286,21 +288,43 @@ class NamespaceOps(CoreState):
                     name=name.decode("utf-8", "surrogateescape"))
 
     # ------------------------------------------------------------------ rename
+    #: Surveys redone at most when entries keep arriving under a directory being renamed.
+    RENAME_ATTEMPTS = 4
+
     def rename(
         self, old_parent: int, old_name: bytes, new_parent: int, new_name: bytes, flags: int,
         caller: Caller, *, exchange: bool = False,
     ) -> None:
-        """Move an entry to a free name (a committer job: decided on the latest state)."""
+        """Move an entry to a free name (a committer job: decided on the latest state).
+
+        A directory's subtree is surveyed on a snapshot, not inside the job: the
+        committer must not stall every writer behind a large walk. The job then checks
+        that nothing was placed under another creator's directory since (the
+        ``mixed_entries`` counter) and that no such file is being created in a surveyed
+        directory; if either happened, the survey is redone.
+        """
         self._check_name("rename", new_parent, new_name, caller)
         self.require_writable("rename", caller)
-        # A directory's subtree is walked here, on a snapshot, not inside the job: the
-        # committer must not stall every writer behind a large walk.
+        for _ in range(self.RENAME_ATTEMPTS):
+            with self.store.read() as rt:
+                seen = self._child(rt, old_parent, old_name)
+                below = None if seen is None else self._survey(
+                    rt, Op.RENAME, self.inode_in(rt, seen), caller)
+                mixed = rt.get_counter(MIXED_ENTRIES)
+            if self.commit(self._rename_job(old_parent, old_name, new_parent, new_name, flags,
+                                            caller, exchange, seen, below, mixed)):
+                return
         with self.store.read() as rt:
-            seen = self._child(rt, old_parent, old_name)
-            below = seen is not None and self._subtree_unsettled(
-                rt, Op.RENAME, self.inode_in(rt, seen), caller)
+            path = self._child_path(rt, old_parent, old_name)
+        raise self._refuse("rename", errno.EBUSY, caller, "entries kept arriving below it "
+                           "while the rename was checked; try again", path=path)
 
-        def job(tx: WriteTxn, batch: AuditBatch) -> None:
+    def _rename_job(
+        self, old_parent: int, old_name: bytes, new_parent: int, new_name: bytes, flags: int,
+        caller: Caller, exchange: bool, seen: int | None, below: Survey | None, mixed: int,
+    ) -> JobFn:
+        def job(tx: WriteTxn, batch: AuditBatch) -> bool:
+            """False: the survey is stale (nothing changed, nothing recorded)."""
             path = self._child_path(tx, old_parent, old_name)
             new_path = self._child_path(tx, new_parent, new_name)
             paths = {"path": path, "new_path": new_path, "flags": flags}
@@ -310,8 +334,11 @@ class NamespaceOps(CoreState):
             inode = self.inode_in(tx, child)
             if exchange or not self._claim_in_job(tx, new_parent, new_name):
                 self._check(Op.RENAME_OVER, "rename", inode, Facts(), caller, **paths)
-            facts = self._facts(tx, Op.RENAME, inode, caller,
-                                subtree_unsettled=below and child == seen)
+            if below is not None and (child != seen or tx.get_counter(MIXED_ENTRIES) != mixed
+                                      or self._foreign_unborn(below.dirs, inode.uid)):
+                return False
+            facts = self._facts(tx, Op.RENAME, inode, caller, below=below or Survey(
+                closed="it changed while the rename was checked; try again"))
             self._check(Op.RENAME, "rename", inode, facts, caller, **paths)
             dest = self.inode_in(tx, new_parent)
             if dest.kind is not Kind.DIR:
@@ -327,11 +354,19 @@ class NamespaceOps(CoreState):
             stored.parent, stored.name, stored.ctime_ns = new_parent, new_name, now
             tx.put_inode(inode.ino, stored.to_bytes())
             self.touch(tx, old_parent, now, mtime=True)
-            if new_parent != old_parent:
-                self.touch(tx, new_parent, now, mtime=True)
+            moved_to = self.touch(tx, new_parent, now, mtime=True) \
+                if new_parent != old_parent else None
+            self.placed(tx, stored, moved_to)
             batch.add(self.log.stamp("rename", ino=inode.ino, **paths, **self._who(caller)))
+            return True
 
-        self.commit(job)
+        return job
+
+    def _foreign_unborn(self, dirs: frozenset[int], uid: int) -> bool:
+        """Whether a file of another creator is being created in one of ``dirs``."""
+        with self._lock:
+            unborn = [inode for inode, _, _ in self._unborn.values()]
+        return any(inode.parent in dirs and inode.uid != uid for inode in unborn)
 
     def _is_under(self, txn: ReadTxn, ino: int, ancestor: int) -> bool:
         for _ in range(MAX_DEPTH):

@@ -113,6 +113,8 @@ class Facts:
     unsettled: bool = False
     via_writer: bool = False
     is_noop: bool = False
+    #: Why the settle window is closed, for the refusal's message.
+    closed: str = ""
 
 
 #: After detected corruption or a storage I/O error the store goes failsafe: reads go on,

@@ -1,26 +1,62 @@
 """The settle window: whether an entry may still be renamed or have its times and mode set.
 
-An entry is *unsettled* while it, or for a directory anything below it, changed less
-than ``settle`` seconds ago; a file being written is always unsettled. Which operations
-the window allows is decided in :mod:`worm_fs.core.policy`; this module only computes it.
+Which operations the window allows is decided in :mod:`worm_fs.core.policy` (only for
+the entry's creator); this module computes whether the window is open. It is open when
+all of these hold:
 
-A change updates the entry itself (and its parent directory's times when a name is
-added or removed), never every ancestor: "anything below changed" is found by walking
-the directory's subtree here, when a rule needs it (a rename, chmod or utimes of a
-directory by its creator), instead of on every write. The walk stops at the first
-recent change. A subtree larger than :data:`MAX_WALK` entries counts as settled (the
-conservative answer: the rename is refused).
+1. ``--settle`` is not 0;
+2. the entry was created less than ``--settle-limit`` seconds ago: activity can keep a
+   window open at most that long after the entry's creation (``born_ns``; an entry
+   stored without one counts as created long ago);
+3. neither the entry, an ancestor nor, for a directory, anything below it is under
+   legal hold;
+4. for a directory: everything below it was created by the directory's creator, so
+   what one user does can never keep another user's entries movable (an entry's
+   ``uid`` is its creator: a real change of owner is refused);
+5. the entry, or for a directory anything below it, changed less than ``--settle``
+   seconds ago (``changed_ns``), or it is a file still being written.
+
+A change updates the entry itself (and its parent directory when a name is added or
+removed), never every ancestor: what is below a directory is found by :func:`survey`,
+which walks the subtree when a rule needs it (a rename, chmod or utimes of a directory
+by its creator). A subtree larger than :data:`MAX_WALK` entries closes the window (the
+conservative answer: the operation is refused).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from worm_fs.core.model import Inode, Kind, State
+from worm_fs.core.paths import MAX_DEPTH, ROOT_INO
+from worm_fs.errors import NotFound
 from worm_fs.store import ReadTxn
 
-#: Entries visited at most when deciding whether a directory's subtree is unsettled.
+#: Entries visited at most when surveying a directory's subtree.
 MAX_WALK = 100_000
+
+Load = Callable[[ReadTxn, int], Inode]
+Children = Callable[[ReadTxn, int], list[int]]
+
+
+@dataclass(frozen=True)
+class Window:
+    settle_ns: int
+    #: How long after an entry's creation its window may stay open at most.
+    limit_ns: int
+
+
+@dataclass(frozen=True)
+class Survey:
+    """What is above and below an entry, as one snapshot saw it."""
+
+    #: Why the window is closed whatever the times say ("" if nothing closes it).
+    closed: str = ""
+    #: Something below changed within the settle window (or is being written).
+    recent_below: bool = False
+    #: The directories walked (the entry's own included), for re-checking a snapshot.
+    dirs: frozenset[int] = frozenset()
 
 
 def recently_changed(inode: Inode, now_ns: int, settle_ns: int) -> bool:
@@ -29,31 +65,70 @@ def recently_changed(inode: Inode, now_ns: int, settle_ns: int) -> bool:
     return now_ns - inode.changed_ns < settle_ns
 
 
-def is_unsettled(
-    txn: ReadTxn, inode: Inode, now_ns: int, settle_ns: int,
-    load: Callable[[ReadTxn, int], Inode], children: Callable[[ReadTxn, int], list[int]],
-) -> bool:
-    """Whether ``inode`` is inside its settle window (see the module docstring).
+def held(inode: Inode) -> bool:
+    return bool(inode.extra.get("hold"))
 
-    ``load(txn, ino)`` and ``children(txn, ino)`` see entries as the core does
-    (including files created but not yet stored).
-    """
-    if settle_ns <= 0:
-        return False
-    if recently_changed(inode, now_ns, settle_ns):
-        return True
+
+def survey(txn: ReadTxn, inode: Inode, now_ns: int, window: Window, load: Load,
+           children: Children) -> Survey:
+    """Look at ``inode``'s ancestors (holds) and, for a directory, its whole subtree
+    (holds, creators, recent changes). ``load(txn, ino)`` and ``children(txn, ino)``
+    see entries as the core does (including files created but not yet stored)."""
+    ino = inode.parent
+    for _ in range(MAX_DEPTH + 1 if inode.ino != ROOT_INO else 0):
+        above = load(txn, ino)
+        if held(above):
+            return Survey(closed="a directory above it is under legal hold")
+        if ino == ROOT_INO:
+            break
+        ino = above.parent
     if inode.kind is not Kind.DIR:
-        return False
+        return Survey()
+    recent = False
+    dirs = {inode.ino}
     todo = [inode.ino]
     seen = 0
     while todo:
         for child in children(txn, todo.pop()):
             seen += 1
             if seen > MAX_WALK:
-                return False
-            node = load(txn, child)
-            if recently_changed(node, now_ns, settle_ns):
-                return True
+                return Survey(closed=f"it holds more than {MAX_WALK} entries")
+            try:
+                node = load(txn, child)
+            except NotFound:  # deleted since the snapshot's names were listed
+                continue
+            if node.uid != inode.uid:
+                return Survey(closed="it holds entries created by another user")
+            if held(node):
+                return Survey(closed="an entry below it is under legal hold")
+            recent = recent or recently_changed(node, now_ns, window.settle_ns)
             if node.kind is Kind.DIR:
+                dirs.add(node.ino)
                 todo.append(node.ino)
-    return False
+    return Survey(recent_below=recent, dirs=frozenset(dirs))
+
+
+def closed_itself(inode: Inode, now_ns: int, window: Window) -> str:
+    """Why the entry's own facts close its window ("" if they do not): then no survey
+    is needed."""
+    if window.settle_ns <= 0:
+        return "the settle window is off (--settle 0)"
+    if held(inode):
+        return "it is under legal hold"
+    if now_ns - inode.born_ns >= window.limit_ns:
+        return f"it was created more than {window.limit_ns / 1e9:g} s ago (--settle-limit)"
+    return ""
+
+
+def window_open(inode: Inode, below: Survey, now_ns: int, window: Window) -> tuple[bool, str]:
+    """Whether ``inode``'s window is open, given a :func:`survey`; else why not."""
+    closed = closed_itself(inode, now_ns, window)
+    if closed:
+        return False, closed
+    if below.closed:
+        return False, below.closed
+    if recently_changed(inode, now_ns, window.settle_ns) or below.recent_below:
+        return True, ""
+    return False, (f"it is settled: nothing in it changed for {window.settle_ns / 1e9:g} s"
+                   if inode.kind is Kind.DIR else
+                   f"it is settled: unchanged for {window.settle_ns / 1e9:g} s")
