@@ -574,30 +574,41 @@ def cmd_seal_env(args: argparse.Namespace) -> int:
 
 def cmd_manifest_create(args: argparse.Namespace) -> int:
     from worm_fs.audit.anchor import load_key
-    from worm_fs.manifest import build, scan_sealed_tree, sign
+    from worm_fs.manifest import build, scan_sealed_tree, shown, sign
 
     root = Path(args.path)
     loc = locate(root, allow_state_dir=False)
     if not root.is_dir():
         raise UsageError(f"{root} is not a directory")
-    entries = scan_sealed_tree(root)
-    if not entries:
+    tree = scan_sealed_tree(root, allow_external_links=args.allow_external_links)
+    if not tree.files and not tree.links:
         raise UsageError(f"{root} holds no sealed files")
     key = load_key(loc.state_dir)
     note = _checkpoint_now(loc)  # covers every seal made so far
-    envelope = sign(build(entries, note, key.name), key)
+    envelope = sign(build(tree, note, key.name), key)
     text = json.dumps(envelope, indent=2) + "\n"
+    for link in tree.links:
+        if not link.covered:
+            print(f"worm-fs: warning: {shown(link.path)} -> {shown(link.target)} points "
+                  "outside the tree: signed as not covered", file=sys.stderr)
     if args.output:
         Path(args.output).write_text(text)
-        print(f"signed manifest of {len(entries)} file(s) written to {args.output}",
-              file=sys.stderr)
+        print(f"signed manifest of {len(tree.files)} file(s) and {len(tree.links)} "
+              f"symlink(s) written to {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(text)
     return 0
 
 
 def cmd_manifest_verify(args: argparse.Namespace) -> int:
-    from worm_fs.manifest import ManifestError, check_checkpoint, compare, open_envelope
+    from worm_fs.manifest import (
+        ManifestError,
+        check_checkpoint,
+        compare,
+        open_envelope,
+        shown,
+        signed_links,
+    )
 
     try:
         envelope = json.loads(Path(args.manifest).read_text())
@@ -626,15 +637,29 @@ def cmd_manifest_verify(args: argparse.Namespace) -> int:
     if why:
         problems.append(why)
     result = compare(statement, root)
-    problems += [f"missing: {p}" for p in result.missing]
-    problems += [f"extra: {p}" for p in result.extra]
-    problems += [f"changed: {p}" for p in result.changed]
+    problems += [f"missing: {shown(p)}" for p in result.missing]
+    problems += [f"extra: {shown(p)}" for p in result.extra]
+    problems += [f"changed: {shown(p)}" for p in result.changed]
+    problems += [f"missing link: {shown(p)}" for p in result.missing_links]
+    problems += [f"extra link: {shown(p)} -> {shown(t)}" for p, t in result.extra_links]
+    problems += [f"changed link: {shown(k.path)} -> {shown(t)} (signed: {shown(k.target)})"
+                 for k, t in result.retargeted]
+    problems += [f"changed: {shown(p)} (signed as a file, now a link -> {shown(t)})"
+                 for p, t in result.now_links]
+    problems += [f"changed: {shown(k.path)} (signed as a link -> {shown(k.target)}, now a "
+                 "file)" for k in result.now_files]
+    warnings = [f"link {shown(k.path)} -> {shown(k.target)} points outside the tree: its "
+                "target's content is not covered by the manifest" for k in result.not_covered]
     data = {"ok": not problems, "files": len(statement["subject"]), "checked": result.checked,
-            "problems": problems}
+            "links": len(signed_links(statement)), "links_checked": result.links_checked,
+            "problems": problems, "warnings": warnings}
+    links = (f" and {result.links_checked} of {data['links']} symlink(s)" if data["links"]
+             else "")
     emit(args, data, lambda d: "\n".join(
+        [f"WARNING {w}" for w in d["warnings"]] +
         [f"FAILED {p}" for p in d["problems"]] +
-        [f"{d['checked']} of {d['files']} file(s) match the signed manifest" if d["ok"] else
-         f"manifest verification FAILED ({len(d['problems'])} problem(s))"]))
+        [f"{d['checked']} of {d['files']} file(s){links} match the signed manifest"
+         if d["ok"] else f"manifest verification FAILED ({len(d['problems'])} problem(s))"]))
     return errors.EXIT_OK if not problems else errors.EXIT_CHECK_FAILED
 
 
@@ -793,15 +818,24 @@ def build_parser() -> argparse.ArgumentParser:
     mansub = manp.add_subparsers(dest="manifest_command", metavar="ACTION", required=True)
     p = mansub.add_parser("create", help="sign a manifest of a sealed tree",
                           description="Write a DSSE-signed in-toto statement listing every file "
-                          "below PATH (path, size, SHA-256, seal time and seq) with a "
-                          "checkpoint covering the seals. Needs the store's key (root).")
+                          "below PATH (path, size, SHA-256, seal time and seq) and every "
+                          "symlink (path, target) with a checkpoint covering the seals. "
+                          "Refuses unsealed files, and symlinks whose target leaves PATH "
+                          "(absolute, or above PATH after following the tree's own links) "
+                          "unless --allow-external-links. Needs the store's key (root). "
+                          "Exit 0 when written, 2 when refused or on usage errors.")
     p.add_argument("path", metavar="PATH", help="a directory in a worm-fs mount")
     p.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+    p.add_argument("--allow-external-links", action="store_true",
+                   help="sign symlinks that point outside PATH, marked as not covered: "
+                   "their target strings are checked, what they point at is not")
     p.set_defaults(func=cmd_manifest_create)
     p = mansub.add_parser("verify", help="check a directory against a manifest",
                           description="Check DIR (the mount or a copy anywhere) against "
-                          "MANIFEST: signature, missing, extra and changed files. Exit 0 if "
-                          "all match, 1 otherwise, 2 on usage errors.")
+                          "MANIFEST: signature, missing, extra and changed files and "
+                          "symlinks (a link by its target string; one signed as pointing "
+                          "outside the tree gets a warning, its target's content is not "
+                          "covered). Exit 0 if all match, 1 otherwise, 2 on usage errors.")
     p.add_argument("manifest", metavar="MANIFEST")
     p.add_argument("dir", metavar="DIR")
     p.add_argument("--pubkey", metavar="KEY|FILE",
