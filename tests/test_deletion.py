@@ -123,8 +123,19 @@ def test_rejected_requests_can_never_be_approved(store: Mount) -> None:
     assert (store.path / "runs" / "old.bin").exists()
 
 
+def hold_directory(m: Mount, path: str, requester=CAROL, approver=DAVE) -> str:
+    """A hold on a directory: one admin requests it, another approves it."""
+    code, out, err = as_user(requester, "hold", "set", str(m.path / path), "--reason",
+                             "lawsuit")
+    assert code == 0, err
+    rid = out.split()[0]
+    code, _, err = as_user(approver, "delete", "approve", str(m.path), rid)
+    assert code == 0, err
+    return rid
+
+
 def test_a_legal_hold_blocks_approval_until_cleared(store: Mount) -> None:
-    assert as_user(CAROL, "hold", "set", str(store.path / "runs"), "--reason", "lawsuit")[0] == 0
+    hold_directory(store, "runs")
     st = json.loads(run_cli("stat", str(store.path / "runs" / "old.bin"), "--json").stdout)
     rid = request(store, ALICE, "runs/old.bin")  # the hold is on the directory above
     code, _, err = as_user(DAVE, "delete", "approve", str(store.path), rid)
@@ -250,3 +261,54 @@ def test_admin_ops_on_the_request_socket_are_audited(store: Mount) -> None:
     time.sleep(0.2)
     refused = [r for r in records(store) if r["op"] == "hold_set"]
     assert refused and refused[-1]["result"] == "EPERM"
+
+
+def test_retention_or_a_hold_on_a_directory_needs_a_second_admin(store: Mount) -> None:
+    code, out, err = as_user(CAROL, "retain", str(store.path), "--until", "2999-01-01")
+    assert code == 3 and "maximum of 36525 days" in err  # beyond 100 years: refused
+    code, out, _ = as_user(CAROL, "retain", str(store.path / "runs"), "--until", "2100-01-01")
+    assert code == 0 and "another admin must approve" in out
+    rid = out.split()[0]
+    st = json.loads(run_cli("stat", str(store.path / "runs" / "old.bin"), "--json").stdout)
+    assert not st.get("retain_until")  # nothing applies until it is approved
+    code, _, err = as_user(CAROL, "delete", "approve", str(store.path), rid)
+    assert code == 3 and "must not be the requester" in err
+    code, out, _ = as_user(DAVE, "delete", "list", str(store.path), "--json")
+    listed = {r["id"]: r for r in json.loads(out)}
+    assert listed[rid]["kind"] == "retain" and listed[rid]["state"] == "pending"
+    assert as_user(DAVE, "delete", "approve", str(store.path), rid)[0] == 0
+    rid2 = request(store, ALICE, "runs/old.bin")
+    code, _, err = as_user(CAROL, "delete", "approve", str(store.path), rid2)
+    assert code == 3 and "retained until 2100-01-01" in err
+    # a hold request can be rejected; then nothing is held
+    code, out, _ = as_user(DAVE, "hold", "set", str(store.path / "runs"), "--reason", "x")
+    hold_rid = out.split()[0]
+    assert as_user(CAROL, "delete", "reject", str(store.path), hold_rid, "--reason",
+                   "no")[0] == 0
+    ops = [(r["op"], r.get("request_id")) for r in records(store)]
+    assert ("retain_request", rid) in ops and ("retain_approve", rid) in ops
+    assert ("hold_request", hold_rid) in ops and ("hold_reject", hold_rid) in ops
+    assert not [r for r in records(store) if r["op"] == "hold_set"]
+    retains = [r for r in records(store) if r["op"] == "retain" and r["result"] == "ok"]
+    assert [(r["path"], r["request_id"], r["approved_by_uid"]) for r in retains] == [
+        ("/runs", rid, DAVE[0])]
+
+
+def test_retention_of_a_file_by_one_admin_is_capped(store: Mount) -> None:
+    code, _, err = as_user(CAROL, "retain", str(store.path / "keep.bin"), "--until",
+                           "3000-01-01")
+    assert code == 3 and "--max-retention" in err
+    code, out, err = as_user(CAROL, "retain", str(store.path / "keep.bin"), "--until",
+                             "2100-01-01")
+    assert code == 0 and "retained until 2100-01-01" in out, err
+
+
+def test_a_lower_maximum_retention_is_enforced(store_factory) -> None:
+    m = store_factory("--max-retention", "10")
+    (m.path / "f").write_bytes(b"f")
+    wait_sealed(m.path / "f")
+    soon = time.strftime("%Y-%m-%d", time.gmtime(time.time() + 5 * 86400))
+    late = time.strftime("%Y-%m-%d", time.gmtime(time.time() + 20 * 86400))
+    assert as_user(CAROL, "retain", str(m.path / "f"), "--until", soon)[0] == 0
+    code, _, err = as_user(CAROL, "retain", str(m.path / "f"), "--until", late)
+    assert code == 3 and "maximum of 10 days" in err

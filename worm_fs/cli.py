@@ -64,6 +64,9 @@ def _check_mount_args(args: argparse.Namespace) -> tuple[Path, Path]:
         raise UsageError("--settle-limit must be more than 0 seconds")
     if args.retention < 0 or args.request_ttl <= 0:
         raise UsageError("--retention must be 0 or more days, --request-ttl more than 0")
+    if not 0 < args.max_retention <= 36_525 or args.retention > args.max_retention:
+        raise UsageError("--max-retention must be more than 0 and at most 36525 days (100 "
+                         "years), and at least --retention")
     from worm_fs.daemon import resolve_group
 
     resolve_group(args.admin_group)
@@ -106,6 +109,7 @@ def _mount_options(args: argparse.Namespace) -> Any:
         checkpoint_seconds=args.checkpoint_seconds,
         admin_group=args.admin_group,
         retention_days=args.retention,
+        max_retention_days=args.max_retention,
         request_ttl_days=args.request_ttl,
         runtime_dir=Path(args.runtime_dir) if args.runtime_dir else None,
         read_ahead_kib=args.read_ahead_kib,
@@ -491,9 +495,14 @@ def _parse_date(text: str) -> int:
 
 
 def _request_line(r: dict[str, Any]) -> str:
-    return (f"{r['id']}  {r['state']:<8} {r['path']}  by uid {r['requester_uid']}  "
-            f"{r['files']} file(s), frees {_human_bytes(r['bytes_freed'])}  "
-            f"created {r['created_at']}  reason: {r['reason']}")
+    from worm_fs.core.paths import iso_time
+
+    kind = r.get("kind", "delete")
+    what = (f"{r['files']} file(s), frees {_human_bytes(r['bytes_freed'])}" if kind == "delete"
+            else f"until {iso_time(r['extra']['until_ns'])}" if kind == "retain"
+            else "legal hold")
+    return (f"{r['id']}  {kind:<6} {r['state']:<8} {r['path']}  by uid {r['requester_uid']}  "
+            f"{what}  created {r['created_at']}  reason: {r['reason']}")
 
 
 def cmd_delete_request(args: argparse.Namespace) -> int:
@@ -516,9 +525,17 @@ def cmd_delete_decide(args: argparse.Namespace) -> int:
     sock, _ = _control(args.path, admin=True)
     op = "delete_approve" if args.decision == "approve" else "delete_reject"
     r = control_call(sock, op, id=args.id, reason=args.reason or "")
-    verb = "approved and deleted" if op == "delete_approve" else "rejected"
+    kind = r.get("kind", "delete")
+    verb = "rejected" if op == "delete_reject" else \
+        {"delete": "approved and deleted", "retain": "approved retention of",
+         "hold": "approved a legal hold on"}[kind]
     emit(args, r, lambda r: f"{verb} request {r['id']} ({r['path']})")
     return 0
+
+
+def _second_admin(req: dict[str, Any], what: str) -> str:
+    return (f"{req['id']}\nrequested {what}; it covers everything below it, so another "
+            f"admin must approve it: worm-fs delete approve {req['id']}")
 
 
 def cmd_hold(args: argparse.Namespace) -> int:
@@ -526,8 +543,9 @@ def cmd_hold(args: argparse.Namespace) -> int:
     if args.action == "set":
         if not args.reason:
             raise UsageError("hold set needs --reason")
-        control_call(sock, "hold_set", path=rel, reason=args.reason)
-        print(f"legal hold set on {rel}")
+        req = control_call(sock, "hold_set", path=rel, reason=args.reason)
+        print(_second_admin(req, f"a legal hold on {rel}") if req else
+              f"legal hold set on {rel}")
     else:
         control_call(sock, "hold_clear", path=rel)
         print(f"legal hold cleared on {rel}")
@@ -536,8 +554,11 @@ def cmd_hold(args: argparse.Namespace) -> int:
 
 def cmd_retain(args: argparse.Namespace) -> int:
     sock, rel = _control(args.path, admin=True)
-    until = control_call(sock, "retain", path=rel, until_ns=_parse_date(args.until))
-    print(f"{rel} retained until {until}")
+    r = control_call(sock, "retain", path=rel, until_ns=_parse_date(args.until),
+                     reason=args.reason or "")
+    req = r["request"]
+    print(_second_admin(req, f"retention of {rel} until {r['until']}") if req else
+          f"{rel} retained until {r['until']}")
     return 0
 
 
@@ -778,7 +799,10 @@ def build_parser() -> argparse.ArgumentParser:
     delp = sub.add_parser("delete", help="the two-person deletion procedure",
                           description="Nothing is deleted through the mount. A user requests "
                           "a deletion; an admin who is not the requester approves (or "
-                          "rejects) it; legal holds and retention block approval.")
+                          "rejects) it; legal holds and retention block approval. "
+                          "Requests for retention or a legal hold on a directory (from "
+                          "'worm-fs retain' and 'worm-fs hold set') are listed, approved "
+                          "and rejected here too.")
     delsub = delp.add_subparsers(dest="delete_command", metavar="ACTION", required=True)
     p = delsub.add_parser("request", help="ask for PATH (a file or a whole directory) to go",
                           description="Request deletion of PATH; prints the request id.")
@@ -787,8 +811,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_delete_request)
     p = delsub.add_parser("list", help="requests and their states",
-                          description="List deletion requests: pending, approved, rejected, "
-                          "expired.")
+                          description="List requests (deletions, and retention or holds "
+                          "on directories): pending, approved, rejected, expired.")
     p.add_argument("path", metavar="PATH", help="the mountpoint or any path in it")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_delete_list)
@@ -845,7 +869,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("hold", help="set or clear a legal hold (admins)",
                        description="A legal hold on PATH (and everything below it) blocks "
-                       "the approval of any deletion covering it.")
+                       "the approval of any deletion covering it, and renames. On a file "
+                       "it applies at once; on a directory it is a request that another "
+                       "admin approves with 'worm-fs delete approve ID'. Clearing needs "
+                       "one admin.")
     p.add_argument("action", choices=("set", "clear"))
     p.add_argument("path", metavar="PATH")
     p.add_argument("--reason", help="required for set")
@@ -853,9 +880,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("retain", help="extend retention (admins)",
                        description="Retain PATH (and everything below it) until DATE. "
-                       "Retention can be extended, never shortened.")
+                       "Retention can be extended, never shortened, and never beyond the "
+                       "mount's --max-retention (default 100 years) from now. On a file it "
+                       "applies at once; on a directory it is a request that another admin "
+                       "approves with 'worm-fs delete approve ID'.")
     p.add_argument("path", metavar="PATH")
     p.add_argument("--until", required=True, metavar="DATE", help="YYYY-MM-DD or ISO 8601")
+    p.add_argument("--reason", help="recorded with a request for a directory")
     p.set_defaults(func=cmd_retain)
     return parser
 

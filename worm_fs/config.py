@@ -40,6 +40,8 @@ MOUNT_SETTINGS: tuple[Setting, ...] = (
             "deletions, set holds and extend retention; root always may", "GROUP"),
     Setting("retention", float, 0.0, "keep every sealed file at least DAYS after its seal "
             "(default 0)", "DAYS"),
+    Setting("max_retention", float, 36_525.0, "no retention may end more than DAYS from "
+            "now (default 36525: 100 years)", "DAYS"),
     Setting("request_ttl", float, 7.0, "deletion requests expire after DAYS (default 7)",
             "DAYS"),
     Setting("checkpoint_records", int, 10_000, "sign a checkpoint after N new records "

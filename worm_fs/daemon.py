@@ -64,6 +64,7 @@ class MountOptions:
     checkpoint_seconds: float = 300.0
     admin_group: str | None = None
     retention_days: float = 0.0
+    max_retention_days: float = 36_525.0
     request_ttl_days: float = 7.0
     runtime_dir: Path | None = None
     read_ahead_kib: int = 4096
@@ -183,6 +184,7 @@ class Daemon:
         self.deletions = Deletions(
             self.core, admin_gids=frozenset() if admin_gid is None else frozenset({admin_gid}),
             request_ttl_s=options.request_ttl_days * 86_400, make_room=self.reserve.release,
+            max_retention_days=options.max_retention_days,
         )
         self.runtime_dir = options.runtime_dir or Path("/run/worm-fs") / self.store_id
         self.control = ControlServer(self.deletions, on_removed=self._forget_removed,

@@ -68,6 +68,11 @@ def request_view(req: Any, state: str | None = None) -> dict[str, Any]:
     return view
 
 
+def _maybe_view(req: Any) -> dict[str, Any] | None:
+    """A request's view, for operations that need a second admin only sometimes."""
+    return None if req is None else request_view(req)
+
+
 class ControlServer:
     def __init__(
         self, deletions: Deletions, *, on_removed: Callable[[Removed], None],
@@ -90,9 +95,11 @@ class ControlServer:
             "delete_approve": self._delete_approve,
             "delete_reject": lambda a, w: request_view(
                 self.deletions.reject(a["id"], w, a["reason"])),
-            "hold_set": lambda a, w: self.deletions.hold_set(a["path"], w, a["reason"]),
+            "hold_set": lambda a, w: _maybe_view(
+                self.deletions.hold_set(a["path"], w, a["reason"])),
             "hold_clear": lambda a, w: self.deletions.hold_clear(a["path"], w),
-            "retain": lambda a, w: iso_time(self.deletions.retain(a["path"], w, a["until_ns"])),
+            "retain": lambda a, w: {"until": iso_time(a["until_ns"]), "request": _maybe_view(
+                self.deletions.retain(a["path"], w, a["until_ns"], a.get("reason", "")))},
         }
 
     # ------------------------------------------------------------------ ops

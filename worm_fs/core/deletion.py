@@ -31,6 +31,10 @@ from worm_fs.core.paths import ROOT_INO, iso_time, path_of
 from worm_fs.errors import NoSpace, NotFound, Refused, UsageError
 from worm_fs.store import ReadTxn, WriteTxn, release_chunk
 
+#: What a request asks for. Deletions, and retention or holds on a directory (which
+#: cover everything below it), need a second admin's approval.
+KINDS = ("delete", "retain", "hold")
+
 
 @dataclass
 class DeletionRequest:
@@ -52,6 +56,12 @@ class DeletionRequest:
     decision_reason: str = ""
     decided_ns: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    #: One of :data:`KINDS`; retain requests carry ``extra["until_ns"]``.
+    kind: str = "delete"
+
+    def op(self, verb: str) -> str:
+        """The audit op of ``verb`` for this kind: ``delete_approve``, ``retain_request``..."""
+        return f"{self.kind}_{verb}"
 
     def to_bytes(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True).encode()
@@ -62,6 +72,10 @@ class DeletionRequest:
 
     def shown_state(self, now: int) -> str:
         return "expired" if self.state == "pending" and now >= self.expires_ns else self.state
+
+
+#: The longest retention anyone can set, from now (100 years, as SnapLock caps it).
+MAX_RETENTION_DAYS = 36_525.0
 
 
 @dataclass(frozen=True)
@@ -80,11 +94,14 @@ class Deletions:
     def __init__(
         self, core: WormCore, *, admin_gids: frozenset[int] = frozenset(),
         request_ttl_s: float = 7 * 86_400, make_room: Callable[[], bool] = lambda: False,
+        max_retention_days: float = MAX_RETENTION_DAYS,
     ) -> None:
         self.core = core
         self.make_room = make_room
         self.admin_gids = admin_gids
         self.request_ttl_ns = int(request_ttl_s * 1e9)
+        self.max_retention_days = max_retention_days
+        self.max_retention_ns = int(max_retention_days * 86_400 * 1e9)
 
     # ------------------------------------------------------------------ helpers
     def is_admin(self, who: Caller) -> bool:
@@ -198,21 +215,34 @@ class Deletions:
             cover = self._coverage(rt, ino)
             where = path_of(rt, ino)
 
+        return self._new_request("delete", where, ino, reason, who, cover)
+
+    def _new_request(
+        self, kind: str, where: str, ino: int, reason: str, who: Caller,
+        cover: Coverage | None = None, **extra: Any,
+    ) -> DeletionRequest:
+        """Store a pending request (a committer job) and record it."""
         def job(tx: WriteTxn, batch: Any) -> DeletionRequest:
             now = advance_clock(tx, self.core.clock())
             req = DeletionRequest(
                 id=secrets.token_hex(6), state="pending", path=where, ino=ino,
                 requester_uid=who.uid, requester_pid=who.pid, requester_comm=who.comm,
                 reason=reason, created_ns=now, expires_ns=now + self.request_ttl_ns,
-                files=cover.files, entries=len(cover.entries),
-                logical_bytes=cover.logical_bytes, bytes_freed=cover.bytes_freed,
+                files=cover.files if cover else 0,
+                entries=len(cover.entries) if cover else 0,
+                logical_bytes=cover.logical_bytes if cover else 0,
+                bytes_freed=cover.bytes_freed if cover else 0, kind=kind, extra=dict(extra),
             )
-            req.extra["entries_digest"] = _entries_digest(cover)
+            fields: dict[str, Any] = {}
+            if cover is not None:
+                req.extra["entries_digest"] = _entries_digest(cover)
+                fields = {"files": req.files, "bytes_freed": req.bytes_freed}
+            if "until_ns" in extra:
+                fields["until"] = iso_time(extra["until_ns"])
             tx.put_deletion(req.id.encode(), req.to_bytes())
             batch.add(self.core.log.stamp(
-                "delete_request", request_id=req.id, path=req.path, ino=ino, reason=reason,
-                files=req.files, bytes_freed=req.bytes_freed, uid=who.uid, gid=who.gid,
-                pid=who.pid, comm=who.comm,
+                req.op("request"), request_id=req.id, path=req.path, ino=ino, reason=reason,
+                **fields, uid=who.uid, gid=who.gid, pid=who.pid, comm=who.comm,
             ))
             return req
 
@@ -236,13 +266,13 @@ class Deletions:
             req = self._load(tx, request_id)
             now = advance_clock(tx, self.core.clock())
             if req.shown_state(now) != "pending":
-                raise self._refuse("delete_reject", errno.EPERM, who,
+                raise self._refuse(req.op("reject"), errno.EPERM, who,
                                    f"request is {req.shown_state(now)}", request_id=request_id)
             req.state, req.decided_by_uid = "rejected", who.uid
             req.decision_reason, req.decided_ns = reason, now
             tx.put_deletion(req.id.encode(), req.to_bytes())
             batch.add(self.core.log.stamp(
-                "delete_reject", request_id=req.id, path=req.path, reason=reason,
+                req.op("reject"), request_id=req.id, path=req.path, reason=reason,
                 uid=who.uid, gid=who.gid, pid=who.pid, comm=who.comm,
             ))
             return req
@@ -278,15 +308,18 @@ class Deletions:
             if state == "expired" and req.state == "pending":
                 req.state = "expired"
                 tx.put_deletion(req.id.encode(), req.to_bytes())
-                batch.add(self.core.log.stamp("delete_expire", **fields))
+                batch.add(self.core.log.stamp(req.op("expire"), **fields))
                 return req, None  # refused below, once the expiry is recorded
             if state != "pending":
-                raise self._refuse("delete_approve", errno.EPERM, who, f"request is {state}",
-                                   **fields)
+                raise self._refuse(req.op("approve"), errno.EPERM, who,
+                                   f"request is {state}", **fields)
             if who.uid == req.requester_uid:
-                raise self._refuse("delete_approve", errno.EPERM, who,
+                raise self._refuse(req.op("approve"), errno.EPERM, who,
                                    "the approver must not be the requester", **fields)
-            return req, self._execute(tx, batch, req, who, now, reason)
+            if req.kind == "delete":
+                return req, self._execute(tx, batch, req, who, now, reason)
+            self._apply(tx, batch, req, who, now, reason)
+            return req, []
 
         req, removed = self.core.commit(job)
         if removed is None:
@@ -366,60 +399,121 @@ class Deletions:
         return removed
 
     # ------------------------------------------------------------------ holds, retention
-    def hold_set(self, path: str, who: Caller, reason: str) -> None:
+    def hold_set(self, path: str, who: Caller, reason: str) -> DeletionRequest | None:
+        """A hold on a file applies at once; on a directory (everything below it) it is
+        requested, for another admin to approve. Returns the request, if one."""
         if not reason.strip():
             raise UsageError("a reason is required")
-        self._set_extra("hold_set", path, who, "hold",
-                        {"reason": reason, "by_uid": who.uid}, reason=reason)
+        self._require_admin("hold_set", who, path=path)
+        self.core.require_writable("hold_set", who, path=path)
+        with self.core.store.read() as rt:
+            ino, inode, where = self._target(rt, "hold_set", path, who)
+        if inode.kind is Kind.DIR:
+            return self._new_request("hold", where, ino, reason, who)
+        self.core.commit(lambda tx, batch: self._set_hold(tx, batch, ino, who, reason))
+        return None
 
     def hold_clear(self, path: str, who: Caller) -> None:
-        self._set_extra("hold_clear", path, who, "hold", None)
+        """Clearing a hold needs one admin: it only lets deletions be requested again,
+        and every deletion still needs two people."""
+        self._require_admin("hold_clear", who, path=path)
+        self.core.require_writable("hold_clear", who, path=path)
 
-    def retain(self, path: str, who: Caller, until_ns: int) -> int:
+        def job(tx: WriteTxn, batch: Any) -> None:
+            ino = self.resolve(tx, path)
+            stored = Inode.from_bytes(tx.get_inode(ino) or b"")
+            stored.extra.pop("hold", None)
+            tx.put_inode(ino, stored.to_bytes())
+            batch.add(self.core.log.stamp(
+                "hold_clear", path=path_of(tx, ino), ino=ino, uid=who.uid, gid=who.gid,
+                pid=who.pid, comm=who.comm,
+            ))
+
+        self.core.commit(job)
+
+    def retain(self, path: str, who: Caller, until_ns: int,
+               reason: str = "") -> DeletionRequest | None:
+        """Extend retention to ``until_ns``: at once on a file, as a request for another
+        admin to approve on a directory. Never shorter than now, never beyond
+        ``max_retention_days`` from now. Returns the request, if one."""
         self._require_admin("retain", who, path=path)
         self.core.require_writable("retain", who, path=path)
+        with self.core.store.read() as rt:
+            ino, inode, where = self._target(rt, "retain", path, who)
+            self._check_retention("retain", who, rt, inode, until_ns, where)
+        if inode.kind is Kind.DIR:
+            return self._new_request("retain", where, ino,
+                                     reason or f"retain until {iso_time(until_ns)}", who,
+                                     until_ns=until_ns)
+        self.core.commit(lambda tx, batch: self._set_retention(tx, batch, ino, who, until_ns))
+        return None
 
-        def job(tx: WriteTxn, batch: Any) -> None:
-            ino = self.resolve(tx, path)
-            inode = self.core.inode_in(tx, ino)
-            current = self.core.retention_of(inode)
-            if until_ns < current:
-                why = f"retention can only be extended (now until {iso_time(current)})"
-                raise self._refuse("retain", errno.EPERM, who, why, path=path,
-                                   until=iso_time(until_ns))
-            stored = Inode.from_bytes(tx.get_inode(ino) or b"")
-            stored.extra["retain_until_ns"] = until_ns
-            tx.put_inode(ino, stored.to_bytes())
-            batch.add(self.core.log.stamp(
-                "retain", path=path_of(tx, ino), ino=ino, until=iso_time(until_ns), uid=who.uid,
-                gid=who.gid, pid=who.pid, comm=who.comm,
-            ))
+    def _target(self, txn: ReadTxn, op: str, path: str, who: Caller) -> tuple[int, Inode, str]:
+        try:
+            ino = self.resolve(txn, path)
+        except NotFound:
+            raise self._refuse(op, errno.ENOENT, who, "no such entry", path=path) from None
+        return ino, self.core.inode_in(txn, ino), path_of(txn, ino)
 
-        self.core.commit(job)
-        return until_ns
-
-    def _set_extra(
-        self, op: str, path: str, who: Caller, key: str, value: Any, **fields: Any
+    def _check_retention(
+        self, op: str, who: Caller, txn: ReadTxn, inode: Inode, until_ns: int, where: str,
+        **fields: Any,
     ) -> None:
-        self._require_admin(op, who, path=path)
-        self.core.require_writable(op, who, path=path)
+        now = trusted_now(txn, self.core.clock())
+        current = self.core.retention_of(inode)
+        if until_ns < current:
+            why = f"retention can only be extended (now until {iso_time(current)})"
+        elif until_ns > now + self.max_retention_ns:
+            why = (f"retention beyond {iso_time(now + self.max_retention_ns)} exceeds the "
+                   f"maximum of {self.max_retention_days:g} days (--max-retention)")
+        else:
+            return
+        raise self._refuse(op, errno.EPERM, who, why, path=where, until=iso_time(until_ns),
+                           **fields)
 
-        def job(tx: WriteTxn, batch: Any) -> None:
-            ino = self.resolve(tx, path)
-            stored = Inode.from_bytes(tx.get_inode(ino) or b"")
-            if value is None:
-                stored.extra.pop(key, None)
-            else:
-                stored.extra[key] = value
-            tx.put_inode(ino, stored.to_bytes())
-            batch.add(self.core.log.stamp(
-                op, path=path_of(tx, ino), ino=ino, uid=who.uid, gid=who.gid, pid=who.pid,
-                comm=who.comm, **fields,
-            ))
+    def _set_retention(self, tx: WriteTxn, batch: Any, ino: int, who: Caller, until_ns: int,
+                       **fields: Any) -> None:
+        stored = Inode.from_bytes(tx.get_inode(ino) or b"")
+        self._check_retention("retain", who, tx, stored, until_ns, path_of(tx, ino), **fields)
+        stored.extra["retain_until_ns"] = until_ns
+        tx.put_inode(ino, stored.to_bytes())
+        batch.add(self.core.log.stamp(
+            "retain", path=path_of(tx, ino), ino=ino, until=iso_time(until_ns), **fields,
+            uid=who.uid, gid=who.gid, pid=who.pid, comm=who.comm,
+        ))
 
-        self.core.commit(job)
+    def _set_hold(self, tx: WriteTxn, batch: Any, ino: int, who: Caller, reason: str,
+                  **fields: Any) -> None:
+        stored = Inode.from_bytes(tx.get_inode(ino) or b"")
+        stored.extra["hold"] = {"reason": reason, "by_uid": who.uid, **fields}
+        tx.put_inode(ino, stored.to_bytes())
+        batch.add(self.core.log.stamp(
+            "hold_set", path=path_of(tx, ino), ino=ino, reason=reason, **fields,
+            uid=who.uid, gid=who.gid, pid=who.pid, comm=who.comm,
+        ))
 
-
+    def _apply(self, tx: WriteTxn, batch: Any, req: DeletionRequest, who: Caller, now: int,
+               reason: str) -> None:
+        """Approve a retain or hold request: the entry must still be the requested one."""
+        fields = {"request_id": req.id, "path": req.path}
+        if tx.get_inode(req.ino) is None or path_of(tx, req.ino) != req.path:
+            raise self._refuse(req.op("approve"), errno.ENOENT, who,
+                               "the requested entry no longer exists at that path", **fields)
+        batch.add(self.core.log.stamp(
+            req.op("approve"), reason=reason or None, uid=who.uid, gid=who.gid, pid=who.pid,
+            comm=who.comm, requester_uid=req.requester_uid, **fields,
+        ))
+        requester = Caller(uid=req.requester_uid, gid=-1, pid=req.requester_pid,
+                           comm=req.requester_comm)
+        if req.kind == "retain":
+            self._set_retention(tx, batch, req.ino, requester, int(req.extra["until_ns"]),
+                                request_id=req.id, approved_by_uid=who.uid)
+        else:
+            self._set_hold(tx, batch, req.ino, requester, req.reason,
+                           request_id=req.id, approved_by_uid=who.uid)
+        req.state, req.decided_by_uid, req.decided_ns = "approved", who.uid, now
+        req.decision_reason = reason
+        tx.put_deletion(req.id.encode(), req.to_bytes())
 
 
 def _entries_digest(cover: Coverage) -> str:
