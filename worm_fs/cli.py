@@ -150,6 +150,7 @@ def _spawn_daemon(args: argparse.Namespace, state_dir: Path, mountpoint: Path) -
         last = lines[-1] if lines else ""
     except OSError:
         pass
+    last = last.removeprefix("worm-fs: ")  # the daemon's own one-line error
     print(f"worm-fs: mount failed: {last or f'daemon exited with {code}'}", file=sys.stderr)
     return code or errors.EXIT_INTERNAL
 
@@ -652,7 +653,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="worm-fs",
         description="A write-once filesystem for ML artifacts: files are sealed when their "
         "writer closes them, and every attempt is recorded in a tamper-evident audit log.",
-        epilog="Exit codes: 0 ok, 1 check failed, 2 usage/not found, 3 refused, "
+        epilog="Exit codes: 0 ok, 1 check failed, 2 usage/not found (also: an unsafe "
+        "runtime directory), 3 refused, "
         "4 store busy, 5 storage error, 70 internal error.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
