@@ -313,3 +313,44 @@ def test_a_symlink_at_the_socket_path_is_not_followed_when_setting_its_mode(
     assert proc.returncode == 2 and "Traceback" not in err, err
     assert "admin.sock is not the socket just bound" in err
 
+
+def test_the_cli_sends_nothing_to_a_socket_another_user_put_in_the_daemons_place(
+    mount_factory
+) -> None:
+    m = mount_factory()
+    (m.path / "f").write_text("x")
+    admin_path = os.getxattr(m.path, "user.worm.admin_control").decode()
+    os.unlink(admin_path)
+    impostor = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    impostor.bind(admin_path)
+    got_r, got_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the impostor: listens (so SO_PEERCRED names it) as nobody
+        try:
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            impostor.listen(1)
+            impostor.settimeout(30)
+            conn, _ = impostor.accept()
+            conn.settimeout(5)
+            data = b""
+            try:
+                while chunk := conn.recv(65536):
+                    data += chunk
+            except TimeoutError:
+                pass
+            os.write(got_w, b"accepted:" + data)
+        finally:
+            os._exit(0)
+    os.close(got_w)
+    impostor.close()
+    try:
+        result = run_cli("hold", "set", str(m.path / "f"), "--reason", "litigation")
+    finally:
+        with os.fdopen(got_r, "rb") as r:
+            received = r.read()
+        os.waitpid(pid, 0)
+    assert received == b"accepted:"  # connected, then closed without a byte sent
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "not by this mount's daemon" in result.stderr and "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1

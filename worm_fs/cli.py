@@ -461,8 +461,9 @@ def cmd_log_prove(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------- deletion, holds
-def _control(path: str, *, admin: bool) -> tuple[Path, str]:
-    """The control socket of the mount containing ``path``, and path's name in the mount."""
+def _control(path: str, *, admin: bool) -> tuple[Callable[..., Any], str]:
+    """A caller of the control socket of the mount containing ``path``, and path's name
+    in the mount. It sends only to the daemon the mount names (``user.worm.pid``)."""
     loc = locate(path, allow_state_dir=False)
     assert loc.mountpoint is not None
     attr = "user.worm.admin_control" if admin else "user.worm.control"
@@ -473,7 +474,11 @@ def _control(path: str, *, admin: bool) -> tuple[Path, str]:
     p = Path(os.path.abspath(path))
     real = Path(os.path.realpath(p.parent)) / p.name if p != loc.mountpoint else p
     rel = os.path.relpath(real, loc.mountpoint)
-    return sock, "/" if rel == "." else "/" + rel
+
+    def call(op: str, **kwargs: Any) -> Any:
+        return control_call(sock, op, daemon_pid=loc.daemon_pid, **kwargs)
+
+    return call, "/" if rel == "." else "/" + rel
 
 
 def _parse_date(text: str) -> int:
@@ -495,8 +500,8 @@ def _request_line(r: dict[str, Any]) -> str:
 
 
 def cmd_delete_request(args: argparse.Namespace) -> int:
-    sock, rel = _control(args.path, admin=False)
-    r = control_call(sock, "delete_request", path=rel, reason=args.reason)
+    call, rel = _control(args.path, admin=False)
+    r = call("delete_request", path=rel, reason=args.reason)
     emit(args, r, lambda r: f"{r['id']}\nrequested deletion of {r['path']}: {r['files']} "
          f"file(s), {_human_bytes(r['logical_bytes'])}, would free "
          f"{_human_bytes(r['bytes_freed'])}; another admin must approve it")
@@ -504,45 +509,45 @@ def cmd_delete_request(args: argparse.Namespace) -> int:
 
 
 def cmd_delete_list(args: argparse.Namespace) -> int:
-    sock, _ = _control(args.path, admin=False)
-    reqs = control_call(sock, "delete_list")
+    call, _ = _control(args.path, admin=False)
+    reqs = call("delete_list")
     emit(args, reqs, lambda rs: "\n".join(_request_line(r) for r in rs) or "no requests")
     return 0
 
 
 def cmd_delete_decide(args: argparse.Namespace) -> int:
-    sock, _ = _control(args.path, admin=True)
+    call, _ = _control(args.path, admin=True)
     op = "delete_approve" if args.decision == "approve" else "delete_reject"
-    r = control_call(sock, op, id=args.id, reason=args.reason or "")
+    r = call(op, id=args.id, reason=args.reason or "")
     verb = "approved and deleted" if op == "delete_approve" else "rejected"
     emit(args, r, lambda r: f"{verb} request {r['id']} ({r['path']})")
     return 0
 
 
 def cmd_hold(args: argparse.Namespace) -> int:
-    sock, rel = _control(args.path, admin=True)
+    call, rel = _control(args.path, admin=True)
     if args.action == "set":
         if not args.reason:
             raise UsageError("hold set needs --reason")
-        control_call(sock, "hold_set", path=rel, reason=args.reason)
+        call("hold_set", path=rel, reason=args.reason)
         print(f"legal hold set on {rel}")
     else:
-        control_call(sock, "hold_clear", path=rel)
+        call("hold_clear", path=rel)
         print(f"legal hold cleared on {rel}")
     return 0
 
 
 def cmd_retain(args: argparse.Namespace) -> int:
-    sock, rel = _control(args.path, admin=True)
-    until = control_call(sock, "retain", path=rel, until_ns=_parse_date(args.until))
+    call, rel = _control(args.path, admin=True)
+    until = call("retain", path=rel, until_ns=_parse_date(args.until))
     print(f"{rel} retained until {until}")
     return 0
 
 
-def control_call(sock: Path, op: str, **kwargs: Any) -> Any:
+def control_call(sock: Path, op: str, *, daemon_pid: int | None, **kwargs: Any) -> Any:
     from worm_fs.control.client import call
 
-    return call(sock, op, **kwargs)
+    return call(sock, op, daemon_pid=daemon_pid, **kwargs)
 
 
 # ---------------------------------------------------------------------- provenance
@@ -654,7 +659,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="A write-once filesystem for ML artifacts: files are sealed when their "
         "writer closes them, and every attempt is recorded in a tamper-evident audit log.",
         epilog="Exit codes: 0 ok, 1 check failed, 2 usage/not found (also: an unsafe "
-        "runtime directory), 3 refused, "
+        "runtime directory, a control socket not served by the mount's daemon), 3 refused, "
         "4 store busy, 5 storage error, 70 internal error.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
