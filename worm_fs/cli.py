@@ -12,6 +12,7 @@ import errno as errno_mod
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -32,6 +33,39 @@ log = logging.getLogger("worm_fs")
 
 
 # ---------------------------------------------------------------------- output helpers
+#: Characters that could end a line, move the cursor, recolour or reorder what a
+#: terminal shows, or not encode at all: backslash (the escape itself), C0 controls,
+#: DEL, C1 controls, lone surrogates (names that are not UTF-8), and the invisible
+#: format characters that matter on a screen (soft hyphen, Arabic letter mark, Mongolian
+#: vowel separator, zero-width and direction marks, line and paragraph separators, bidi
+#: embeddings, overrides and isolates, word joiner and invisible operators, BOM,
+#: interlinear annotation).
+_UNPRINTABLE = re.compile(
+    r"[\\\x00-\x1f\x7f-\x9f\xad\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u2064"
+    r"\u2066-\u206f\ufeff\ufff9-\ufffb\ud800-\udfff]")
+_UNPRINTABLE_OR_SPACE = re.compile(_UNPRINTABLE.pattern[:-1] + " ]")
+_SHORT_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    ch = match.group()
+    code = ord(ch)
+    return _SHORT_ESCAPES.get(ch) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+
+def printable(value: object, *, field: bool = False) -> str:
+    """``value`` as text for the human-readable output: one line, safe for a terminal.
+
+    Every character in :data:`_UNPRINTABLE` is shown as an escape (``\\n``, ``\\x1b``,
+    ``\\u202e``, ``\\udcff`` for a byte that is not UTF-8) and a backslash as ``\\\\``,
+    so the text is unambiguous and a name cannot add lines or terminal sequences. With
+    ``field``, a space is ``\\x20`` too, for values printed among space-separated fields.
+    JSON output does not go through here: it escapes by itself.
+    """
+    pattern = _UNPRINTABLE_OR_SPACE if field else _UNPRINTABLE
+    return pattern.sub(_escape, str(value))
+
+
 def emit(args: argparse.Namespace, data: Any, human: Callable[[Any], str]) -> None:
     if getattr(args, "json", False):
         print(json.dumps(data, indent=None if isinstance(data, list) else 2, sort_keys=True))
@@ -151,7 +185,8 @@ def _spawn_daemon(args: argparse.Namespace, state_dir: Path, mountpoint: Path) -
     except OSError:
         pass
     last = last.removeprefix("worm-fs: ")  # the daemon's own one-line error
-    print(f"worm-fs: mount failed: {last or f'daemon exited with {code}'}", file=sys.stderr)
+    print(f"worm-fs: mount failed: {printable(last or f'daemon exited with {code}')}",
+          file=sys.stderr)
     return code or errors.EXIT_INTERNAL
 
 
@@ -240,7 +275,8 @@ def cmd_stat(args: argparse.Namespace) -> int:
         "gid": st.st_gid,
         "mtime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(st.st_mtime)),
     }
-    emit(args, data, lambda d: "\n".join(f"{k:>10}: {v}" for k, v in d.items() if v is not None))
+    emit(args, data, lambda d: "\n".join(f"{k:>10}: {printable(v)}" for k, v in d.items()
+                                         if v is not None))
     return 0
 
 
@@ -296,8 +332,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     }
 
     def human(d: dict[str, Any]) -> str:
-        lines = [f"corrupt {f['kind']}: {f['path'] + ': ' if f['path'] else ''}{f['detail']}"
-                 for f in d["findings"]]
+        lines = [printable(f"corrupt {f['kind']}: {f['path'] + ': ' if f['path'] else ''}"
+                           f"{f['detail']}") for f in d["findings"]]
         lines.append(f"checked {d['chunks']} chunks ({_human_bytes(d['chunk_bytes'])}) and "
                      f"{d['files']} sealed files: " + ("OK" if d["ok"] else
                                                       f"{len(d['findings'])} problem(s)"))
@@ -330,16 +366,25 @@ def _verifier(loc: Location | None, given: str | None) -> Any:
     return load_key(loc.state_dir).verifier()
 
 
+def _json_value(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":")).replace("\x7f", "\\u007f")
+
+
 def _format_record(record: dict[str, Any]) -> str:
+    """One line per record, whatever the names in it (see :func:`printable`)."""
     when = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record["time_ns"] / 1e9))
     skip = {"seq", "time_ns", "mono_ns", "boot_id", "op", "result", "path", "uid", "pid",
             "comm", "gid", "leaf_hash"}
-    extra = " ".join(f"{k}={json.dumps(v, separators=(',', ':'))}"
-                     for k, v in sorted(record.items()) if k not in skip)
-    who = f"uid={record['uid']} pid={record.get('pid')} ({record.get('comm', '')})" \
-        if "uid" in record else ""
-    return (f"{record['seq']:>7} {when} {record['op']:<10} {record['result']:<7} "
-            f"{record.get('path', '-')} {who} {extra}").rstrip()
+    # Other fields as KEY=JSON: ensure_ascii escapes every character but DEL.
+    extra = " ".join(
+        f"{printable(k, field=True)}={_json_value(v)}"
+        for k, v in sorted(record.items()) if k not in skip)
+    who = (f"uid={printable(record['uid'], field=True)} "
+           f"pid={printable(record.get('pid'), field=True)} "
+           f"({printable(record.get('comm', ''), field=True)})") if "uid" in record else ""
+    op, result = (printable(record[k], field=True) for k in ("op", "result"))
+    return (f"{record['seq']:>7} {when} {op:<10} {result:<7} "
+            f"{printable(record.get('path', '-'), field=True)} {who} {extra}").rstrip()
 
 
 def cmd_log_show(args: argparse.Namespace) -> int:
@@ -387,7 +432,7 @@ def cmd_log_verify(args: argparse.Namespace) -> int:
         store.close()
 
     def human(d: dict[str, Any]) -> str:
-        lines = [f"TAMPERED {p}" for p in d["problems"]]
+        lines = [f"TAMPERED {printable(p)}" for p in d["problems"]]
         lines.append(
             f"{d['records']} records, root {d['root']}, {d['checkpoints_checked']} stored "
             f"checkpoint(s), {d['unanchored_records']} record(s) after the newest checkpoint"
@@ -494,15 +539,17 @@ def _parse_date(text: str) -> int:
 
 
 def _request_line(r: dict[str, Any]) -> str:
-    return (f"{r['id']}  {r['state']:<8} {r['path']}  by uid {r['requester_uid']}  "
-            f"{r['files']} file(s), frees {_human_bytes(r['bytes_freed'])}  "
-            f"created {r['created_at']}  reason: {r['reason']}")
+    return (f"{r['id']}  {r['state']:<8} {printable(r['path'], field=True)}  by uid "
+            f"{r['requester_uid']}  {r['files']} file(s), frees "
+            f"{_human_bytes(r['bytes_freed'])}  created {r['created_at']}  "
+            f"reason: {printable(r['reason'])}")
 
 
 def cmd_delete_request(args: argparse.Namespace) -> int:
     call, rel = _control(args.path, admin=False)
     r = call("delete_request", path=rel, reason=args.reason)
-    emit(args, r, lambda r: f"{r['id']}\nrequested deletion of {r['path']}: {r['files']} "
+    emit(args, r, lambda r: f"{r['id']}\nrequested deletion of {printable(r['path'])}: "
+         f"{r['files']} "
          f"file(s), {_human_bytes(r['logical_bytes'])}, would free "
          f"{_human_bytes(r['bytes_freed'])}; another admin must approve it")
     return 0
@@ -520,7 +567,7 @@ def cmd_delete_decide(args: argparse.Namespace) -> int:
     op = "delete_approve" if args.decision == "approve" else "delete_reject"
     r = call(op, id=args.id, reason=args.reason or "")
     verb = "approved and deleted" if op == "delete_approve" else "rejected"
-    emit(args, r, lambda r: f"{verb} request {r['id']} ({r['path']})")
+    emit(args, r, lambda r: f"{verb} request {r['id']} ({printable(r['path'])})")
     return 0
 
 
@@ -530,17 +577,17 @@ def cmd_hold(args: argparse.Namespace) -> int:
         if not args.reason:
             raise UsageError("hold set needs --reason")
         call("hold_set", path=rel, reason=args.reason)
-        print(f"legal hold set on {rel}")
+        print(f"legal hold set on {printable(rel)}")
     else:
         call("hold_clear", path=rel)
-        print(f"legal hold cleared on {rel}")
+        print(f"legal hold cleared on {printable(rel)}")
     return 0
 
 
 def cmd_retain(args: argparse.Namespace) -> int:
     call, rel = _control(args.path, admin=True)
     until = call("retain", path=rel, until_ns=_parse_date(args.until))
-    print(f"{rel} retained until {until}")
+    print(f"{printable(rel)} retained until {until}")
     return 0
 
 
@@ -571,7 +618,7 @@ def cmd_seal_env(args: argparse.Namespace) -> int:
         f.write(data)
     _wait_sealed(path)
     result = {"path": str(path), "sha256": os.getxattr(path, "user.worm.sha256").decode()}
-    emit(args, result, lambda r: f"{r['sha256']}  {r['path']}")
+    emit(args, result, lambda r: f"{r['sha256']}  {printable(r['path'])}")
     return 0
 
 
@@ -623,7 +670,7 @@ def cmd_manifest_verify(args: argparse.Namespace) -> int:
     try:
         statement = open_envelope(envelope if isinstance(envelope, dict) else {}, verifier)
     except ManifestError as exc:
-        print(f"FAILED signature: {exc.message}")
+        print(f"FAILED signature: {printable(exc.message)}")
         return errors.EXIT_CHECK_FAILED
     why = check_checkpoint(statement, verifier)
     if why:
@@ -635,7 +682,7 @@ def cmd_manifest_verify(args: argparse.Namespace) -> int:
     data = {"ok": not problems, "files": len(statement["subject"]), "checked": result.checked,
             "problems": problems}
     emit(args, data, lambda d: "\n".join(
-        [f"FAILED {p}" for p in d["problems"]] +
+        [f"FAILED {printable(p)}" for p in d["problems"]] +
         [f"{d['checked']} of {d['files']} file(s) match the signed manifest" if d["ok"] else
          f"manifest verification FAILED ({len(d['problems'])} problem(s))"]))
     return errors.EXIT_OK if not problems else errors.EXIT_CHECK_FAILED
@@ -715,7 +762,10 @@ def build_parser() -> argparse.ArgumentParser:
     logsub = logp.add_subparsers(dest="log_command", metavar="ACTION", required=True)
 
     p = logsub.add_parser("show", help="print records", description="Print audit records, "
-                          "as lines or JSON Lines (with leaf_hash).")
+                          "one line each, or JSON Lines (with leaf_hash). In lines, control "
+                          "and invisible characters in names are escaped (\\n, \\x1b, "
+                          "\\u202e), a backslash is \\\\, and a space in a path or process "
+                          "name is \\x20.")
     p.add_argument("path", metavar="PATH")
     p.add_argument("--json", action="store_true", help="JSON Lines")
     p.add_argument("--since", type=_seq, default=0, metavar="SEQ", help="start at SEQ")
@@ -858,13 +908,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except WormError as exc:
-        print(f"worm-fs: {exc.message}", file=sys.stderr)
+        print(f"worm-fs: {printable(exc.message)}", file=sys.stderr)
         return exc.exit_code
     except BrokenPipeError:
         return 0
     except OSError as exc:  # a path the user gave that the system refuses
         where = f"{exc.filename}: " if exc.filename else ""
-        print(f"worm-fs: {where}{exc.strerror or exc}", file=sys.stderr)
+        print(f"worm-fs: {printable(f'{where}{exc.strerror or exc}')}", file=sys.stderr)
         return errors.EXIT_USAGE
     except KeyboardInterrupt:
         return 130
