@@ -141,6 +141,8 @@ class RuntimeDir:
             os.close(node)
 
     def remove(self, name: str) -> None:
+        if self.fd < 0:  # closed already
+            return
         try:
             os.unlink(name, dir_fd=self.fd)
         except FileNotFoundError:
