@@ -124,3 +124,67 @@ def test_python_m_entry_point() -> None:
     result = subprocess.run([sys.executable, "-m", "worm_fs", "--help"], capture_output=True,
                             text=True)
     assert result.returncode == 0 and "Exit codes" in result.stdout
+
+
+#: What a forger puts in a path: a newline and a record line of her own (its "/" is the
+#: one between a directory and a file), terminal sequences (erase line, set the window
+#: title), a right-to-left override and a Unicode line separator.
+FAKE_RECORD = "     99 2026-01-01T00:00:00 hold_clear ok      /models uid=0 pid=1 (worm-fs)"
+_SLASH = FAKE_RECORD.index("/")
+FORGED_DIR = "run\n" + FAKE_RECORD[:_SLASH]
+FORGED_NAME = (f"{FORGED_DIR}/{FAKE_RECORD[_SLASH + 1:]}"
+               "\x1b[2K\x1b]0;t\x07\u202egpj.exe\u2028end\x7f\x85")
+SET_COMM = ("import ctypes, sys; ctypes.CDLL(None).prctl(15, b'ev\\nil\\x1b[31m', 0, 0, 0); "
+            "open(sys.argv[1], 'wb').write(b'z')")
+
+
+def test_log_show_prints_each_record_on_one_line_whatever_the_names(mnt: Mount) -> None:
+    (mnt.path / FORGED_DIR).mkdir()
+    (mnt.path / FORGED_NAME).write_bytes(b"x")
+    with open(os.fsencode(mnt.path) + b"/not-utf8-\xff", "wb") as f:  # a lone surrogate
+        f.write(b"y")
+    subprocess.run([sys.executable, "-c", SET_COMM, str(mnt.path / "by-comm")], check=True)
+    wait_sealed(mnt.path / FORGED_NAME)
+    wait_sealed(mnt.path / "by-comm")
+    result = run_cli("log", "show", str(mnt.path), check=True)
+    out = result.stdout
+    records = [json.loads(line) for line in
+               run_cli("log", "show", str(mnt.path), "--json", check=True).stdout.split("\n")
+               if line]
+    lines = out.splitlines()  # splits at \x1c-\x1e, \x85, \u2028 and \u2029 too
+    assert len(lines) == len(records), out
+    assert [int(line.split()[0]) for line in lines] == [r["seq"] for r in records]
+    assert FAKE_RECORD not in lines and not any(line.startswith("     99 ") for line in lines)
+    for raw in ("\x1b", "\x07", "\x7f", "\x85", "\u202e", "\u2028"):
+        assert raw not in out
+    escaped = ("/run\\n" + FAKE_RECORD.replace(" ", "\\x20") +
+               "\\x1b[2K\\x1b]0;t\\x07\\u202egpj.exe\\u2028end\\x7f\\x85")
+    assert escaped in out
+    assert "/not-utf8-\\udcff" in out
+    assert "(ev\\nil\\x1b[31m)" in out
+    # JSON Lines are unchanged: the names round-trip.
+    paths = {r.get("path") for r in records}
+    assert "/" + FORGED_NAME in paths and "/not-utf8-\udcff" in paths
+    assert any(r.get("comm") == "ev\nil\x1b[31m" for r in records)
+
+
+def test_stat_prints_a_forged_name_escaped(mnt: Mount) -> None:
+    (mnt.path / FORGED_DIR).mkdir()
+    (mnt.path / FORGED_NAME).write_bytes(b"x")
+    wait_sealed(mnt.path / FORGED_NAME)
+    out = run_cli("stat", str(mnt.path / FORGED_NAME), check=True).stdout
+    assert "\x1b" not in out and FAKE_RECORD not in out.splitlines()
+    assert all(line[:11].strip().endswith(":") for line in out.splitlines()), out
+    data = json.loads(run_cli("stat", str(mnt.path / FORGED_NAME), "--json", check=True).stdout)
+    assert data["path"] == str(mnt.path / FORGED_NAME)
+
+
+def test_printable_escapes_controls_separators_bidi_and_the_backslash() -> None:
+    from worm_fs.cli import printable
+
+    assert printable("a\\b\n\r\t\x00\x1b\x7f\x9f\xad") == "a\\\\b\\n\\r\\t\\x00\\x1b\\x7f\\x9f\\xad"
+    assert printable("\u2028\u2029\u202a\u202e\u2066\u2069\u200b\ufeff") == (
+        "\\u2028\\u2029\\u202a\\u202e\\u2066\\u2069\\u200b\\ufeff")
+    assert printable("/b\udcffd") == "/b\\udcffd"
+    assert printable("é 日本 🙂") == "é 日本 🙂"
+    assert printable("a b", field=True) == "a\\x20b"

@@ -296,4 +296,4 @@ def test_undecodable_link_names_survive_create_and_verify(mnt: Mount, tmp_path: 
     os.symlink(b"f.bin\xfd", os.fsencode(copy) + b"/l\xfe")
     bad = run_cli("manifest", "verify", str(manifest), str(copy), "--pubkey", pubkey)
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
-    assert "FAILED changed link: l\\xfe -> f.bin\\xfd (signed: f.bin\\xff)" in bad.stdout
+    assert "FAILED changed link: l\\udcfe -> f.bin\\udcfd (signed: f.bin\\udcff)" in bad.stdout

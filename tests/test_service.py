@@ -8,7 +8,9 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -143,3 +145,212 @@ def test_prometheus_metrics_count_refusals_by_operation(mount_factory) -> None:
     assert metrics[f'worm_fs_sealed_bytes{{store="{store}"}}'] == 1000
     assert metrics[f'worm_fs_deletion_requests_pending{{store="{store}"}}'] == 1
     assert 0 <= metrics[f'worm_fs_audit_checkpoint_age_seconds{{store="{store}"}}'] < 60
+
+
+# ---------------------------------------------------------------------- runtime directory
+NOBODY = 65534
+
+
+def mount_with_runtime_dir(tmp_path: Path, runtime: Path, *extra: str,
+                           foreground: bool = False, **popen) -> subprocess.CompletedProcess:
+    """``worm-fs mount`` with ``--runtime-dir runtime``; unmounts again if it came up."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir(exist_ok=True)
+    args = [*WORM_FS, "mount", str(tmp_path / "state"), str(mnt), "--runtime-dir",
+            str(runtime), *extra]
+    try:
+        if foreground:  # would serve until stopped: give it a moment to refuse
+            proc = subprocess.Popen([*args, "--foreground"], stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True, **popen)
+            try:
+                out, err = proc.communicate(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.terminate()
+                out, err = proc.communicate(timeout=30)
+            return subprocess.CompletedProcess(args, proc.returncode, out, err)
+        return subprocess.run(args, capture_output=True, text=True, timeout=60, **popen)
+    finally:
+        if os.path.ismount(mnt):
+            run_cli("umount", str(mnt))
+        subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
+
+
+def refused(result: subprocess.CompletedProcess, *texts: str) -> None:
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "unsafe runtime directory" in lines[0], lines
+    for text in texts:
+        assert text in lines[0], lines
+
+
+@pytest.mark.parametrize("foreground", [False, True], ids=["background", "foreground"])
+def test_a_runtime_dir_owned_by_another_user_refuses_the_start(
+    tmp_path: Path, foreground: bool
+) -> None:
+    run = tmp_path / "run"
+    run.mkdir(mode=0o755)
+    os.chown(run, NOBODY, NOBODY)
+    result = mount_with_runtime_dir(tmp_path, run, foreground=foreground)
+    refused(result, f"{run} is owned by uid {NOBODY}")
+    assert not (run / "admin.sock").exists() and not (run / "request.sock").exists()
+    assert oct(os.stat(run).st_mode & 0o7777) == "0o755"  # refused, not "fixed"
+    assert os.stat(run).st_uid == NOBODY
+
+
+@pytest.mark.parametrize("mode", [0o775, 0o757, 0o1777])
+def test_a_runtime_dir_writable_by_group_or_others_is_refused(tmp_path: Path,
+                                                             mode: int) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    os.chmod(run, mode)
+    refused(mount_with_runtime_dir(tmp_path, run), f"{run} is writable by")
+    assert os.stat(run).st_mode & 0o7777 == mode
+    assert not (run / "admin.sock").exists()
+
+
+def test_a_parent_owned_by_another_user_or_writable_by_others_is_refused(
+    tmp_path: Path
+) -> None:
+    parent = tmp_path / "parent"
+    parent.mkdir(mode=0o755)
+    (parent / "run").mkdir(mode=0o755)
+    os.chown(parent, NOBODY, NOBODY)
+    refused(mount_with_runtime_dir(tmp_path, parent / "run"),
+            f"{parent} is owned by uid {NOBODY}")
+    os.chown(parent, 0, 0)
+    os.chmod(parent, 0o777)  # others could rename run away and put their own in its place
+    refused(mount_with_runtime_dir(tmp_path, parent / "run"), f"{parent} is writable by")
+    # A link to a trusted directory is no way around the check: the target is checked.
+    link = tmp_path / "link"
+    link.symlink_to(parent / "run")
+    refused(mount_with_runtime_dir(tmp_path, link), f"{parent} is writable by")
+
+
+def test_a_sticky_parent_is_accepted_and_sockets_get_their_modes_despite_the_umask(
+    tmp_path: Path
+) -> None:
+    sticky = tmp_path / "sticky"  # like /tmp: world-writable, sticky, root's
+    sticky.mkdir()
+    os.chmod(sticky, 0o1777)
+    run = sticky / "a" / "run"  # missing: the daemon creates a/ and run/
+    target = tmp_path / "target"
+    target.write_text("x")
+    os.chmod(target, 0o644)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    proc = subprocess.Popen([*WORM_FS, "mount", str(tmp_path / "state"), str(mnt),
+                             "--foreground", "--runtime-dir", str(run), "--admin-group",
+                             str(NOBODY)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, umask=0o077)  # as the systemd unit sets it
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.ismount(mnt):
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        for directory in (sticky / "a", run):
+            st = os.stat(directory)
+            assert (st.st_uid, oct(st.st_mode & 0o7777)) == (0, "0o755")
+        request, admin = os.lstat(run / "request.sock"), os.lstat(run / "admin.sock")
+        assert stat.S_ISSOCK(request.st_mode) and stat.S_ISSOCK(admin.st_mode)
+        assert oct(request.st_mode & 0o777) == "0o666"
+        assert (oct(admin.st_mode & 0o777), admin.st_gid) == ("0o660", NOBODY)
+        assert os.getxattr(mnt, "user.worm.admin_control").decode() == str(run / "admin.sock")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
+    assert proc.returncode == 0
+    assert oct(target.stat().st_mode & 0o777) == "0o644"
+
+
+#: Runs the CLI in a daemon whose every bind of admin.sock is followed at once by a
+#: symlink to TARGET taking the socket's place: an attacker winning the race between
+#: bind() and setting the socket's mode and group.
+PLANTING_DAEMON = """
+import os, socket, sys
+target = os.environ["PLANT_TARGET"]
+real_bind = socket.socket.bind
+def bind(self, address):
+    real_bind(self, address)
+    if isinstance(address, str) and address.endswith("/admin.sock"):
+        os.unlink(address)
+        os.symlink(target, address)
+socket.socket.bind = bind
+from worm_fs.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_symlink_at_the_socket_path_is_not_followed_when_setting_its_mode(
+    tmp_path: Path
+) -> None:
+    target = tmp_path / "target"
+    target.write_text("not a socket")
+    os.chmod(target, 0o644)
+    before = target.stat()
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    env = dict(os.environ, PLANT_TARGET=str(target))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", PLANTING_DAEMON, "mount", str(tmp_path / "state"), str(mnt),
+         "--foreground", "--runtime-dir", str(tmp_path / "run"), "--admin-group",
+         str(NOBODY)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while proc.poll() is None and not os.path.ismount(mnt) and \
+                time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+        _, err = proc.communicate(timeout=30)
+        subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
+    after = target.stat()
+    assert (oct(after.st_mode & 0o7777), after.st_gid) == (
+        oct(before.st_mode & 0o7777), before.st_gid)
+    assert proc.returncode == 2 and "Traceback" not in err, err
+    assert "admin.sock is not the socket just bound" in err
+
+
+def test_the_cli_sends_nothing_to_a_socket_another_user_put_in_the_daemons_place(
+    mount_factory
+) -> None:
+    m = mount_factory()
+    (m.path / "f").write_text("x")
+    admin_path = os.getxattr(m.path, "user.worm.admin_control").decode()
+    os.unlink(admin_path)
+    impostor = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    impostor.bind(admin_path)
+    got_r, got_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the impostor: listens (so SO_PEERCRED names it) as nobody
+        try:
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            impostor.listen(1)
+            impostor.settimeout(30)
+            conn, _ = impostor.accept()
+            conn.settimeout(5)
+            data = b""
+            try:
+                while chunk := conn.recv(65536):
+                    data += chunk
+            except TimeoutError:
+                pass
+            os.write(got_w, b"accepted:" + data)
+        finally:
+            os._exit(0)
+    os.close(got_w)
+    impostor.close()
+    try:
+        result = run_cli("hold", "set", str(m.path / "f"), "--reason", "litigation")
+    finally:
+        with os.fdopen(got_r, "rb") as r:
+            received = r.read()
+        os.waitpid(pid, 0)
+    assert received == b"accepted:"  # connected, then closed without a byte sent
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "not by this mount's daemon" in result.stderr and "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1

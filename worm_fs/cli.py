@@ -12,6 +12,7 @@ import errno as errno_mod
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -32,6 +33,39 @@ log = logging.getLogger("worm_fs")
 
 
 # ---------------------------------------------------------------------- output helpers
+#: Characters that could end a line, move the cursor, recolour or reorder what a
+#: terminal shows, or not encode at all: backslash (the escape itself), C0 controls,
+#: DEL, C1 controls, lone surrogates (names that are not UTF-8), and the invisible
+#: format characters that matter on a screen (soft hyphen, Arabic letter mark, Mongolian
+#: vowel separator, zero-width and direction marks, line and paragraph separators, bidi
+#: embeddings, overrides and isolates, word joiner and invisible operators, BOM,
+#: interlinear annotation).
+_UNPRINTABLE = re.compile(
+    r"[\\\x00-\x1f\x7f-\x9f\xad\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u2064"
+    r"\u2066-\u206f\ufeff\ufff9-\ufffb\ud800-\udfff]")
+_UNPRINTABLE_OR_SPACE = re.compile(_UNPRINTABLE.pattern[:-1] + " ]")
+_SHORT_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    ch = match.group()
+    code = ord(ch)
+    return _SHORT_ESCAPES.get(ch) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+
+def printable(value: object, *, field: bool = False) -> str:
+    """``value`` as text for the human-readable output: one line, safe for a terminal.
+
+    Every character in :data:`_UNPRINTABLE` is shown as an escape (``\\n``, ``\\x1b``,
+    ``\\u202e``, ``\\udcff`` for a byte that is not UTF-8) and a backslash as ``\\\\``,
+    so the text is unambiguous and a name cannot add lines or terminal sequences. With
+    ``field``, a space is ``\\x20`` too, for values printed among space-separated fields.
+    JSON output does not go through here: it escapes by itself.
+    """
+    pattern = _UNPRINTABLE_OR_SPACE if field else _UNPRINTABLE
+    return pattern.sub(_escape, str(value))
+
+
 def emit(args: argparse.Namespace, data: Any, human: Callable[[Any], str]) -> None:
     if getattr(args, "json", False):
         print(json.dumps(data, indent=None if isinstance(data, list) else 2, sort_keys=True))
@@ -157,7 +191,9 @@ def _spawn_daemon(args: argparse.Namespace, state_dir: Path, mountpoint: Path) -
         last = lines[-1] if lines else ""
     except OSError:
         pass
-    print(f"worm-fs: mount failed: {last or f'daemon exited with {code}'}", file=sys.stderr)
+    last = last.removeprefix("worm-fs: ")  # the daemon's own one-line error
+    print(f"worm-fs: mount failed: {printable(last or f'daemon exited with {code}')}",
+          file=sys.stderr)
     return code or errors.EXIT_INTERNAL
 
 
@@ -246,7 +282,8 @@ def cmd_stat(args: argparse.Namespace) -> int:
         "gid": st.st_gid,
         "mtime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(st.st_mtime)),
     }
-    emit(args, data, lambda d: "\n".join(f"{k:>10}: {v}" for k, v in d.items() if v is not None))
+    emit(args, data, lambda d: "\n".join(f"{k:>10}: {printable(v)}" for k, v in d.items()
+                                         if v is not None))
     return 0
 
 
@@ -302,8 +339,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     }
 
     def human(d: dict[str, Any]) -> str:
-        lines = [f"corrupt {f['kind']}: {f['path'] + ': ' if f['path'] else ''}{f['detail']}"
-                 for f in d["findings"]]
+        lines = [printable(f"corrupt {f['kind']}: {f['path'] + ': ' if f['path'] else ''}"
+                           f"{f['detail']}") for f in d["findings"]]
         lines.append(f"checked {d['chunks']} chunks ({_human_bytes(d['chunk_bytes'])}) and "
                      f"{d['files']} sealed files: " + ("OK" if d["ok"] else
                                                       f"{len(d['findings'])} problem(s)"))
@@ -336,16 +373,25 @@ def _verifier(loc: Location | None, given: str | None) -> Any:
     return load_key(loc.state_dir).verifier()
 
 
+def _json_value(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":")).replace("\x7f", "\\u007f")
+
+
 def _format_record(record: dict[str, Any]) -> str:
+    """One line per record, whatever the names in it (see :func:`printable`)."""
     when = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record["time_ns"] / 1e9))
     skip = {"seq", "time_ns", "mono_ns", "boot_id", "op", "result", "path", "uid", "pid",
             "comm", "gid", "leaf_hash"}
-    extra = " ".join(f"{k}={json.dumps(v, separators=(',', ':'))}"
-                     for k, v in sorted(record.items()) if k not in skip)
-    who = f"uid={record['uid']} pid={record.get('pid')} ({record.get('comm', '')})" \
-        if "uid" in record else ""
-    return (f"{record['seq']:>7} {when} {record['op']:<10} {record['result']:<7} "
-            f"{record.get('path', '-')} {who} {extra}").rstrip()
+    # Other fields as KEY=JSON: ensure_ascii escapes every character but DEL.
+    extra = " ".join(
+        f"{printable(k, field=True)}={_json_value(v)}"
+        for k, v in sorted(record.items()) if k not in skip)
+    who = (f"uid={printable(record['uid'], field=True)} "
+           f"pid={printable(record.get('pid'), field=True)} "
+           f"({printable(record.get('comm', ''), field=True)})") if "uid" in record else ""
+    op, result = (printable(record[k], field=True) for k in ("op", "result"))
+    return (f"{record['seq']:>7} {when} {op:<10} {result:<7} "
+            f"{printable(record.get('path', '-'), field=True)} {who} {extra}").rstrip()
 
 
 def cmd_log_show(args: argparse.Namespace) -> int:
@@ -393,7 +439,7 @@ def cmd_log_verify(args: argparse.Namespace) -> int:
         store.close()
 
     def human(d: dict[str, Any]) -> str:
-        lines = [f"TAMPERED {p}" for p in d["problems"]]
+        lines = [f"TAMPERED {printable(p)}" for p in d["problems"]]
         lines.append(
             f"{d['records']} records, root {d['root']}, {d['checkpoints_checked']} stored "
             f"checkpoint(s), {d['unanchored_records']} record(s) after the newest checkpoint"
@@ -467,8 +513,9 @@ def cmd_log_prove(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------- deletion, holds
-def _control(path: str, *, admin: bool) -> tuple[Path, str]:
-    """The control socket of the mount containing ``path``, and path's name in the mount."""
+def _control(path: str, *, admin: bool) -> tuple[Callable[..., Any], str]:
+    """A caller of the control socket of the mount containing ``path``, and path's name
+    in the mount. It sends only to the daemon the mount names (``user.worm.pid``)."""
     loc = locate(path, allow_state_dir=False)
     assert loc.mountpoint is not None
     attr = "user.worm.admin_control" if admin else "user.worm.control"
@@ -479,7 +526,11 @@ def _control(path: str, *, admin: bool) -> tuple[Path, str]:
     p = Path(os.path.abspath(path))
     real = Path(os.path.realpath(p.parent)) / p.name if p != loc.mountpoint else p
     rel = os.path.relpath(real, loc.mountpoint)
-    return sock, "/" if rel == "." else "/" + rel
+
+    def call(op: str, **kwargs: Any) -> Any:
+        return control_call(sock, op, daemon_pid=loc.daemon_pid, **kwargs)
+
+    return call, "/" if rel == "." else "/" + rel
 
 
 def _parse_date(text: str) -> int:
@@ -501,35 +552,37 @@ def _request_line(r: dict[str, Any]) -> str:
     what = (f"{r['files']} file(s), frees {_human_bytes(r['bytes_freed'])}" if kind == "delete"
             else f"until {iso_time(r['extra']['until_ns'])}" if kind == "retain"
             else "legal hold")
-    return (f"{r['id']}  {kind:<6} {r['state']:<8} {r['path']}  by uid {r['requester_uid']}  "
-            f"{what}  created {r['created_at']}  reason: {r['reason']}")
+    return (f"{r['id']}  {kind:<6} {r['state']:<8} {printable(r['path'], field=True)}  by uid "
+            f"{r['requester_uid']}  {what}  created {r['created_at']}  "
+            f"reason: {printable(r['reason'])}")
 
 
 def cmd_delete_request(args: argparse.Namespace) -> int:
-    sock, rel = _control(args.path, admin=False)
-    r = control_call(sock, "delete_request", path=rel, reason=args.reason)
-    emit(args, r, lambda r: f"{r['id']}\nrequested deletion of {r['path']}: {r['files']} "
+    call, rel = _control(args.path, admin=False)
+    r = call("delete_request", path=rel, reason=args.reason)
+    emit(args, r, lambda r: f"{r['id']}\nrequested deletion of {printable(r['path'])}: "
+         f"{r['files']} "
          f"file(s), {_human_bytes(r['logical_bytes'])}, would free "
          f"{_human_bytes(r['bytes_freed'])}; another admin must approve it")
     return 0
 
 
 def cmd_delete_list(args: argparse.Namespace) -> int:
-    sock, _ = _control(args.path, admin=False)
-    reqs = control_call(sock, "delete_list")
+    call, _ = _control(args.path, admin=False)
+    reqs = call("delete_list")
     emit(args, reqs, lambda rs: "\n".join(_request_line(r) for r in rs) or "no requests")
     return 0
 
 
 def cmd_delete_decide(args: argparse.Namespace) -> int:
-    sock, _ = _control(args.path, admin=True)
+    call, _ = _control(args.path, admin=True)
     op = "delete_approve" if args.decision == "approve" else "delete_reject"
-    r = control_call(sock, op, id=args.id, reason=args.reason or "")
+    r = call(op, id=args.id, reason=args.reason or "")
     kind = r.get("kind", "delete")
     verb = "rejected" if op == "delete_reject" else \
         {"delete": "approved and deleted", "retain": "approved retention of",
          "hold": "approved a legal hold on"}[kind]
-    emit(args, r, lambda r: f"{verb} request {r['id']} ({r['path']})")
+    emit(args, r, lambda r: f"{verb} request {r['id']} ({printable(r['path'])})")
     return 0
 
 
@@ -539,33 +592,32 @@ def _second_admin(req: dict[str, Any], what: str) -> str:
 
 
 def cmd_hold(args: argparse.Namespace) -> int:
-    sock, rel = _control(args.path, admin=True)
+    call, rel = _control(args.path, admin=True)
     if args.action == "set":
         if not args.reason:
             raise UsageError("hold set needs --reason")
-        req = control_call(sock, "hold_set", path=rel, reason=args.reason)
-        print(_second_admin(req, f"a legal hold on {rel}") if req else
-              f"legal hold set on {rel}")
+        req = call("hold_set", path=rel, reason=args.reason)
+        print(_second_admin(req, f"a legal hold on {printable(rel)}") if req else
+              f"legal hold set on {printable(rel)}")
     else:
-        control_call(sock, "hold_clear", path=rel)
-        print(f"legal hold cleared on {rel}")
+        call("hold_clear", path=rel)
+        print(f"legal hold cleared on {printable(rel)}")
     return 0
 
 
 def cmd_retain(args: argparse.Namespace) -> int:
-    sock, rel = _control(args.path, admin=True)
-    r = control_call(sock, "retain", path=rel, until_ns=_parse_date(args.until),
-                     reason=args.reason or "")
+    call, rel = _control(args.path, admin=True)
+    r = call("retain", path=rel, until_ns=_parse_date(args.until), reason=args.reason or "")
     req = r["request"]
-    print(_second_admin(req, f"retention of {rel} until {r['until']}") if req else
-          f"{rel} retained until {r['until']}")
+    print(_second_admin(req, f"retention of {printable(rel)} until {r['until']}") if req else
+          f"{printable(rel)} retained until {r['until']}")
     return 0
 
 
-def control_call(sock: Path, op: str, **kwargs: Any) -> Any:
+def control_call(sock: Path, op: str, *, daemon_pid: int | None, **kwargs: Any) -> Any:
     from worm_fs.control.client import call
 
-    return call(sock, op, **kwargs)
+    return call(sock, op, daemon_pid=daemon_pid, **kwargs)
 
 
 # ---------------------------------------------------------------------- provenance
@@ -589,13 +641,13 @@ def cmd_seal_env(args: argparse.Namespace) -> int:
         f.write(data)
     _wait_sealed(path)
     result = {"path": str(path), "sha256": os.getxattr(path, "user.worm.sha256").decode()}
-    emit(args, result, lambda r: f"{r['sha256']}  {r['path']}")
+    emit(args, result, lambda r: f"{r['sha256']}  {printable(r['path'])}")
     return 0
 
 
 def cmd_manifest_create(args: argparse.Namespace) -> int:
     from worm_fs.audit.anchor import load_key
-    from worm_fs.manifest import build, scan_sealed_tree, shown, sign
+    from worm_fs.manifest import build, scan_sealed_tree, sign
 
     root = Path(args.path)
     loc = locate(root, allow_state_dir=False)
@@ -610,7 +662,7 @@ def cmd_manifest_create(args: argparse.Namespace) -> int:
     text = json.dumps(envelope, indent=2) + "\n"
     for link in tree.links:
         if not link.covered:
-            print(f"worm-fs: warning: {shown(link.path)} -> {shown(link.target)} points "
+            print(f"worm-fs: warning: {printable(link.path)} -> {printable(link.target)} points "
                   "outside the tree: signed as not covered", file=sys.stderr)
     if args.output:
         Path(args.output).write_text(text)
@@ -627,7 +679,6 @@ def cmd_manifest_verify(args: argparse.Namespace) -> int:
         check_checkpoint,
         compare,
         open_envelope,
-        shown,
         signed_links,
     )
 
@@ -652,24 +703,24 @@ def cmd_manifest_verify(args: argparse.Namespace) -> int:
     try:
         statement = open_envelope(envelope if isinstance(envelope, dict) else {}, verifier)
     except ManifestError as exc:
-        print(f"FAILED signature: {exc.message}")
+        print(f"FAILED signature: {printable(exc.message)}")
         return errors.EXIT_CHECK_FAILED
     why = check_checkpoint(statement, verifier)
     if why:
         problems.append(why)
     result = compare(statement, root)
-    problems += [f"missing: {shown(p)}" for p in result.missing]
-    problems += [f"extra: {shown(p)}" for p in result.extra]
-    problems += [f"changed: {shown(p)}" for p in result.changed]
-    problems += [f"missing link: {shown(p)}" for p in result.missing_links]
-    problems += [f"extra link: {shown(p)} -> {shown(t)}" for p, t in result.extra_links]
-    problems += [f"changed link: {shown(k.path)} -> {shown(t)} (signed: {shown(k.target)})"
-                 for k, t in result.retargeted]
-    problems += [f"changed: {shown(p)} (signed as a file, now a link -> {shown(t)})"
+    problems += [f"missing: {printable(p)}" for p in result.missing]
+    problems += [f"extra: {printable(p)}" for p in result.extra]
+    problems += [f"changed: {printable(p)}" for p in result.changed]
+    problems += [f"missing link: {printable(p)}" for p in result.missing_links]
+    problems += [f"extra link: {printable(p)} -> {printable(t)}" for p, t in result.extra_links]
+    problems += [f"changed link: {printable(k.path)} -> {printable(t)} "
+                 f"(signed: {printable(k.target)})" for k, t in result.retargeted]
+    problems += [f"changed: {printable(p)} (signed as a file, now a link -> {printable(t)})"
                  for p, t in result.now_links]
-    problems += [f"changed: {shown(k.path)} (signed as a link -> {shown(k.target)}, now a "
+    problems += [f"changed: {printable(k.path)} (signed as a link -> {printable(k.target)}, now a "
                  "file)" for k in result.now_files]
-    warnings = [f"link {shown(k.path)} -> {shown(k.target)} points outside the tree: its "
+    warnings = [f"link {printable(k.path)} -> {printable(k.target)} points outside the tree: its "
                 "target's content is not covered by the manifest" for k in result.not_covered]
     data = {"ok": not problems, "files": len(statement["subject"]), "checked": result.checked,
             "links": len(signed_links(statement)), "links_checked": result.links_checked,
@@ -701,7 +752,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="worm-fs",
         description="A write-once filesystem for ML artifacts: files are sealed when their "
         "writer closes them, and every attempt is recorded in a tamper-evident audit log.",
-        epilog="Exit codes: 0 ok, 1 check failed, 2 usage/not found, 3 refused, "
+        epilog="Exit codes: 0 ok, 1 check failed, 2 usage/not found (also: an unsafe "
+        "runtime directory, a control socket not served by the mount's daemon), 3 refused, "
         "4 store busy, 5 storage error, 70 internal error.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -757,7 +809,10 @@ def build_parser() -> argparse.ArgumentParser:
     logsub = logp.add_subparsers(dest="log_command", metavar="ACTION", required=True)
 
     p = logsub.add_parser("show", help="print records", description="Print audit records, "
-                          "as lines or JSON Lines (with leaf_hash).")
+                          "one line each, or JSON Lines (with leaf_hash). In lines, control "
+                          "and invisible characters in names are escaped (\\n, \\x1b, "
+                          "\\u202e), a backslash is \\\\, and a space in a path or process "
+                          "name is \\x20.")
     p.add_argument("path", metavar="PATH")
     p.add_argument("--json", action="store_true", help="JSON Lines")
     p.add_argument("--since", type=_seq, default=0, metavar="SEQ", help="start at SEQ")
@@ -919,13 +974,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except WormError as exc:
-        print(f"worm-fs: {exc.message}", file=sys.stderr)
+        print(f"worm-fs: {printable(exc.message)}", file=sys.stderr)
         return exc.exit_code
     except BrokenPipeError:
         return 0
     except OSError as exc:  # a path the user gave that the system refuses
         where = f"{exc.filename}: " if exc.filename else ""
-        print(f"worm-fs: {where}{exc.strerror or exc}", file=sys.stderr)
+        print(f"worm-fs: {printable(f'{where}{exc.strerror or exc}')}", file=sys.stderr)
         return errors.EXIT_USAGE
     except KeyboardInterrupt:
         return 130

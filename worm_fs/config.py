@@ -49,7 +49,9 @@ MOUNT_SETTINGS: tuple[Setting, ...] = (
     Setting("checkpoint_seconds", float, 300.0, "or after T seconds with new records "
             "(default 300)", "T"),
     Setting("runtime_dir", str, None, "where the control sockets go (default "
-            "/run/worm-fs/STORE_ID)", "DIR"),
+            "/run/worm-fs/STORE_ID); it and its parents must be root's or the daemon's "
+            "and not writable by group or others (sticky parents allowed), else exit 2",
+            "DIR"),
     Setting("read_ahead_kib", int, 4096, "kernel read-ahead of the mount in KiB "
             "(default 4096)", "KIB"),
 )

@@ -4,6 +4,8 @@ Order of start-up (a failure at any step exits non-zero with a one-line message)
 
 1. take ``STATE_DIR/daemon.lock`` (a second daemon on the same store is refused);
 2. open the store, clear stale LMDB reader slots, create the root on first use;
+   check (creating what is missing) the runtime directory for the control sockets
+   (:mod:`worm_fs.control.runtime`: a directory another user could change is refused);
 3. recover files left writing by a crash (seal or quarantine, audited), then start
    the core's committer and hasher threads (from now on only the committer writes);
 4. set a 0.5 ms GIL switch interval (lookup latency while those threads work), mount,
@@ -37,6 +39,7 @@ import trio
 from worm_fs import fuse_ops
 from worm_fs.audit.anchor import ensure_key, origin_for, write_checkpoint
 from worm_fs.audit.log import AuditLog
+from worm_fs.control.runtime import RuntimeDir
 from worm_fs.control.server import ADMIN_SOCKET, REQUEST_SOCKET, ControlServer
 from worm_fs.core.clock import advance_clock
 from worm_fs.core.deletion import Deletions
@@ -178,6 +181,12 @@ class Daemon:
         )
         self.core.initialize()
         self.store_id = self.core.store_id()
+        # Checked before recovery writes anything or the mount goes up: an unsafe
+        # runtime directory refuses the start (UnsafeRuntimeDir, exit 2).
+        self.runtime = RuntimeDir.open(
+            options.runtime_dir or Path("/run/worm-fs") / self.store_id,
+            socket_names=(REQUEST_SOCKET, ADMIN_SOCKET))
+        self.runtime_dir = self.runtime.path
         admin_gid = resolve_group(options.admin_group)
         self.reserve = SpaceReserve(state_dir)
         self.reserve.take()
@@ -186,7 +195,6 @@ class Daemon:
             request_ttl_s=options.request_ttl_days * 86_400, make_room=self.reserve.release,
             max_retention_days=options.max_retention_days,
         )
-        self.runtime_dir = options.runtime_dir or Path("/run/worm-fs") / self.store_id
         self.control = ControlServer(self.deletions, on_removed=self._forget_removed,
                                      admin_gid=admin_gid)
         self.key = ensure_key(state_dir, self.store_id)
@@ -217,11 +225,16 @@ class Daemon:
         # with the default 5 ms switch interval a stat waits up to that long for the GIL.
         sys.setswitchinterval(GIL_SWITCH_INTERVAL)
         self.ops = ops = fuse_ops.WormOperations(self.core)
-        self._record("mount", mountpoint=str(self.mountpoint), settle=self.options.settle,
-                     settle_limit=self.options.settle_limit,
-                     audit_reads=self.options.audit_reads)
-        fuse_ops.mount(ops, str(self.mountpoint), allow_other=self.options.allow_other,
-                       debug=self.options.debug_fuse)
+        try:
+            self.control.listen(self.runtime)
+            self._record("mount", mountpoint=str(self.mountpoint),
+                         settle=self.options.settle, settle_limit=self.options.settle_limit,
+                         audit_reads=self.options.audit_reads)
+            fuse_ops.mount(ops, str(self.mountpoint), allow_other=self.options.allow_other,
+                           debug=self.options.debug_fuse)
+        except BaseException:
+            self._remove_sockets()
+            raise
         try:
             trio.run(self._serve, ready_fd)
         finally:
@@ -235,11 +248,15 @@ class Daemon:
                           "rest at the next start", exc.message)
             finally:
                 fuse_ops.unmount()
-                for name in (REQUEST_SOCKET, ADMIN_SOCKET):
-                    (self.runtime_dir / name).unlink(missing_ok=True)
+                self._remove_sockets()
                 self.core.close()
                 self.store.close()
                 os.close(self.lock_fd)
+
+    def _remove_sockets(self) -> None:
+        for name in (REQUEST_SOCKET, ADMIN_SOCKET):
+            self.runtime.remove(name)
+        self.runtime.close()
 
     def _forget_removed(self, removed: list[tuple[int, bytes, int]]) -> None:
         for parent, name, ino in reversed(removed):
@@ -263,7 +280,7 @@ class Daemon:
             nursery.start_soon(self._group_commit)
             nursery.start_soon(self._checkpoints)
             nursery.start_soon(self._trim_mapped_pages)
-            await nursery.start(self.control.serve, self.runtime_dir)
+            await nursery.start(self.control.serve)
             nursery.start_soon(self._serve_fuse, nursery.cancel_scope)
             # The kernel's FUSE INIT sets the mount's read-ahead; raise it only after that.
             await self.ops.initialized.wait()

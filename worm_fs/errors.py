@@ -10,7 +10,9 @@ CLI exit codes (documented in the README):
 ====  ==========================================================
 0     success
 1     a check found a problem (corruption, a tampered log)
-2     usage error, no such path, not a worm-fs store or mount
+2     usage error, no such path, not a worm-fs store or mount, an unsafe runtime
+      directory (the daemon refuses to start), a control socket not served by the
+      mount's daemon (the CLI refuses to send)
 3     refused by policy (permission, WORM rule)
 4     the store is busy (another daemon owns the state directory)
 5     storage error (full disk or map, I/O error)
@@ -66,6 +68,14 @@ class NotAStore(WormError):
 
     errno = _errno.ENOENT
     exit_code = EXIT_USAGE
+
+
+class UnsafeRuntimeDir(UsageError):
+    """The runtime directory, or a directory above it, can be changed by another user."""
+
+
+class UnknownDaemon(UsageError):
+    """The control socket is not served by the daemon of this mount."""
 
 
 class Refused(WormError):

@@ -60,13 +60,6 @@ class ExternalLinks(WormError):
     exit_code = EXIT_USAGE
 
 
-def shown(name: str) -> str:
-    """A path or link target as printable text on one line (undecodable bytes as \\xNN)."""
-    text = os.fsencode(name).decode("utf-8", "backslashreplace")
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode()
-                   for c in text)
-
-
 def pae(payload_type: str, payload: bytes) -> bytes:
     """DSSE pre-authentication encoding: what the signature covers."""
     t = payload_type.encode()
@@ -175,7 +168,7 @@ def scan_sealed_tree(root: Path, *, allow_external_links: bool = False) -> Tree:
         path = root / rel
         state = os.getxattr(path, "user.worm.state").decode()
         if state != "sealed":
-            unsealed.append(f"{shown(rel)} ({state})")
+            unsealed.append(f"{rel} ({state})")
             continue
         prov = json.loads(os.getxattr(path, "user.worm.provenance"))
         entries.append(Entry(path=rel, size=path.stat().st_size,
@@ -186,7 +179,7 @@ def scan_sealed_tree(root: Path, *, allow_external_links: bool = False) -> Tree:
                             ", ".join(unsealed))
     links = [Link(path=rel, target=target, covered=not leaves_tree(rel, targets))
              for rel, target in targets.items()]
-    external = [f"{shown(k.path)} -> {shown(k.target)}" for k in links if not k.covered]
+    external = [f"{k.path} -> {k.target}" for k in links if not k.covered]
     if external and not allow_external_links:
         raise ExternalLinks("refusing to sign symlinks that point outside the tree "
                             "(--allow-external-links signs them as not covered): " +

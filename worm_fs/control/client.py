@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno as errno_mod
 import json
 import socket
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from worm_fs.errors import (
     NotFound,
     Refused,
     StoreBusy,
+    UnknownDaemon,
     UsageError,
     WormError,
 )
@@ -24,13 +26,20 @@ from worm_fs.errors import (
 TIMEOUT = 60.0
 
 
-def call(socket_path: Path, op: str, **args: Any) -> Any:
-    """Send ``op`` and return its result; a refusal raises the matching WormError."""
+def call(socket_path: Path, op: str, *, daemon_pid: int | None = None, **args: Any) -> Any:
+    """Send ``op`` and return its result; a refusal raises the matching WormError.
+
+    With ``daemon_pid`` (the pid the mount publishes), the message is sent only if the
+    process listening on the socket is that daemon or runs as root (``SO_PEERCRED`` of
+    the listener): a socket planted by another user gets nothing.
+    """
     answer = bytearray()
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(TIMEOUT)
             sock.connect(str(socket_path))
+            if daemon_pid is not None:
+                check_listener(sock, socket_path, daemon_pid)
             try:
                 sock.sendall(protocol.encode({"v": protocol.VERSION, "op": op, **args}))
             except (BrokenPipeError, ConnectionResetError):
@@ -57,6 +66,14 @@ def call(socket_path: Path, op: str, **args: Any) -> Any:
     if reply.get("ok"):
         return reply.get("result")
     raise _error(reply)
+
+
+def check_listener(sock: socket.socket, socket_path: Path, daemon_pid: int) -> None:
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, _ = struct.unpack("3i", raw)
+    if pid != daemon_pid and uid != 0:
+        raise UnknownDaemon(f"{socket_path} is served by pid {pid} (uid {uid}), not by this "
+                            f"mount's daemon (pid {daemon_pid}); nothing was sent")
 
 
 def _error(reply: dict[str, Any]) -> WormError:

@@ -1,6 +1,6 @@
 """The control channel server: deletion requests and admin decisions over Unix sockets.
 
-Two sockets in the runtime directory:
+Two sockets in the runtime directory (checked and bound by :mod:`.runtime`):
 
 * ``request.sock`` (mode 0666): anyone may ask for a deletion or list requests;
 * ``admin.sock`` (mode 0660, group = the admin group; 0600 without one): decisions,
@@ -17,17 +17,16 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import socket
 import struct
 from collections.abc import Callable
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import trio
 
 from worm_fs.control import protocol
+from worm_fs.control.runtime import RuntimeDir
 from worm_fs.core.deletion import Deletions
 from worm_fs.core.model import Caller
 from worm_fs.core.paths import iso_time
@@ -87,6 +86,7 @@ class ControlServer:
         #: Open connections per socket (False: request socket, True: admin socket), so a
         #: flood on the request socket cannot lock admins out.
         self.active = {False: 0, True: 0}
+        self._sockets: list[tuple[bool, socket.socket]] = []
         self.served = 0
         self._handlers: dict[str, Callable[[dict[str, Any], Caller], Any]] = {
             "hello": lambda a, w: {"version": protocol.VERSION, "uid": w.uid},
@@ -118,36 +118,26 @@ class ControlServer:
         return dict(request_view(req), _removed=removed)
 
     # ------------------------------------------------------------------ serving
-    async def serve(
-        self, runtime_dir: Path, *, task_status: Any = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
-        os.chmod(runtime_dir, 0o755)
-        listeners = [
-            self._listen(runtime_dir / REQUEST_SOCKET, 0o666, None),
-            self._listen(runtime_dir / ADMIN_SOCKET, 0o660 if self.admin_gid is not None
-                         else 0o600, self.admin_gid),
+    def listen(self, runtime: RuntimeDir) -> None:
+        """Bind both sockets in ``runtime`` (checked by :meth:`RuntimeDir.open`); before
+        the event loop runs, so a refusal is a plain one-line error."""
+        self._sockets = [
+            (False, runtime.listen(REQUEST_SOCKET, 0o666, None)),
+            (True, runtime.listen(ADMIN_SOCKET, 0o660 if self.admin_gid is not None
+                                  else 0o600, self.admin_gid)),
         ]
+
+    async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve the sockets bound by :meth:`listen`."""
         async with trio.open_nursery() as nursery:
-            for path, listener in listeners:
-                admin = path.name == ADMIN_SOCKET
+            for admin, sock in self._sockets:
+                listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
                 nursery.start_soon(
                     trio.serve_listeners,
                     lambda stream, admin=admin: self._connection(stream, admin),
                     [listener],
                 )
             task_status.started()
-
-    def _listen(self, path: Path, mode: int, gid: int | None) -> tuple[Path, Any]:
-        if path.exists() or path.is_symlink():
-            path.unlink()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.bind(str(path))
-        os.chmod(path, mode)
-        if gid is not None:
-            os.chown(path, -1, gid)
-        sock.listen(128)
-        return path, trio.SocketListener(trio.socket.from_stdlib_socket(sock))
 
     async def _connection(self, stream: trio.SocketStream, admin_socket: bool) -> None:
         if self.active[admin_socket] >= self.max_connections:
