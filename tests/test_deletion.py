@@ -312,3 +312,101 @@ def test_a_lower_maximum_retention_is_enforced(store_factory) -> None:
     assert as_user(CAROL, "retain", str(m.path / "f"), "--until", soon)[0] == 0
     code, _, err = as_user(CAROL, "retain", str(m.path / "f"), "--until", late)
     assert code == 3 and "maximum of 10 days" in err
+
+
+def _flood_requests(sock: Path, path: str, uid: int, seconds: float, threads: int = 8) -> int:
+    """In a child running as ``uid``: ``threads`` threads sending deletion requests for
+    ``path`` as fast as they are answered, for ``seconds``. Returns the child's pid."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            import threading
+
+            from worm_fs.control.client import call
+
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            stop = time.monotonic() + seconds
+
+            def loop() -> None:
+                while time.monotonic() < stop:
+                    try:
+                        call(sock, "delete_request", path=path, reason="flood")
+                    except Exception:  # noqa: BLE001 - refusals are the point
+                        pass
+
+            workers = [threading.Thread(target=loop) for _ in range(threads)]
+            for w in workers:
+                w.start()
+            for w in workers:
+                w.join()
+        finally:
+            os._exit(0)
+    return pid
+
+
+def test_a_flood_of_deletion_requests_neither_stalls_writers_nor_piles_up(
+    store_factory, public_base: Path
+) -> None:
+    m = store_factory("--settle", "0")
+    big = m.path / "big"
+    big.mkdir()
+    for n in range(3000):
+        (big / f"f{n:04d}").write_bytes(b"x" * 100)
+    child = _flood_requests(public_base / "run" / "request.sock", "/big", ALICE[0], 6.0)
+    try:
+        time.sleep(0.5)
+        latencies = []
+        deadline = time.monotonic() + 4.5
+        n = 0
+        while time.monotonic() < deadline:
+            start = time.monotonic()
+            with open(m.path / f"probe{n}", "wb") as f:
+                f.write(b"p" * 4096)
+            latencies.append(time.monotonic() - start)
+            n += 1
+            time.sleep(0.02)
+        list_start = time.monotonic()
+        code, out, err = as_user(CAROL, "delete", "list", str(m.path), "--json")
+        list_s = time.monotonic() - list_start
+    finally:
+        os.waitpid(child, 0)
+    latencies.sort()
+    print(f"create+write+close under the flood: median {latencies[len(latencies) // 2]*1e3:.1f}"
+          f" ms, p90 {latencies[int(len(latencies) * 0.9)]*1e3:.1f} ms, max "
+          f"{latencies[-1]*1e3:.1f} ms over {len(latencies)}; delete list {list_s*1e3:.0f} ms")
+    assert latencies[int(len(latencies) * 0.9)] < 0.1
+    assert code == 0, err
+    assert list_s < 1.0
+    pending = [r for r in json.loads(out) if r["state"] == "pending"]
+    assert 0 < len(pending) <= 16  # the per-uid cap
+    refused = [r for r in records(m) if r["op"] == "delete_request" and r["result"] == "EAGAIN"]
+    assert 0 < len(refused) <= 10  # aggregated: about one record per second
+    assert sum(r.get("suppressed", 0) for r in refused) > len(refused)
+
+
+def test_a_request_for_a_huge_tree_is_refused_quickly(tmp_path: Path) -> None:
+    from tests.test_core import ALICE as CORE_ALICE
+    from tests.test_core import FakeClock, open_core
+    from worm_fs.core import deletion
+    from worm_fs.core.deletion import Deletions
+    from worm_fs.core.fs import ROOT_INO
+    from worm_fs.errors import Refused
+
+    core = open_core(tmp_path, FakeClock())
+    try:
+        d = core.mkdir(ROOT_INO, b"d", 0o755, CORE_ALICE)
+        for n in range(30):
+            core.mkdir(d.ino, f"s{n}".encode(), 0o755, CORE_ALICE)
+        desk = Deletions(core)
+        old, deletion.MAX_REQUEST_ENTRIES = deletion.MAX_REQUEST_ENTRIES, 20
+        try:
+            with pytest.raises(Refused) as exc:
+                desk.request("/d", "too big", CORE_ALICE)
+        finally:
+            deletion.MAX_REQUEST_ENTRIES = old
+        assert exc.value.errno == errno.E2BIG
+        assert desk.request("/d", "fine", CORE_ALICE).entries == 31
+    finally:
+        core.store.close()

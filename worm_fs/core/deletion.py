@@ -19,6 +19,8 @@ import errno
 import hashlib
 import json
 import secrets
+import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -26,6 +28,7 @@ from typing import Any
 
 from worm_fs.core.clock import advance_clock, trusted_now
 from worm_fs.core.fs import WormCore
+from worm_fs.core.layout import chunk_length
 from worm_fs.core.model import Caller, Inode, Kind, State
 from worm_fs.core.paths import ROOT_INO, iso_time, path_of
 from worm_fs.errors import NoSpace, NotFound, Refused, UsageError
@@ -76,6 +79,58 @@ class DeletionRequest:
 
 #: The longest retention anyone can set, from now (100 years, as SnapLock caps it).
 MAX_RETENTION_DAYS = 36_525.0
+#: Requests one uid may have pending at once (root: no limit).
+MAX_PENDING_PER_UID = 16
+#: New requests per uid: a burst of this many, then one per ``REQUEST_INTERVAL_S``.
+REQUEST_BURST = 4
+REQUEST_INTERVAL_S = 2.0
+#: Entries one request may cover; a larger tree is refused at once (request its parts).
+MAX_REQUEST_ENTRIES = 100_000
+
+
+class TooLarge(Exception):
+    """A walk passed :data:`MAX_REQUEST_ENTRIES`."""
+
+
+class RequestLimiter:
+    """Per-uid token buckets for new requests, and one refusal record per uid and second.
+
+    In memory, under its own lock: a flood of requests is turned away before anything
+    is walked, read or written, and the refusals it causes are recorded aggregated
+    (``suppressed`` counts those since the last record), so the flood cannot grow the
+    audit log either.
+    """
+
+    def __init__(self, burst: int = REQUEST_BURST, interval_s: float = REQUEST_INTERVAL_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.burst, self.interval_s, self.clock = burst, interval_s, clock
+        self._lock = threading.Lock()
+        self._tokens: dict[int, tuple[float, float]] = {}  # uid -> (tokens, at)
+        self._refused: dict[int, tuple[float, int]] = {}  # uid -> (last record, suppressed)
+
+    def take(self, uid: int) -> bool:
+        now = self.clock()
+        with self._lock:
+            tokens, at = self._tokens.get(uid, (float(self.burst), now))
+            tokens = min(float(self.burst), tokens + (now - at) / self.interval_s)
+            if len(self._tokens) > 65_536:  # forget idle uids rather than grow
+                self._tokens.clear()
+            if tokens < 1:
+                self._tokens[uid] = (tokens, now)
+                return False
+            self._tokens[uid] = (tokens - 1, now)
+            return True
+
+    def should_record(self, uid: int) -> int | None:
+        """None: fold this refusal into the next record; else the refusals folded so far."""
+        now = self.clock()
+        with self._lock:
+            last, suppressed = self._refused.get(uid, (-1e18, 0))
+            if now - last < 1.0:
+                self._refused[uid] = (last, suppressed + 1)
+                return None
+            self._refused[uid] = (now, 0)
+            return suppressed
 
 
 @dataclass(frozen=True)
@@ -102,6 +157,9 @@ class Deletions:
         self.request_ttl_ns = int(request_ttl_s * 1e9)
         self.max_retention_days = max_retention_days
         self.max_retention_ns = int(max_retention_days * 86_400 * 1e9)
+        self.limiter = RequestLimiter()
+        self._walking = threading.Lock()
+        self.max_pending = MAX_PENDING_PER_UID
 
     # ------------------------------------------------------------------ helpers
     def is_admin(self, who: Caller) -> bool:
@@ -151,27 +209,36 @@ class Deletions:
             inode = parent
 
     def _coverage(self, txn: ReadTxn, ino: int) -> Coverage:
+        """Everything a request for ``ino`` covers (raises :class:`TooLarge` past
+        :data:`MAX_REQUEST_ENTRIES`). A sealed file's chunk lengths follow from its
+        size (its layout is canonical), so only other files' chunks are read."""
         entries: list[tuple[int, Inode]] = []
-
-        def walk(n: int) -> None:
+        todo: list[tuple[int, bool]] = [(ino, False)]
+        while todo:  # post-order without recursion: a deep tree must not overflow
+            n, expanded = todo.pop()
             inode = self.core.inode_in(txn, n)
-            if inode.kind is Kind.DIR:
-                for _, child in list(txn.iter_dirents(n)):
-                    walk(child)
+            if inode.kind is Kind.DIR and not expanded:
+                todo.append((n, True))
+                todo.extend((child, False) for _, child in txn.iter_dirents(n))
+                continue
             entries.append((n, inode))
-
-        walk(ino)
+            if len(entries) > MAX_REQUEST_ENTRIES:
+                raise TooLarge
         refs: Counter[bytes] = Counter()
+        lengths: dict[bytes, int] = {}
         files = logical = 0
         for n, inode in entries:
             if inode.kind is Kind.FILE:
                 files += 1
                 logical += inode.size
-                refs.update(key for _, key in txn.iter_manifest(n))
+                for index, key in txn.iter_manifest(n):
+                    refs[key] += 1
+                    if inode.state is State.SEALED and inode.layout:
+                        lengths[key] = chunk_length(inode.size, index)
         freed = 0
         for key, count in refs.items():
             if txn.get_ref(key) <= count:
-                freed += len(txn.get_chunk(key) or b"")
+                freed += lengths[key] if key in lengths else len(txn.get_chunk(key) or b"")
         return Coverage(entries, files, logical, freed)
 
     def retained_until(self, txn: ReadTxn, ino: int) -> int:
@@ -194,10 +261,43 @@ class Deletions:
         return DeletionRequest.from_bytes(raw)
 
     # ------------------------------------------------------------------ requests
+    def _limit(self, op: str, who: Caller, path: str) -> None:
+        """Refuse a request over its uid's rate or pending cap (root is not limited)."""
+        if who.uid == 0:
+            return
+        if not self.limiter.take(who.uid):
+            why = (f"too many requests: at most {REQUEST_BURST} at once, then one every "
+                   f"{REQUEST_INTERVAL_S:g} s")
+        elif self._pending_of(who.uid) >= self.max_pending:
+            why = (f"you have {self.max_pending} pending requests already; wait for a "
+                   "decision or for them to expire")
+        else:
+            return
+        raise self._refuse_flood(op, who, why, path=path)
+
+    def _refuse_flood(self, op: str, who: Caller, why: str, **fields: Any) -> Refused:
+        """An EAGAIN refusal, recorded at most once per uid and second."""
+        suppressed = self.limiter.should_record(who.uid)
+        if suppressed is not None:
+            self.core.log.note(self.core.log.stamp(
+                op, errno.EAGAIN, reason=why, uid=who.uid, gid=who.gid, pid=who.pid,
+                comm=who.comm, **({"suppressed": suppressed} if suppressed else {}), **fields))
+        return Refused(why, errno=errno.EAGAIN)
+
+    def _pending_of(self, uid: int, txn: ReadTxn | None = None) -> int:
+        if txn is None:
+            with self.core.store.read() as rt:
+                return self._pending_of(uid, rt)
+        now = trusted_now(txn, self.core.clock())
+        return sum(1 for _, raw in txn.iter_deletions()
+                   if (r := DeletionRequest.from_bytes(raw)).requester_uid == uid
+                   and r.shown_state(now) == "pending")
+
     def request(self, path: str, reason: str, who: Caller) -> DeletionRequest:
         if not reason.strip():
             raise UsageError("a reason is required")
         self.core.require_writable("delete_request", who, path=path)
+        self._limit("delete_request", who, path)
         # The subtree is walked on a snapshot, outside the commit pipeline; approval
         # checks again that the request still covers exactly these entries.
         with self.core.store.read() as rt:
@@ -212,7 +312,13 @@ class Deletions:
             if not self._can_see(rt, ino, who):
                 raise self._refuse("delete_request", errno.EACCES, who,
                                    "you cannot see this path", path=path)
-            cover = self._coverage(rt, ino)
+            try:
+                with self._walking:  # one walk at a time: the rest of the store keeps the CPU
+                    cover = self._coverage(rt, ino)
+            except TooLarge:
+                raise self._refuse("delete_request", errno.E2BIG, who,
+                                   f"it covers more than {MAX_REQUEST_ENTRIES} entries: "
+                                   "request its parts one by one", path=path) from None
             where = path_of(rt, ino)
 
         return self._new_request("delete", where, ino, reason, who, cover)
@@ -223,6 +329,10 @@ class Deletions:
     ) -> DeletionRequest:
         """Store a pending request (a committer job) and record it."""
         def job(tx: WriteTxn, batch: Any) -> DeletionRequest:
+            if who.uid != 0 and self._pending_of(who.uid, tx) >= self.max_pending:
+                raise self._refuse_flood(f"{kind}_request", who, "you have "
+                                         f"{self.max_pending} pending requests already",
+                                         path=where)
             now = advance_clock(tx, self.core.clock())
             req = DeletionRequest(
                 id=secrets.token_hex(6), state="pending", path=where, ino=ino,
@@ -335,7 +445,12 @@ class Deletions:
         if raw is None or path_of(tx, req.ino) != req.path:
             raise self._refuse("delete_approve", errno.ENOENT, who,
                                "the requested entry no longer exists at that path", **fields)
-        cover = self._coverage(tx, req.ino)
+        try:
+            cover = self._coverage(tx, req.ino)
+        except TooLarge:
+            raise self._refuse("delete_approve", errno.E2BIG, who,
+                               f"{req.path} now holds more than {MAX_REQUEST_ENTRIES} "
+                               "entries", **fields) from None
         if req.extra.get("entries_digest") not in (None, _entries_digest(cover)):
             raise self._refuse(
                 "delete_approve", errno.EPERM, who,
@@ -409,6 +524,7 @@ class Deletions:
         with self.core.store.read() as rt:
             ino, inode, where = self._target(rt, "hold_set", path, who)
         if inode.kind is Kind.DIR:
+            self._limit("hold_request", who, where)
             return self._new_request("hold", where, ino, reason, who)
         self.core.commit(lambda tx, batch: self._set_hold(tx, batch, ino, who, reason))
         return None
@@ -442,6 +558,7 @@ class Deletions:
             ino, inode, where = self._target(rt, "retain", path, who)
             self._check_retention("retain", who, rt, inode, until_ns, where)
         if inode.kind is Kind.DIR:
+            self._limit("retain_request", who, where)
             return self._new_request("retain", where, ino,
                                      reason or f"retain until {iso_time(until_ns)}", who,
                                      until_ns=until_ns)
