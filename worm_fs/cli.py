@@ -314,6 +314,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
             f"commits:        {d['commits']} ({d['commit_flushes']} file flushes, "
             f"{d['flushes_per_commit']} per commit; {d['commits_shared']} shared by "
             f"several files; {d['commit_records']} audit records)",
+            *(f"usage:          {_quota_line(q)} (sealed and quarantined files)"
+              for q in d["quotas"]),
         ])
 
     emit(args, data, human)
@@ -612,6 +614,65 @@ def cmd_retain(args: argparse.Namespace) -> int:
     print(_second_admin(req, f"retention of {printable(rel)} until {r['until']}") if req else
           f"{printable(rel)} retained until {r['until']}")
     return 0
+
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
+
+
+def _parse_limit(text: str | None, *, sizes: bool) -> int:
+    """A limit flag: not given is -2 (keep it), "none" -1 (no limit); sizes take K, M,
+    G, T, P suffixes (powers of 1024, an optional "iB" or "B")."""
+    if text is None:
+        return -2
+    if text.lower() == "none":
+        return -1
+    body = text.strip().upper().removesuffix("IB").removesuffix("B") if sizes else text
+    unit = body[-1:] if sizes and body[-1:] in _UNITS else ""
+    try:
+        value = int(body[: len(body) - len(unit)]) if body else -1
+    except ValueError:
+        value = -1
+    if value < 0:
+        what = "a size like 500G or 10T" if sizes else "a whole number"
+        raise UsageError(f"not {what}: {text!r} (or 'none')")
+    return value * _UNITS[unit]
+
+
+def cmd_quota_set(args: argparse.Namespace) -> int:
+    if args.bytes is None and args.files is None:
+        raise UsageError("give --bytes and/or --files (a number, or 'none' to remove)")
+    call, rel = _control(args.path, admin=True)
+    target = f"uid:{_uid_of(args.uid)}" if args.uid is not None else rel
+    q = call("quota_set", target=target, bytes=_parse_limit(args.bytes, sizes=True),
+             files=_parse_limit(args.files, sizes=False))
+    emit(args, q, _quota_line)
+    return 0
+
+
+def cmd_quota_show(args: argparse.Namespace) -> int:
+    call, _ = _control(args.path, admin=True)
+    quotas = call("quota_show")
+    emit(args, quotas, lambda qs: "\n".join(_quota_line(q) for q in qs) or "no quotas")
+    return 0
+
+
+def _uid_of(user: str) -> int:
+    import pwd
+
+    if user.isdigit():
+        return int(user)
+    try:
+        return pwd.getpwnam(user).pw_uid
+    except KeyError:
+        raise UsageError(f"no such user: {user!r}") from None
+
+
+def _quota_line(q: dict[str, Any]) -> str:
+    who = f"uid {q['uid']}" if q["kind"] == "uid" else f"tree {printable(q['path'])}"
+    limit_b = "no limit" if q["bytes_limit"] is None else _human_bytes(q["bytes_limit"])
+    limit_f = "no limit" if q["files_limit"] is None else str(q["files_limit"])
+    return (f"{who}: {_human_bytes(q['bytes_used'])} of {limit_b}, "
+            f"{q['files_used']} of {limit_f} files")
 
 
 def control_call(sock: Path, op: str, *, daemon_pid: int | None, **kwargs: Any) -> Any:
@@ -943,6 +1004,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--until", required=True, metavar="DATE", help="YYYY-MM-DD or ISO 8601")
     p.add_argument("--reason", help="recorded with a request for a directory")
     p.set_defaults(func=cmd_retain)
+
+    quotap = sub.add_parser("quota", help="bytes and files per uid or directory tree (admins)",
+                            description="Quotas count what users wrote: the size of every "
+                            "sealed, quarantined and in-progress file, in full even where "
+                            "deduplication shares its chunks. A create past a files limit, "
+                            "and a write or extending truncate past a bytes limit, fail with "
+                            "EDQUOT. Only an approved deletion gives usage back.")
+    quotasub = quotap.add_subparsers(dest="quota_command", metavar="ACTION", required=True)
+    p = quotasub.add_parser("set", help="set or remove a quota",
+                            description="Without --uid: a quota on the directory tree PATH "
+                            "(entries cannot then be renamed into or out of it: EXDEV). "
+                            "With --uid: a quota on everything that user creates in the "
+                            "mount containing PATH. 'none' removes a limit.")
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("--uid", metavar="USER", help="a user name or uid")
+    p.add_argument("--bytes", metavar="SIZE", help="e.g. 500G, 10T, or none")
+    p.add_argument("--files", metavar="N", help="a number of files, or none")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_quota_set)
+    p = quotasub.add_parser("show", help="quotas and usage",
+                            description="Every quota with its usage, and every uid's usage.")
+    p.add_argument("path", metavar="PATH", help="the mount, or any path in it")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_quota_show)
     return parser
 
 

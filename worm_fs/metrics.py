@@ -66,11 +66,24 @@ def collect(store: Store) -> list[Sample]:
         ("worm_fs_commits_shared_total", "counter",
          "Commits that held the flushes of two or more files.", one(stats["commits_shared"])),
     ]
+    for what, unit in (("bytes", "Bytes"), ("files", "Files")):
+        labelled = [(dict(base, **_quota_labels(q)), q) for q in stats["quotas"]]
+        samples.append((f"worm_fs_quota_used_{what}", "gauge",
+                        f"{unit} of sealed and quarantined files, by creator uid and by "
+                        "directory tree with a quota.",
+                        [(labels, q[f"{what}_used"]) for labels, q in labelled]))
+        samples.append((f"worm_fs_quota_limit_{what}", "gauge", f"{unit} quota limits.",
+                        [(labels, q[f"{what}_limit"]) for labels, q in labelled
+                         if q[f"{what}_limit"] is not None]))
     if checkpoint_ns:
         samples.append(("worm_fs_audit_checkpoint_age_seconds", "gauge",
                         "Seconds since the newest signed checkpoint.",
                         one(round(max(0, time.time_ns() - checkpoint_ns) / 1e9, 3))))
     return samples
+
+
+def _quota_labels(q: dict[str, Any]) -> dict[str, str]:
+    return {"uid": str(q["uid"])} if q["kind"] == "uid" else {"tree": str(q["path"])}
 
 
 def _labels(labels: dict[str, str]) -> str:

@@ -31,9 +31,12 @@ ADMIN_OPS: dict[str, dict[str, type]] = {
     "delete_reject": {"id": str, "reason": str},
     "hold_set": {"path": str, "reason": str},
     "hold_clear": {"path": str},
-    "retain": {"path": str, "until_ns": int},
+    "retain": {"path": str, "until_ns": int, "reason": str},
+    # target: a path in the mount (a tree quota) or "uid:N"; a limit of -1: none
+    "quota_set": {"target": str, "bytes": int, "files": int},
+    "quota_show": {},
 }
-OPTIONAL = {("delete_approve", "reason")}
+OPTIONAL = {("delete_approve", "reason"), ("retain", "reason")}
 
 
 class ProtocolError(WormError):

@@ -100,6 +100,8 @@ class ControlServer:
             "hold_clear": lambda a, w: self.deletions.hold_clear(a["path"], w),
             "retain": lambda a, w: {"until": iso_time(a["until_ns"]), "request": _maybe_view(
                 self.deletions.retain(a["path"], w, a["until_ns"], a.get("reason", "")))},
+            "quota_set": self._quota_set,
+            "quota_show": lambda a, w: self.deletions.quotas.show(w),
         }
 
     # ------------------------------------------------------------------ ops
@@ -112,6 +114,16 @@ class ControlServer:
         admin = self.deletions.is_admin(who)
         return [request_view(r, state) for r, state in self.deletions.list()
                 if admin or r.requester_uid == who.uid]
+
+    def _quota_set(self, args: dict[str, Any], who: Caller) -> dict[str, Any]:
+        target, nbytes, files = args["target"], args["bytes"], args["files"]
+        if target.startswith("uid:"):
+            try:
+                uid = int(target[4:])
+            except ValueError:
+                raise protocol.ProtocolError(f"quota_set: bad target {target[:64]!r}") from None
+            return self.deletions.quotas.set(who, nbytes, files, uid=uid)
+        return self.deletions.quotas.set(who, nbytes, files, path=target)
 
     def _delete_approve(self, args: dict[str, Any], who: Caller) -> dict[str, Any]:
         req, removed = self.deletions.approve(args["id"], who, args["reason"])

@@ -58,6 +58,7 @@ from worm_fs.core.layout import SealPlan
 from worm_fs.core.model import Caller, Inode
 from worm_fs.core.paths import NAME_MAX, ROOT_INO, path_of
 from worm_fs.core.policy import FAILSAFE_ERRNO, Facts, Op, decide, needs_settle
+from worm_fs.core.quota import Quotas
 from worm_fs.core.settle import Survey, Window, closed_itself, survey, window_open
 from worm_fs.errors import Corruption, NotFound, Refused, StorageError, WormError
 from worm_fs.store import ReadTxn, Store, WriteTxn, u64
@@ -98,6 +99,7 @@ class CoreState:
         self.clock = clock
         self.retention_ns = int(retention_days * 86_400 * 1e9)
         self._lock = threading.Lock()
+        self.quotas = Quotas()
         self.committer = Committer(store, log, self, on_failure=self._storage_failed)
         self._handles: dict[int, Handle] = {}
         self._writers: dict[int, WriteHandle] = {}

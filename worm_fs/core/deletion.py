@@ -31,6 +31,14 @@ from worm_fs.core.fs import WormCore
 from worm_fs.core.layout import chunk_length
 from worm_fs.core.model import Caller, Inode, Kind, State
 from worm_fs.core.paths import ROOT_INO, iso_time, path_of
+from worm_fs.core.quota import (
+    LIMIT_PREFIX,
+    USED_PREFIX,
+    add_durable,
+    counted_usage,
+    meta_name,
+)
+from worm_fs.core.quota_admin import QuotaAdmin
 from worm_fs.errors import NoSpace, NotFound, Refused, UsageError
 from worm_fs.store import ReadTxn, WriteTxn, release_chunk
 
@@ -158,6 +166,7 @@ class Deletions:
         self.max_retention_days = max_retention_days
         self.max_retention_ns = int(max_retention_days * 86_400 * 1e9)
         self.limiter = RequestLimiter()
+        self.quotas = QuotaAdmin(self)
         self._walking = threading.Lock()
         self.max_pending = MAX_PENDING_PER_UID
 
@@ -484,8 +493,24 @@ class Deletions:
         ))
         removed: list[tuple[int, bytes, int]] = []
         freed = 0
+        quotas = self.core.quotas
+        keys_in: dict[int, list[tuple[str, int]]] = {}  # parent -> its trees' keys
         for n, inode in cover.entries:
             path = path_of(tx, n)
+            usage = counted_usage(inode)
+            if usage is not None:  # the parent is still there: children go first
+                if inode.parent not in keys_in:
+                    keys_in[inode.parent] = [("tree", t) for t in quotas.trees_of(
+                        tx, inode.parent, self.core.inode_in)]
+                keys = [("uid", inode.uid), *keys_in[inode.parent]]
+                add_durable(tx, keys, -usage.bytes, -usage.files)
+                # In memory at once: a failed commit leaves the store failsafe, and the
+                # next start reads the durable numbers again.
+                quotas.charge(keys, nbytes=-usage.bytes, files=-usage.files)
+            if inode.kind is Kind.DIR and ("tree", n) in quotas.limits:
+                for prefix in (LIMIT_PREFIX, USED_PREFIX):
+                    tx.raw_delete("meta", meta_name(prefix, ("tree", n)).encode())
+                quotas.forget_tree(n)
             if inode.kind is Kind.FILE:
                 for index, key in list(tx.iter_manifest(n)):
                     freed += release_chunk(tx, key)

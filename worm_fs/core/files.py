@@ -30,6 +30,7 @@ from worm_fs.core.handles import Handle, RangeLog, WriteHandle
 from worm_fs.core.layout import check_layout, check_length
 from worm_fs.core.model import Caller, Inode, Kind, State
 from worm_fs.core.policy import Op
+from worm_fs.core.quota import QuotaExceeded
 from worm_fs.core.storer import Chunk, ChunkStorer, retire_chunks, store_live_chunks
 from worm_fs.errors import Corruption, WormError
 from worm_fs.store import (
@@ -213,6 +214,18 @@ class FileOps(CoreState):
         with self.store.read() as rt:
             return load_file_chunk(rt, ino, index)
 
+    def _charge(self, writer: WriteHandle, nbytes: int) -> None:
+        """Charge a writer's growth (or shrinking) to its quotas; under its guard. The
+        first refusal of a writer is recorded, later ones (a loop retrying) are not."""
+        try:
+            self.quotas.charge(writer.quota_keys, nbytes=nbytes)
+        except QuotaExceeded as exc:
+            if writer.quota_refused:
+                raise
+            writer.quota_refused = True
+            raise self._refuse("write", exc.errno, writer.caller, exc.message,
+                               ino=writer.ino, bytes=nbytes) from None
+
     def _writer_of(self, fh: int) -> WriteHandle:
         handle = self._handle(fh)
         writer = self._writers.get(handle.ino)
@@ -232,6 +245,9 @@ class FileOps(CoreState):
         with writer.guard:
             if writer.error is not None:
                 raise writer.error
+            growth = off + len(data) - writer.size
+            if growth > 0:
+                self._charge(writer, growth)
             # The store must say "not clean" before a write after a flush is
             # acknowledged, or a crash would seal the file without it.
             mark_epoch = None if writer.dirty_marked else writer.flush_epoch
@@ -353,6 +369,8 @@ class FileOps(CoreState):
             if truncate_to is not None:
                 if writer.error is not None:
                     raise writer.error
+                if truncate_to != writer.size:
+                    self._charge(writer, truncate_to - writer.size)
                 with self.store.read() as rt:
                     drop_from = writer.truncate(
                         truncate_to, lambda i: load_file_chunk(rt, writer.ino, i))

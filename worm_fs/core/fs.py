@@ -37,6 +37,7 @@ from worm_fs.core.files import FileOps, wants_write
 from worm_fs.core.model import Inode, Kind
 from worm_fs.core.namespace import XATTR_STATE_DIR, NamespaceOps
 from worm_fs.core.paths import NAME_MAX, ROOT_INO, iso_time, path_of
+from worm_fs.core.quota import COUNTED_META, stored_quotas
 from worm_fs.core.sealing import LAYOUTS_META, SealOps
 from worm_fs.core.storer import ChunkStorer
 from worm_fs.errors import UsageError
@@ -71,6 +72,7 @@ class WormCore(NamespaceOps, FileOps, SealOps):
                 version = int(rt.get_meta("schema_version") or b"0")
                 if version != SCHEMA_VERSION:
                     raise UsageError(f"store schema {version} is not supported")
+                self.quotas.load(rt)
                 return False
         now = self.clock()
         root = Inode(
@@ -82,6 +84,7 @@ class WormCore(NamespaceOps, FileOps, SealOps):
         def job(tx: Any, batch: Any) -> None:
             tx.put_meta("schema_version", str(SCHEMA_VERSION).encode())
             tx.put_meta(LAYOUTS_META, b"1")  # a new store has no file without a layout
+            tx.put_meta(COUNTED_META, b"1")  # nor any usage to count
             tx.put_meta("store_id", secrets.token_hex(8).encode())
             tx.put_meta("next_ino", u64(ROOT_INO + 1))
             tx.put_inode(ROOT_INO, root.to_bytes())
@@ -122,6 +125,7 @@ def store_stats(store: Store) -> dict[str, Any]:
             "commit_records": rt.get_counter(COMMIT_RECORDS_KEY),
             "commits_shared": rt.get_counter(SHARED_COMMITS_KEY),
             "flushes_per_commit": round(flushes / commits, 3) if commits else 0.0,
+            "quotas": stored_quotas(rt),
         }
 
 

@@ -130,6 +130,10 @@ class WriteHandle(Handle):
     #: of one writer reach the committer in snapshot order and an older snapshot never
     #: overwrites the size a newer one stored. Not held while waiting for the commit.
     flush_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    #: The quotas its size is charged to (its creator's uid, the trees above it).
+    quota_keys: list[tuple[str, int]] = field(default_factory=list)
+    #: A write past a quota was recorded already (the next ones are refused quietly).
+    quota_refused: bool = False
 
     def feed_sha(self, index: int, data: bytes | bytearray | memoryview) -> None:
         """Extend the running digest if ``data`` is the next full chunk (storer thread)."""

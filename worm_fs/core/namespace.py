@@ -29,6 +29,7 @@ from worm_fs.core.handles import WriteHandle
 from worm_fs.core.model import AttrChange, Caller, Inode, Kind, State
 from worm_fs.core.paths import MAX_DEPTH, ROOT_INO, iso_time
 from worm_fs.core.policy import Facts, Op, decide
+from worm_fs.core.quota import QuotaExceeded
 from worm_fs.core.settle import Survey
 from worm_fs.errors import NotFound, WormError
 from worm_fs.store import ReadTxn, WriteTxn, u64
@@ -181,6 +182,12 @@ class NamespaceOps(CoreState):
                     raise self._refuse("create", errno.EEXIST, caller, "name exists",
                                        path=path)
                 next_ino = rt.get_counter("next_ino") if self._next_ino is None else 0
+                quota_keys = self.quotas.keys_for(rt, caller.uid, parent, self.inode_in)
+            try:
+                self.quotas.charge(quota_keys, files=1)
+            except QuotaExceeded as exc:
+                raise self._refuse("create", exc.errno, caller, exc.message,
+                                   path=path) from None
         except BaseException:
             if mine:
                 with self._lock:
@@ -202,7 +209,7 @@ class NamespaceOps(CoreState):
                                     mode=inode.mode, **self._who(caller))
             handle = WriteHandle(
                 fh=self._next_fh, ino=inode.ino, caller=caller, flags=flags,
-                mtime_ns=inode.mtime_ns,
+                mtime_ns=inode.mtime_ns, quota_keys=quota_keys,
             )
             self._next_fh += 1
             self._unborn[inode.ino] = (inode, record, time.monotonic())
@@ -343,6 +350,11 @@ class NamespaceOps(CoreState):
             dest = self.inode_in(tx, new_parent)
             if dest.kind is not Kind.DIR:
                 raise self._refuse("rename", errno.ENOTDIR, caller, "not a directory", **paths)
+            if new_parent != old_parent and self.quotas.trees and (
+                    self.quotas.trees_of(tx, old_parent, self.inode_in)
+                    != self.quotas.trees_of(tx, new_parent, self.inode_in)):
+                raise self._refuse("rename", errno.EXDEV, caller,
+                                   "it would move between directory quotas", **paths)
             if inode.kind is Kind.DIR and self._is_under(tx, new_parent, inode.ino):
                 raise self._refuse("rename", errno.EINVAL, caller,
                                    "cannot move a directory into itself", **paths)

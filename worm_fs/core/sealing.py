@@ -21,6 +21,7 @@ from worm_fs.core.handles import WriteHandle
 from worm_fs.core.layout import SealPlan, check_layout, chunk_count, chunk_length, layout_digest
 from worm_fs.core.model import Caller, Inode, Kind, State
 from worm_fs.core.paths import iso_time
+from worm_fs.core.quota import COUNTED_META, Usage, add_durable, counted_usage
 from worm_fs.core.storer import ChunkStorer
 from worm_fs.errors import WormError
 from worm_fs.store import (
@@ -159,6 +160,8 @@ class SealOps(CoreState):
         tx.set_writing(ino, False)
         tx.add_counter("files", 1)
         tx.add_counter("logical_bytes", inode.size)
+        add_durable(tx, self.quotas.keys_for(tx, inode.uid, inode.parent, self.inode_in),
+                    inode.size, 1)
 
     @staticmethod
     def _canonical_layout(tx: WriteTxn, inode: Inode, plan: SealPlan) -> str:
@@ -186,6 +189,7 @@ class SealOps(CoreState):
         sealed: list[str] = []
         quarantined: list[str] = []
         daemon = Caller.daemon()
+        self._count_usage()
         with self.store.read() as rt:
             pending = [(ino, Inode.from_bytes(rt.get_inode(ino) or b"")) for ino in
                        rt.iter_writing()]
@@ -196,8 +200,32 @@ class SealOps(CoreState):
             else:
                 self._quarantine(ino, daemon)
                 quarantined.append(str(ino))
-        return {"sealed": sealed, "quarantined": quarantined,
-                "layouts": self._record_missing_layouts(daemon)}
+        layouts = self._record_missing_layouts(daemon)
+        with self.store.read() as rt:
+            self.quotas.load(rt)
+        return {"sealed": sealed, "quarantined": quarantined, "layouts": layouts}
+
+    def _count_usage(self) -> None:
+        """Once per store: the durable per-uid usage of a store that had none (sealed
+        and quarantined files; files left writing are counted as recovery seals them)."""
+        with self.store.read() as rt:
+            if rt.get_meta(COUNTED_META) is not None:
+                return
+            totals: dict[int, Usage] = {}
+            for _, raw in rt.iter_inodes():
+                inode = Inode.from_bytes(raw)
+                usage = counted_usage(inode)
+                if usage is not None:
+                    total = totals.setdefault(inode.uid, Usage())
+                    total.bytes += usage.bytes
+                    total.files += usage.files
+
+        def job(tx: WriteTxn, batch: AuditBatch) -> None:
+            for uid, total in totals.items():
+                add_durable(tx, [("uid", uid)], total.bytes, total.files)
+            tx.put_meta(COUNTED_META, b"1")
+
+        self.commit(job)
 
     def _record_missing_layouts(self, caller: Caller) -> list[str]:
         """Once per store: give files sealed before layouts were recorded a canonical
@@ -249,6 +277,8 @@ class SealOps(CoreState):
             tx.put_inode(ino, inode.to_bytes())
             tx.set_writing(ino, False)
             tx.add_counter("quarantined", 1)
+            add_durable(tx, self.quotas.keys_for(tx, inode.uid, inode.parent, self.inode_in),
+                        inode.size, 1)
             batch.add(self.log.stamp(
                 "recover_quarantine", path=self._path(tx, ino), ino=ino, size=inode.size,
                 reason=reason, **self._who(caller),
