@@ -266,7 +266,8 @@ def test_admin_ops_on_the_request_socket_are_audited(store: Mount) -> None:
 def test_retention_or_a_hold_on_a_directory_needs_a_second_admin(store: Mount) -> None:
     code, out, err = as_user(CAROL, "retain", str(store.path), "--until", "2999-01-01")
     assert code == 3 and "maximum of 36525 days" in err  # beyond 100 years: refused
-    code, out, _ = as_user(CAROL, "retain", str(store.path / "runs"), "--until", "2100-01-01")
+    code, out, _ = as_user(CAROL, "retain", str(store.path / "runs"), "--until", "2100-01-01",
+                           "--reason", "audit 2031")
     assert code == 0 and "another admin must approve" in out
     rid = out.split()[0]
     st = json.loads(run_cli("stat", str(store.path / "runs" / "old.bin"), "--json").stdout)
@@ -276,6 +277,7 @@ def test_retention_or_a_hold_on_a_directory_needs_a_second_admin(store: Mount) -
     code, out, _ = as_user(DAVE, "delete", "list", str(store.path), "--json")
     listed = {r["id"]: r for r in json.loads(out)}
     assert listed[rid]["kind"] == "retain" and listed[rid]["state"] == "pending"
+    assert listed[rid]["reason"] == "audit 2031"
     assert as_user(DAVE, "delete", "approve", str(store.path), rid)[0] == 0
     rid2 = request(store, ALICE, "runs/old.bin")
     code, _, err = as_user(CAROL, "delete", "approve", str(store.path), rid2)

@@ -590,7 +590,7 @@ def cmd_delete_decide(args: argparse.Namespace) -> int:
 
 def _second_admin(req: dict[str, Any], what: str) -> str:
     return (f"{req['id']}\nrequested {what}; it covers everything below it, so another "
-            f"admin must approve it: worm-fs delete approve {req['id']}")
+            f"admin must approve it: worm-fs delete approve PATH {req['id']}")
 
 
 def cmd_hold(args: argparse.Namespace) -> int:

@@ -614,9 +614,11 @@ class Deletions:
                            **fields)
 
     def _set_retention(self, tx: WriteTxn, batch: Any, ino: int, who: Caller, until_ns: int,
-                       **fields: Any) -> None:
+                       decider: Caller | None = None, **fields: Any) -> None:
+        """Set it, checked again now; a refusal names ``decider`` (an approver) if given."""
         stored = Inode.from_bytes(tx.get_inode(ino) or b"")
-        self._check_retention("retain", who, tx, stored, until_ns, path_of(tx, ino), **fields)
+        self._check_retention("retain", decider or who, tx, stored, until_ns, path_of(tx, ino),
+                              **fields)
         stored.extra["retain_until_ns"] = until_ns
         tx.put_inode(ino, stored.to_bytes())
         batch.add(self.core.log.stamp(
@@ -649,7 +651,7 @@ class Deletions:
                            comm=req.requester_comm)
         if req.kind == "retain":
             self._set_retention(tx, batch, req.ino, requester, int(req.extra["until_ns"]),
-                                request_id=req.id, approved_by_uid=who.uid)
+                                who, request_id=req.id, approved_by_uid=who.uid)
         else:
             self._set_hold(tx, batch, req.ino, requester, req.reason,
                            request_id=req.id, approved_by_uid=who.uid)

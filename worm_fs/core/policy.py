@@ -10,9 +10,11 @@ Conditions:
 
 * ``WRITER``: only through the file's single writable handle (the one ``create``
   returned), while it is open.
-* ``SETTLING``: only by the uid that created the entry, and only while it is unsettled
-  (it, or for a directory anything below it, changed less than ``settle`` seconds ago).
-  This is what ``tar``, ``cp -p``, ``rsync`` and write-temp-then-rename savers need.
+* ``SETTLING``: only by the uid that created the entry, and only while its settle window
+  is open (:mod:`worm_fs.core.settle`: it, or for a directory anything below it, changed
+  less than ``--settle`` seconds ago, within ``--settle-limit`` of its creation, with
+  nothing held and, for a directory, everything below created by the same uid). This is
+  what ``tar``, ``cp -p``, ``rsync`` and write-temp-then-rename savers need.
 * ``SETTLING_NOOP``: as ``SETTLING``, and the change must leave the value as it is
   (``chown`` to the current owner, which ``tar``/``cp -a``/``rsync -a`` do as root).
 """
