@@ -27,8 +27,8 @@ from worm_fs.core.base import MIXED_ENTRIES, CoreState
 from worm_fs.core.committer import JobFn
 from worm_fs.core.handles import WriteHandle
 from worm_fs.core.model import AttrChange, Caller, Inode, Kind, State
-from worm_fs.core.paths import MAX_DEPTH, ROOT_INO, iso_time
-from worm_fs.core.policy import Facts, Op, decide
+from worm_fs.core.paths import MAX_DEPTH, NAME_MAX, ROOT_INO, iso_time
+from worm_fs.core.policy import Facts, Op, decide, rename_flags_errno
 from worm_fs.core.settle import Survey
 from worm_fs.errors import NotFound, WormError
 from worm_fs.store import ReadTxn, WriteTxn, u64
@@ -303,6 +303,13 @@ class NamespaceOps(CoreState):
         ``mixed_entries`` counter) and that no such file is being created in a surveyed
         directory; if either happened, the survey is redone.
         """
+        err = rename_flags_errno(flags)
+        if err is not None:  # an argument error: before the name, failsafe and policy
+            with self.store.read() as rt:
+                paths = {"path": self._child_path(rt, old_parent, old_name),
+                         "new_path": self._child_path(rt, new_parent, new_name[:NAME_MAX])}
+            raise self._refuse("rename", err, caller, f"unsupported rename flags {flags:#x}",
+                               **paths, flags=flags)
         self._check_name("rename", new_parent, new_name, caller)
         self.require_writable("rename", caller)
         for _ in range(self.RENAME_ATTEMPTS):

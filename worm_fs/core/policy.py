@@ -15,6 +15,10 @@ Conditions:
   This is what ``tar``, ``cp -p``, ``rsync`` and write-temp-then-rename savers need.
 * ``SETTLING_NOOP``: as ``SETTLING``, and the change must leave the value as it is
   (``chown`` to the current owner, which ``tar``/``cp -a``/``rsync -a`` do as root).
+
+Errors in the request itself (a bad name, an unsupported flag) are decided before the
+table, by the functions at the end of this module: as on other filesystems, a caller
+hears what is wrong with its arguments before it hears "not allowed".
 """
 
 from __future__ import annotations
@@ -155,3 +159,19 @@ def decide(op: Op, inode: Inode, facts: Facts) -> int | None:
         Cond.SETTLING_NOOP: facts.is_creator and facts.unsettled and facts.is_noop,
     }[rule.cond]
     return None if allowed else rule.errno
+
+
+# -- argument errors: checked before the table ---------------------------------------
+#: ``renameat2(2)`` flags (``linux/fs.h``), passed through FUSE unchanged.
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+RENAME_WHITEOUT = 4
+#: Every rename here is a ``RENAME_NOREPLACE`` one, and an exchange is decided by the
+#: table (``RENAME_OVER``). A whiteout (overlayfs asks for one) would leave a device
+#: node in the old name's place: unsupported, like any flag not listed here.
+RENAME_FLAGS = RENAME_NOREPLACE | RENAME_EXCHANGE
+
+
+def rename_flags_errno(flags: int) -> int | None:
+    """``None`` if a rename with ``flags`` can be decided by the table, else ``EINVAL``."""
+    return errno.EINVAL if flags & ~RENAME_FLAGS else None
