@@ -353,3 +353,14 @@ def test_a_directory_stays_movable_while_anything_deep_below_it_changes(
     clock.advance(61)
     with pytest.raises(Refused):
         core.rename(ROOT_INO, b"run.done", ROOT_INO, b"run.again", 0, ALICE)
+
+
+def test_a_listing_for_the_kernel_starts_with_dot_and_dotdot(core: WormCore) -> None:
+    a = core.mkdir(ROOT_INO, b"a", 0o755, ALICE)
+    write_file(core, b"f", b"f")
+    assert [(n, i.ino) for n, i in core.readdir(a.ino, dots=True)] == [
+        (b".", a.ino), (b"..", ROOT_INO)]
+    assert [(n, i.ino) for n, i in core.readdir(ROOT_INO, dots=True)][:2] == [
+        (b".", ROOT_INO), (b"..", ROOT_INO)]
+    assert [n for n, _ in core.readdir(ROOT_INO)] == [b"a", b"f"]
+

@@ -1,5 +1,5 @@
-"""What POSIX callers and ordinary tools expect of the mount beyond the write-once
-rules."""
+"""What POSIX callers and ordinary tools expect of the mount beyond the write-once rules:
+``.`` and ``..`` in listings, ``renameat2`` flags."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import ctypes
 import errno
 import json
 import os
+import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,6 +17,41 @@ from tests.conftest import Mount, run_cli, wait_sealed
 LIBC = ctypes.CDLL(None, use_errno=True)
 AT_FDCWD = -100
 RENAME_NOREPLACE, RENAME_EXCHANGE, RENAME_WHITEOUT = 1, 2, 4
+
+
+class Dirent(ctypes.Structure):
+    """glibc's ``struct dirent`` on 64-bit Linux."""
+
+    _fields_ = [("d_ino", ctypes.c_uint64), ("d_off", ctypes.c_int64),
+                ("d_reclen", ctypes.c_ushort), ("d_type", ctypes.c_ubyte),
+                ("d_name", ctypes.c_char * 256)]
+
+
+LIBC.opendir.restype = ctypes.c_void_p
+LIBC.opendir.argtypes = [ctypes.c_char_p]
+LIBC.readdir.restype = ctypes.POINTER(Dirent)
+LIBC.readdir.argtypes = [ctypes.c_void_p]
+LIBC.telldir.restype = ctypes.c_long
+LIBC.telldir.argtypes = [ctypes.c_void_p]
+LIBC.seekdir.argtypes = [ctypes.c_void_p, ctypes.c_long]
+LIBC.closedir.argtypes = [ctypes.c_void_p]
+
+
+def _read_rest(handle: int) -> list[tuple[bytes, int]]:
+    out = []
+    while entry := LIBC.readdir(handle):
+        out.append((entry.contents.d_name, entry.contents.d_ino))
+    return out
+
+
+def raw_listing(path: Path) -> list[tuple[bytes, int]]:
+    """Every entry readdir(3) returns, ``.`` and ``..`` included, with its ``d_ino``."""
+    handle = LIBC.opendir(os.fsencode(path))
+    assert handle, os.strerror(ctypes.get_errno())
+    try:
+        return _read_rest(handle)
+    finally:
+        LIBC.closedir(handle)
 
 
 def renameat2(old: Path, new: Path, flags: int) -> int:
@@ -59,3 +96,91 @@ def test_rename_whiteout_is_refused_with_einval_and_recorded(mnt: Mount) -> None
         ("EINVAL", "/a", "/b", RENAME_WHITEOUT),
         ("EEXIST", "/b", "/c", RENAME_EXCHANGE),
     ]
+
+
+# ------------------------------------------------------------------------ . and ..
+def test_readdir_lists_dot_and_dotdot_with_their_inode_numbers(mnt: Mount) -> None:
+    d = mnt.path / "a" / "b"
+    d.mkdir(parents=True)
+    (d / "f").write_bytes(b"x")
+
+    def ino(p: Path) -> int:
+        return os.lstat(p).st_ino
+
+    assert raw_listing(d) == [(b".", ino(d)), (b"..", ino(d.parent)), (b"f", ino(d / "f"))]
+    root = raw_listing(mnt.path)
+    assert root[:2] == [(b".", ino(mnt.path)), (b"..", ino(mnt.path))]  # root's .. is root
+    assert [name for name, _ in root[2:]] == [b"a"]
+    assert os.listdir(d) == ["f"]  # os.listdir and scandir skip them
+    assert [e.name for e in os.scandir(mnt.path / "a")] == ["b"]
+    ls = subprocess.run(["ls", "-a", str(d)], capture_output=True, text=True, check=True)
+    assert ls.stdout.split() == [".", "..", "f"]
+
+
+def test_a_large_directory_lists_every_entry_once_and_resumes_at_any_offset(
+    mnt: Mount,
+) -> None:
+    """Replies cut at a batch boundary are covered in test_fuse_adapter.py (a kernel
+    6.18 READDIRPLUS asks for up to a MiB at once: these 300 entries are one reply);
+    here seekdir() makes the kernel ask again from an offset in the middle."""
+    big = mnt.path / "big"
+    big.mkdir()
+    names = sorted(f"{i:03d}-" + "n" * 150 for i in range(300))
+    for name in names:
+        open(big / name, "wb").close()
+    expected = [b".", b".."] + [n.encode() for n in names]
+    assert [name for name, _ in raw_listing(big)] == expected
+    assert sorted(os.listdir(big)) == names
+
+    # seekdir() back to a telldir() position in the middle resumes at the same entry.
+    handle = LIBC.opendir(os.fsencode(big))
+    try:
+        head = [LIBC.readdir(handle).contents.d_name for _ in range(100)]
+        where = LIBC.telldir(handle)
+        rest = _read_rest(handle)
+        LIBC.seekdir(handle, where)
+        assert _read_rest(handle) == rest
+    finally:
+        LIBC.closedir(handle)
+    assert head + [name for name, _ in rest] == expected
+
+
+def test_find_tar_rsync_and_rm_walk_a_tree_as_on_any_filesystem(
+    mnt: Mount, tmp_path: Path
+) -> None:
+    tree = mnt.path / "tree"
+    (tree / "a" / "b").mkdir(parents=True)
+    (tree / "empty").mkdir()
+    files = {"top.txt": b"top", "a/mid.bin": os.urandom(5000), "a/b/leaf.json": b"{}"}
+    for rel, data in files.items():
+        (tree / rel).write_bytes(data)
+    os.symlink("a/mid.bin", tree / "link")
+    for rel in files:
+        wait_sealed(tree / rel)
+    everything = sorted(["", "a", "a/b", "empty", "link", *files])
+
+    def find(*args: str) -> list[str]:
+        out = subprocess.run(["find", str(tree), *args], capture_output=True, text=True,
+                             check=True).stdout
+        return sorted(os.path.relpath(line, tree).removeprefix(".") for line in out.split())
+
+    assert find() == everything
+    assert find("-type", "d") == ["", "a", "a/b", "empty"]
+    assert find("-mindepth", "1", "-maxdepth", "1") == ["a", "empty", "link", "top.txt"]
+
+    archive = tmp_path / "tree.tar"
+    subprocess.run(["tar", "-cf", str(archive), "-C", str(mnt.path), "tree"], check=True)
+    listed = subprocess.run(["tar", "-tf", str(archive)], capture_output=True, text=True,
+                            check=True).stdout.split()
+    assert sorted(p.rstrip("/").removeprefix("tree").removeprefix("/") for p in listed) == (
+        everything)
+    if shutil.which("rsync") is not None:
+        subprocess.run(["rsync", "-a", f"{tree}/", f"{tmp_path / 'copy'}/"], check=True)
+        for rel, data in files.items():
+            assert (tmp_path / "copy" / rel).read_bytes() == data
+        assert os.readlink(tmp_path / "copy" / "link") == "a/mid.bin"
+        assert (tmp_path / "copy" / "empty").is_dir()
+
+    rm = subprocess.run(["rm", "-rf", str(tree)], capture_output=True, text=True)
+    assert rm.returncode != 0
+    assert find() == everything  # nothing went

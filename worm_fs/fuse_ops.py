@@ -163,7 +163,9 @@ class WormOperations(pyfuse3.Operations):
 
     @_guard
     async def opendir(self, inode, ctx):
-        entries = self.core.readdir(inode)
+        # The whole listing, . and .. first; readdir offsets are indexes into it, so a
+        # reply cut short, telldir/seekdir and rewinddir resume where they should.
+        entries = self.core.readdir(inode, dots=True)
         fh = self._next_dir_fh
         self._next_dir_fh += 1
         self._dirs[fh] = entries

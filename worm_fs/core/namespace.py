@@ -67,7 +67,9 @@ class NamespaceOps(CoreState):
         with self.store.read() as rt:
             return self.inode_in(rt, ino)
 
-    def readdir(self, ino: int) -> list[tuple[bytes, Inode]]:
+    def readdir(self, ino: int, *, dots: bool = False) -> list[tuple[bytes, Inode]]:
+        """The entries of directory ``ino`` in name order; with ``dots``, after ``.``
+        (the directory) and ``..`` (its parent; the root's parent is the root)."""
         with self.store.read() as rt:
             inode = self.inode_in(rt, ino)
             if inode.kind is not Kind.DIR:
@@ -78,7 +80,10 @@ class NamespaceOps(CoreState):
                 for (parent, name), child in names.items():
                     if parent == ino:
                         entries.setdefault(name, child)
-            return [(name, self.inode_in(rt, child)) for name, child in sorted(entries.items())]
+            listing = [(name, self.inode_in(rt, child)) for name, child in sorted(entries.items())]
+            if dots:
+                listing[:0] = [(b".", inode), (b"..", self.inode_in(rt, inode.parent))]
+            return listing
 
     def readlink(self, ino: int) -> bytes:
         inode = self.getattr(ino)
