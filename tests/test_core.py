@@ -364,3 +364,14 @@ def test_a_listing_for_the_kernel_starts_with_dot_and_dotdot(core: WormCore) -> 
         (b".", ROOT_INO), (b"..", ROOT_INO)]
     assert [n for n, _ in core.readdir(ROOT_INO)] == [b"a", b"f"]
 
+
+def test_a_directory_keeps_count_of_its_subdirectories(core: WormCore, clock) -> None:
+    a = core.mkdir(ROOT_INO, b"a", 0o755, ALICE)
+    b = core.mkdir(ROOT_INO, b"b", 0o755, ALICE)
+    core.mkdir(a.ino, b"x", 0o755, ALICE)
+    write_file(core, b"f", b"f")
+    assert [core.getattr(n).subdirs for n in (ROOT_INO, a.ino, b.ino)] == [2, 1, 0]
+    core.rename(a.ino, b"x", b.ino, b"x", 0, ALICE)
+    core.rename(ROOT_INO, b"f", a.ino, b"f", 0, ALICE)
+    assert [core.getattr(n).subdirs for n in (ROOT_INO, a.ino, b.ino)] == [2, 0, 1]
+    assert core.getattr(core.lookup(a.ino, b"f").ino).subdirs == 0

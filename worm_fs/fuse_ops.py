@@ -96,7 +96,7 @@ def entry_attributes(inode: Inode) -> pyfuse3.EntryAttributes:
     else:
         attr.entry_timeout, attr.attr_timeout = IMMUTABLE_TIMEOUT, IMMUTABLE_TIMEOUT
     attr.st_mode = inode.st_mode()
-    attr.st_nlink = 1
+    attr.st_nlink = inode.st_nlink()
     attr.st_uid = inode.uid
     attr.st_gid = inode.gid
     attr.st_rdev = 0

@@ -333,15 +333,19 @@ class CoreState:
         base = self._path(txn, parent).rstrip("/")
         return f"{base}/{name.decode('utf-8', 'surrogateescape')}"
 
-    def touch(self, tx: WriteTxn, ino: int, now: int, *, mtime: bool = False) -> Inode | None:
+    def touch(
+        self, tx: WriteTxn, ino: int, now: int, *, mtime: bool = False, subdirs: int = 0,
+    ) -> Inode | None:
         """Mark ``ino`` itself as changed now (O(1): ancestors are not rewritten; see
-        :mod:`worm_fs.core.settle`); ``mtime`` also sets its mtime and ctime. Returns
-        the updated inode (None if it does not exist)."""
+        :mod:`worm_fs.core.settle`); ``mtime`` also sets its mtime and ctime, and
+        ``subdirs`` is how many subdirectories the change added to it (or removed,
+        negative). Returns the updated inode (None if it does not exist)."""
         raw = tx.get_inode(ino)
         if raw is None:
             return None
         inode = Inode.from_bytes(raw)
         inode.changed_ns = now
+        inode.subdirs = max(0, inode.subdirs + subdirs)
         if mtime:
             inode.mtime_ns = inode.ctime_ns = now
         tx.put_inode(ino, inode.to_bytes())

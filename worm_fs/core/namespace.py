@@ -42,6 +42,8 @@ XATTR_STATE_DIR = b"user.worm.state_dir"
 XATTR_RETAIN = b"user.worm.retain_until"
 XATTR_HOLD = b"user.worm.hold"
 XATTR_PROVENANCE = b"user.worm.provenance"
+#: Set once every directory's ``subdirs`` is counted (at creation for a new store).
+SUBDIRS_META = "subdirs_counted"
 
 
 class NamespaceOps(CoreState):
@@ -127,6 +129,31 @@ class NamespaceOps(CoreState):
     def statfs(self) -> os.statvfs_result:
         return os.statvfs(self.store.path)
 
+    def count_subdirs(self) -> list[str]:
+        """Once per store made before directories kept count of their subdirectories
+        (for their link count): count them all, in one pass over the inodes and one
+        transaction. Before serving; returns the directories counted."""
+        with self.store.read() as rt:
+            if rt.get_meta(SUBDIRS_META) is not None:
+                return []
+
+        def job(tx: WriteTxn, batch: AuditBatch) -> list[str]:
+            dirs: list[Inode] = []
+            counts: dict[int, int] = {}
+            for ino, raw in tx.iter_inodes():
+                inode = Inode.from_bytes(raw)
+                if inode.kind is Kind.DIR:
+                    dirs.append(inode)
+                    if ino != ROOT_INO:
+                        counts[inode.parent] = counts.get(inode.parent, 0) + 1
+            for inode in dirs:
+                inode.subdirs = counts.get(inode.ino, 0)
+                tx.put_inode(inode.ino, inode.to_bytes())
+            tx.put_meta(SUBDIRS_META, b"1")
+            return [str(inode.ino) for inode in dirs]
+
+        return self.commit(job)
+
     # ------------------------------------------------------------------ creating names
     def _parent_for_new(
         self, txn: ReadTxn, parent: int, name: bytes, op: str, caller: Caller
@@ -152,7 +179,8 @@ class NamespaceOps(CoreState):
         tx.put_inode(inode.ino, inode.to_bytes())
         tx.put_dirent(parent, name, inode.ino)
         tx.put_meta("next_ino", u64(max(inode.ino + 1, tx.get_counter("next_ino"))))
-        self.placed(tx, inode, self.touch(tx, parent, now, mtime=True))
+        self.placed(tx, inode, self.touch(tx, parent, now, mtime=True,
+                                          subdirs=1 if kind is Kind.DIR else 0))
         return inode
 
     def create(
@@ -365,8 +393,9 @@ class NamespaceOps(CoreState):
             stored = Inode.from_bytes(tx.get_inode(inode.ino) or b"")
             stored.parent, stored.name, stored.ctime_ns = new_parent, new_name, now
             tx.put_inode(inode.ino, stored.to_bytes())
-            self.touch(tx, old_parent, now, mtime=True)
-            moved_to = self.touch(tx, new_parent, now, mtime=True) \
+            moved = 1 if inode.kind is Kind.DIR and new_parent != old_parent else 0
+            self.touch(tx, old_parent, now, mtime=True, subdirs=-moved)
+            moved_to = self.touch(tx, new_parent, now, mtime=True, subdirs=moved) \
                 if new_parent != old_parent else None
             self.placed(tx, stored, moved_to)
             batch.add(self.log.stamp("rename", ino=inode.ino, **paths, **self._who(caller)))
