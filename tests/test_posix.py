@@ -1,5 +1,6 @@
 """What POSIX callers and ordinary tools expect of the mount beyond the write-once rules:
-``.`` and ``..`` in listings, directory link counts, ``renameat2`` flags."""
+``.`` and ``..`` in listings, directory link counts, ``renameat2`` flags, and argument
+errors (``ENAMETOOLONG``, ``ENOTEMPTY``, ``EINVAL``) before policy refusals."""
 
 from __future__ import annotations
 
@@ -12,11 +13,14 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import Mount, run_cli, wait_sealed
 
 LIBC = ctypes.CDLL(None, use_errno=True)
 AT_FDCWD = -100
 RENAME_NOREPLACE, RENAME_EXCHANGE, RENAME_WHITEOUT = 1, 2, 4
+LONG = "n" * 256
 
 
 class Dirent(ctypes.Structure):
@@ -239,3 +243,60 @@ def test_a_store_made_before_link_counts_gets_them_counted(mount_factory) -> Non
     assert (nlink(m.path), nlink(m.path / "a"), nlink(m.path / "a" / "x")) == (3, 4, 2)
     (m.path / "a" / "z").mkdir()
     assert nlink(m.path / "a") == 5
+
+
+# ------------------------------------------------------------------------ argument errors
+TOO_LONG_CALLS: dict[str, Callable[[Path], object]] = {
+    "stat": lambda root: os.stat(root / LONG),
+    "lstat": lambda root: os.lstat(root / LONG),
+    "chmod": lambda root: os.chmod(root / LONG, 0o644),
+    "chown": lambda root: os.chown(root / LONG, 0, 0),
+    "utime": lambda root: os.utime(root / LONG, (0, 0)),
+    "getxattr": lambda root: os.getxattr(root / LONG, "user.worm.state"),
+    "open": lambda root: os.open(root / LONG, os.O_RDONLY),
+    "create": lambda root: os.open(root / LONG, os.O_CREAT | os.O_WRONLY, 0o644),
+    "mkdir": lambda root: os.mkdir(root / LONG),
+    "symlink": lambda root: os.symlink("target", root / LONG),
+    "mknod": lambda root: os.mknod(root / LONG, 0o600 | 0o010000),
+    "mkfifo": lambda root: os.mkfifo(root / LONG),
+    "link": lambda root: os.link(root / "f", root / LONG),
+    "rename": lambda root: os.rename(root / "f", root / LONG),
+    "unlink": lambda root: os.unlink(root / LONG),
+    "rmdir": lambda root: os.rmdir(root / LONG),
+}
+
+
+@pytest.mark.parametrize("call", list(TOO_LONG_CALLS))
+def test_a_name_longer_than_255_bytes_is_enametoolong_and_recorded(mnt: Mount,
+                                                                    call: str) -> None:
+    (mnt.path / "f").write_bytes(b"f")
+    wait_sealed(mnt.path / "f")
+    assert errno_of(TOO_LONG_CALLS[call], mnt.path) == errno.ENAMETOOLONG
+    assert os.statvfs(mnt.path).f_namemax == 255
+    fits = mnt.path / LONG[:255]  # the longest name that fits works
+    fits.write_bytes(b"ok")
+    assert fits.read_bytes() == b"ok"
+    refused = [r for r in records_after_stop(mnt) if r["result"] == "ENAMETOOLONG"]
+    assert len(refused) == 1 and refused[0]["path"] == "/" + LONG[:255]
+
+
+def test_rmdir_of_a_non_empty_directory_is_enotempty_and_of_an_empty_one_eperm(
+    settled_mnt: Mount,
+) -> None:
+    root = settled_mnt.path
+    (root / "full" / "sub").mkdir(parents=True)
+    (root / "empty").mkdir()
+    (root / "f").write_bytes(b"f")
+    (root / "new").mkdir()
+    with open(root / "new" / "being-written", "wb") as w:  # not stored yet
+        w.write(b"w")
+        assert errno_of(os.rmdir, root / "new") == errno.ENOTEMPTY
+    assert errno_of(os.rmdir, root / "full") == errno.ENOTEMPTY
+    assert errno_of(os.rmdir, root / "full" / "sub") == errno.EPERM
+    assert errno_of(os.rmdir, root / "empty") == errno.EPERM
+    assert errno_of(os.rmdir, root / "f") == errno.ENOTDIR
+    assert sorted(os.listdir(root)) == ["empty", "f", "full", "new"]
+    refused = [(r["result"], r["path"]) for r in records_after_stop(settled_mnt)
+               if r["op"] == "rmdir"]
+    assert refused == [("ENOTEMPTY", "/new"), ("ENOTEMPTY", "/full"), ("EPERM", "/full/sub"),
+                       ("EPERM", "/empty")]

@@ -32,6 +32,7 @@ import trio
 from worm_fs.core.committer import Ticket
 from worm_fs.core.fs import WormCore
 from worm_fs.core.model import AttrChange, Caller, Inode, Kind, State
+from worm_fs.core.paths import NAME_MAX
 from worm_fs.errors import WormError
 
 log = logging.getLogger(__name__)
@@ -151,7 +152,7 @@ class WormOperations(pyfuse3.Operations):
     # -- lookups -------------------------------------------------------------------
     @_guard
     async def lookup(self, parent_inode, name, ctx):
-        return entry_attributes(self.core.lookup(parent_inode, name))
+        return entry_attributes(self.core.lookup(parent_inode, name, lambda: caller_of(ctx)))
 
     @_guard
     async def getattr(self, inode, ctx):
@@ -199,7 +200,7 @@ class WormOperations(pyfuse3.Operations):
         out.f_files = st.f_files
         out.f_ffree = st.f_ffree
         out.f_favail = st.f_favail
-        out.f_namemax = 255
+        out.f_namemax = NAME_MAX  # what the core refuses beyond, with ENAMETOOLONG
         return out
 
     @_guard

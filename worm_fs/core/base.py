@@ -57,7 +57,7 @@ from worm_fs.core.handles import Handle, WriteHandle
 from worm_fs.core.layout import SealPlan
 from worm_fs.core.model import Caller, Inode
 from worm_fs.core.paths import NAME_MAX, ROOT_INO, path_of
-from worm_fs.core.policy import FAILSAFE_ERRNO, Facts, Op, decide, needs_settle
+from worm_fs.core.policy import FAILSAFE_ERRNO, Facts, Op, decide, name_errno, needs_settle
 from worm_fs.core.settle import Survey, Window, closed_itself, survey, window_open
 from worm_fs.errors import Corruption, NotFound, Refused, StorageError, WormError
 from worm_fs.store import ReadTxn, Store, WriteTxn, u64
@@ -429,13 +429,12 @@ class CoreState:
             raise self._refuse(audit_op, err, caller, why, path=path, ino=inode.ino, **fields)
 
     def _check_name(self, op: str, parent: int, name: bytes, caller: Caller) -> None:
-        """Refuse (audited) a new name the kernel should never send us anyway."""
-        if len(name) > NAME_MAX:
-            err, why = errno.ENAMETOOLONG, "file name too long"
-        elif not name or b"/" in name or name in (b".", b".."):
-            err, why = errno.EINVAL, "invalid file name"
-        else:
+        """Refuse (audited) a name that cannot be an entry's: the first check of every
+        call that names one, before failsafe and policy."""
+        err = name_errno(name)
+        if err is None:
             return
+        why = "file name too long" if err == errno.ENAMETOOLONG else "invalid file name"
         with self.store.read() as rt:
             path = self._child_path(rt, parent, name[:NAME_MAX])
         raise self._refuse(op, err, caller, why, path=path)

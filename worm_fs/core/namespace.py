@@ -19,6 +19,7 @@ import errno
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -58,7 +59,15 @@ class NamespaceOps(CoreState):
         return until
 
     # ------------------------------------------------------------------ lookups
-    def lookup(self, parent: int, name: bytes) -> Inode:
+    def lookup(
+        self, parent: int, name: bytes, caller: Callable[[], Caller] = Caller.daemon,
+    ) -> Inode:
+        """The entry ``name`` in ``parent``. A name too long to exist is refused with
+        ``ENAMETOOLONG`` (audited, with the process ``caller()`` names): the kernel
+        looks a name up before it creates, links, renames or stats it, so this is where
+        such a call ends."""
+        if len(name) > NAME_MAX:
+            self._check_name("lookup", parent, name, caller())
         with self.store.read() as rt:
             child = self._child(rt, parent, name)
             if child is None:
@@ -283,9 +292,19 @@ class NamespaceOps(CoreState):
             if child is None:
                 raise self._refuse(audit_op, errno.ENOENT, caller, "no such entry", path=path)
             inode = self.inode_in(rt, child)
-            facts = self._facts(rt, op, inode, caller)
+            not_empty = op is Op.RMDIR and inode.kind is Kind.DIR and self._has_entries(
+                rt, child)
+            facts = self._facts(rt, op, inode, caller, not_empty=not_empty)
         self._check(op, audit_op, inode, facts, caller, path, **fields)
         raise AssertionError(f"policy allowed {op}")  # the table never allows these
+
+    def _has_entries(self, txn: ReadTxn, ino: int) -> bool:
+        """Whether directory ``ino`` has an entry: stored, or created but not yet stored
+        (or stored by a commit newer than ``txn``)."""
+        for _ in txn.iter_dirents(ino):
+            return True
+        recent = [*self._unborn_names.copy(), *self._born_names.copy()]  # copy(): no lock
+        return any(parent == ino for parent, _ in recent)
 
     def unlink(self, parent: int, name: bytes, caller: Caller) -> None:
         self._refuse_entry(Op.UNLINK, "unlink", parent, name, caller)
@@ -294,6 +313,7 @@ class NamespaceOps(CoreState):
         self._refuse_entry(Op.RMDIR, "rmdir", parent, name, caller)
 
     def link(self, ino: int, new_parent: int, new_name: bytes, caller: Caller) -> None:
+        self._check_name("link", new_parent, new_name, caller)
         with self.store.read() as rt:
             inode = self.inode_in(rt, ino)
             path = self._path(rt, ino)
@@ -301,6 +321,7 @@ class NamespaceOps(CoreState):
         self._check(Op.LINK, "link", inode, Facts(), caller, path, new_path=new_path)
 
     def mknod(self, parent: int, name: bytes, mode: int, caller: Caller) -> None:
+        self._check_name("mknod", parent, name, caller)
         with self.store.read() as rt:
             parent_inode = self.inode_in(rt, parent)
             path = self._child_path(rt, parent, name)
@@ -374,18 +395,19 @@ class NamespaceOps(CoreState):
             inode = self.inode_in(tx, child)
             if exchange or not self._claim_in_job(tx, new_parent, new_name):
                 self._check(Op.RENAME_OVER, "rename", inode, Facts(), caller, **paths)
-            if below is not None and (child != seen or tx.get_counter(MIXED_ENTRIES) != mixed
-                                      or self._foreign_unborn(below.dirs, inode.uid)):
-                return False
-            facts = self._facts(tx, Op.RENAME, inode, caller, below=below or Survey(
-                closed="it changed while the rename was checked; try again"))
-            self._check(Op.RENAME, "rename", inode, facts, caller, **paths)
+            # Argument errors before the policy's (settle window) refusal.
             dest = self.inode_in(tx, new_parent)
             if dest.kind is not Kind.DIR:
                 raise self._refuse("rename", errno.ENOTDIR, caller, "not a directory", **paths)
             if inode.kind is Kind.DIR and self._is_under(tx, new_parent, inode.ino):
                 raise self._refuse("rename", errno.EINVAL, caller,
                                    "cannot move a directory into itself", **paths)
+            if below is not None and (child != seen or tx.get_counter(MIXED_ENTRIES) != mixed
+                                      or self._foreign_unborn(below.dirs, inode.uid)):
+                return False
+            facts = self._facts(tx, Op.RENAME, inode, caller, below=below or Survey(
+                closed="it changed while the rename was checked; try again"))
+            self._check(Op.RENAME, "rename", inode, facts, caller, **paths)
             now = self.clock()
             self.forget_recent(inode.ino)
             tx.delete_dirent(old_parent, old_name)
