@@ -353,3 +353,55 @@ def test_a_directory_stays_movable_while_anything_deep_below_it_changes(
     clock.advance(61)
     with pytest.raises(Refused):
         core.rename(ROOT_INO, b"run.done", ROOT_INO, b"run.again", 0, ALICE)
+
+
+def test_argument_errors_come_before_policy_refusals_and_are_audited(core: WormCore) -> None:
+    ino = write_file(core, b"f", b"f")
+    full = core.mkdir(ROOT_INO, b"full", 0o755, ALICE)
+    core.mkdir(full.ino, b"sub", 0o755, ALICE)
+    core.mkdir(ROOT_INO, b"empty", 0o755, ALICE)
+    long = b"n" * 256
+    calls = {
+        "lookup": lambda: core.lookup(ROOT_INO, long, lambda: ALICE),
+        "mknod": lambda: core.mknod(ROOT_INO, long, 0o010600, ALICE),
+        "link": lambda: core.link(ino, ROOT_INO, long, ALICE),
+        "rename": lambda: core.rename(ROOT_INO, b"f", ROOT_INO, b"g", 4, ALICE),
+        "rmdir": lambda: core.rmdir(ROOT_INO, b"full", ALICE),
+    }
+    expected = {"lookup": errno.ENAMETOOLONG, "mknod": errno.ENAMETOOLONG,
+                "link": errno.ENAMETOOLONG, "rename": errno.EINVAL, "rmdir": errno.ENOTEMPTY}
+    for op, call in calls.items():
+        with pytest.raises(Refused) as exc:
+            call()
+        assert exc.value.errno == expected[op], op
+    with pytest.raises(Refused) as exc:
+        core.rmdir(ROOT_INO, b"empty", ALICE)
+    assert exc.value.errno == errno.EPERM
+    with pytest.raises(NotFound):
+        core.lookup(ROOT_INO, b"n" * 255, lambda: ALICE)
+    refused = [(r["op"], r["result"]) for r in records(core) if r["result"] != "ok"]
+    assert refused == [("lookup", "ENAMETOOLONG"), ("mknod", "ENAMETOOLONG"),
+                       ("link", "ENAMETOOLONG"), ("rename", "EINVAL"),
+                       ("rmdir", "ENOTEMPTY"), ("rmdir", "EPERM")]
+
+
+def test_a_listing_for_the_kernel_starts_with_dot_and_dotdot(core: WormCore) -> None:
+    a = core.mkdir(ROOT_INO, b"a", 0o755, ALICE)
+    write_file(core, b"f", b"f")
+    assert [(n, i.ino) for n, i in core.readdir(a.ino, dots=True)] == [
+        (b".", a.ino), (b"..", ROOT_INO)]
+    assert [(n, i.ino) for n, i in core.readdir(ROOT_INO, dots=True)][:2] == [
+        (b".", ROOT_INO), (b"..", ROOT_INO)]
+    assert [n for n, _ in core.readdir(ROOT_INO)] == [b"a", b"f"]
+
+
+def test_a_directory_keeps_count_of_its_subdirectories(core: WormCore, clock) -> None:
+    a = core.mkdir(ROOT_INO, b"a", 0o755, ALICE)
+    b = core.mkdir(ROOT_INO, b"b", 0o755, ALICE)
+    core.mkdir(a.ino, b"x", 0o755, ALICE)
+    write_file(core, b"f", b"f")
+    assert [core.getattr(n).subdirs for n in (ROOT_INO, a.ino, b.ino)] == [2, 1, 0]
+    core.rename(a.ino, b"x", b.ino, b"x", 0, ALICE)
+    core.rename(ROOT_INO, b"f", a.ino, b"f", 0, ALICE)
+    assert [core.getattr(n).subdirs for n in (ROOT_INO, a.ino, b.ino)] == [2, 0, 1]
+    assert core.getattr(core.lookup(a.ino, b"f", lambda: ALICE).ino).subdirs == 0

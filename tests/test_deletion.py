@@ -71,6 +71,7 @@ def records(m: Mount) -> list[dict]:
 
 def test_request_then_approval_by_another_admin_deletes_and_frees(store: Mount) -> None:
     before = json.loads(run_cli("stats", str(store.path), "--json", check=True).stdout)
+    assert os.stat(store.path).st_nlink == 3  # ., .. and runs/..
     rid = request(store, ALICE)
     code, out, err = as_user(ALICE, "delete", "list", str(store.path), "--json")
     assert code == 0, err
@@ -85,6 +86,7 @@ def test_request_then_approval_by_another_admin_deletes_and_frees(store: Mount) 
     assert json.loads(out)["state"] == "approved"
     assert not (store.path / "runs").exists()
     assert "runs" not in os.listdir(store.path)
+    assert os.stat(store.path).st_nlink == 2  # the root counts one subdirectory less
     assert (store.path / "keep.bin").read_bytes() == b"s" * 1_048_576
     after = json.loads(run_cli("stats", str(store.path), "--json", check=True).stdout)
     assert before["stored_bytes"] - after["stored_bytes"] == 3_000_000

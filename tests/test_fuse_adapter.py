@@ -1,5 +1,5 @@
-"""The pyfuse3 adapter below a mount: errno mapping and waiting for a commit without a
-thread (the core's committer wakes the event loop)."""
+"""The pyfuse3 adapter below a mount: errno mapping, waiting for a commit without a
+thread (the core's committer wakes the event loop), and readdir offsets."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import pytest
 import trio
 
 from worm_fs.core.committer import Ticket
+from worm_fs.core.model import Inode, Kind
 from worm_fs.errors import NoSpace, Refused
-from worm_fs.fuse_ops import _committed_ticket, _guard
+from worm_fs.fuse_ops import WormOperations, _committed_ticket, _guard
 
 
 @_guard
@@ -56,3 +57,53 @@ async def test_an_already_resolved_ticket_does_not_wait() -> None:
     ticket._resolve()
     with trio.fail_after(1):
         await _committed_ticket(ticket)
+
+
+class ListingCore:
+    """Just enough of a core for opendir/readdir."""
+
+    def __init__(self, names: list[bytes]) -> None:
+        self.listing = [(name, Inode(ino=n + 1, kind=Kind.FILE, mode=0o444, uid=0, gid=0,
+                                     parent=1, name=name)) for n, name in enumerate(names)]
+
+    def readdir(self, ino: int, *, dots: bool = False) -> list[tuple[bytes, Inode]]:
+        assert dots  # the kernel always gets . and ..
+        return self.listing
+
+
+class Batch:
+    """A readdir reply buffer with room for ``room`` entries."""
+
+    def __init__(self, room: int) -> None:
+        self.room = room
+        self.entries: list[tuple[bytes, int, int]] = []
+
+    def add(self, name: bytes, attr: pyfuse3.EntryAttributes, next_id: int) -> bool:
+        if len(self.entries) == self.room:
+            return False  # did not fit: the kernel asks again from the last next_id
+        self.entries.append((name, attr.st_ino, next_id))
+        return True
+
+
+async def test_readdir_replies_cut_at_any_batch_size_resume_without_loss_or_repeat(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    names = [b".", b".."] + [f"entry-{i:03d}".encode() for i in range(100)]
+    ops = WormOperations(ListingCore(names))  # type: ignore[arg-type]
+    monkeypatch.setattr(pyfuse3, "readdir_reply", lambda token, *args: token.add(*args))
+    fh = await ops.opendir(1, None)
+    for room in (1, 7, 64, 1000):
+        seen: list[bytes] = []
+        offset = 0
+        while True:
+            batch = Batch(room)
+            await ops.readdir(fh, offset, batch)
+            if not batch.entries:
+                break
+            seen += [name for name, _, _ in batch.entries]
+            offset = batch.entries[-1][2]
+        assert seen == names, room
+    batch = Batch(1000)
+    await ops.readdir(fh, 40, batch)  # seekdir() to an offset handed out earlier
+    assert [name for name, _, _ in batch.entries] == names[40:]
+    await ops.releasedir(fh)

@@ -90,9 +90,11 @@ def test_rmdir_is_refused_and_directories_work(settled_mnt: Mount) -> None:
     d.mkdir()
     (d / "sub").mkdir()
     (d / "sub" / "f").write_text("x")
-    assert errno_of(os.rmdir, d / "sub") == errno.EPERM
+    assert errno_of(os.rmdir, d / "sub") == errno.ENOTEMPTY
+    (d / "empty").mkdir()
+    assert errno_of(os.rmdir, d / "empty") == errno.EPERM
     assert errno_of(shutil.rmtree, d) == errno.EPERM
-    assert sorted(os.listdir(d)) == ["sub"]
+    assert sorted(os.listdir(d)) == ["empty", "sub"]
     assert (d / "sub" / "f").read_text() == "x"
 
 

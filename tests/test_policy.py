@@ -7,7 +7,20 @@ import errno
 import pytest
 
 from worm_fs.core.model import Inode, Kind, State
-from worm_fs.core.policy import RULES, Column, Cond, Facts, Op, column_of, decide
+from worm_fs.core.policy import (
+    RENAME_EXCHANGE,
+    RENAME_NOREPLACE,
+    RENAME_WHITEOUT,
+    RULES,
+    Column,
+    Cond,
+    Facts,
+    Op,
+    column_of,
+    decide,
+    name_errno,
+    rename_flags_errno,
+)
 
 
 def entry(kind: Kind = Kind.FILE, state: State = State.SEALED) -> Inode:
@@ -78,3 +91,20 @@ def test_columns() -> None:
     assert column_of(WRITING) is Column.WRITING
     assert column_of(DIRECTORY) is Column.DIR
     assert RULES[Op.CREATE][list(Column).index(Column.DIR)].cond is Cond.ALWAYS
+
+
+def test_rmdir_of_a_directory_with_entries_is_enotempty_before_the_refusal() -> None:
+    assert decide(Op.RMDIR, DIRECTORY, Facts(not_empty=True)) == errno.ENOTEMPTY
+    assert decide(Op.RMDIR, DIRECTORY, Facts(not_empty=False)) == errno.EPERM
+    assert decide(Op.RMDIR, SEALED, Facts(not_empty=True)) == errno.ENOTDIR
+
+
+def test_bad_names_and_rename_flags_are_argument_errors() -> None:
+    assert name_errno(b"x" * 255) is None
+    assert name_errno(b"x" * 256) == errno.ENAMETOOLONG
+    for bad in (b"", b".", b"..", b"a/b"):
+        assert name_errno(bad) == errno.EINVAL
+    for flags in (0, RENAME_NOREPLACE, RENAME_EXCHANGE):
+        assert rename_flags_errno(flags) is None
+    assert rename_flags_errno(RENAME_WHITEOUT) == errno.EINVAL
+    assert rename_flags_errno(1 << 7) == errno.EINVAL

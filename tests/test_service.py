@@ -265,6 +265,43 @@ def test_a_sticky_parent_is_accepted_and_sockets_get_their_modes_despite_the_uma
     assert oct(target.stat().st_mode & 0o777) == "0o644"
 
 
+def test_the_default_runtime_dir_is_removed_at_a_clean_unmount(mount_factory) -> None:
+    m = mount_factory()
+    run = Path(os.getxattr(m.path, "user.worm.control").decode()).parent
+    assert run.parent == Path("/run/worm-fs") and (run / "admin.sock").exists()
+    assert m.stop() == 0
+    assert not os.path.lexists(run)
+    assert Path("/run/worm-fs").is_dir()  # shared by every store's daemon: kept
+
+
+def test_a_runtime_dir_the_daemon_did_not_create_is_kept(mount_factory, tmp_path: Path) -> None:
+    given = tmp_path / "given"
+    given.mkdir(mode=0o755)
+    m = mount_factory("--runtime-dir", str(given), name="given")
+    assert (given / "admin.sock").exists()
+    assert m.stop() == 0
+    assert given.is_dir() and list(given.iterdir()) == []  # sockets gone, directory kept
+
+    made = tmp_path / "made"  # created by the daemon, but something else was put in it
+    m = mount_factory("--runtime-dir", str(made), name="made")
+    (made / "note").write_text("not the daemon's")
+    assert m.stop() == 0
+    assert sorted(p.name for p in made.iterdir()) == ["note"]
+
+    made.joinpath("note").unlink()
+    made.rmdir()
+    m = mount_factory("--runtime-dir", str(made), name="made")
+    assert m.stop() == 0
+    assert not os.path.lexists(made)  # created by it and empty again: removed
+
+    m = mount_factory("--runtime-dir", str(made), name="made")
+    made.rename(tmp_path / "moved")  # its name now leads elsewhere, through a link
+    made.symlink_to(tmp_path / "moved")
+    assert m.stop() == 0
+    assert made.is_symlink() and (tmp_path / "moved").is_dir()  # neither followed nor removed
+    assert list((tmp_path / "moved").iterdir()) == []  # its own sockets are gone
+
+
 #: Runs the CLI in a daemon whose every bind of admin.sock is followed at once by a
 #: symlink to TARGET taking the socket's place: an attacker winning the race between
 #: bind() and setting the socket's mode and group.

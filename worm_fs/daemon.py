@@ -6,8 +6,9 @@ Order of start-up (a failure at any step exits non-zero with a one-line message)
 2. open the store, clear stale LMDB reader slots, create the root on first use;
    check (creating what is missing) the runtime directory for the control sockets
    (:mod:`worm_fs.control.runtime`: a directory another user could change is refused);
-3. recover files left writing by a crash (seal or quarantine, audited), then start
-   the core's committer and hasher threads (from now on only the committer writes);
+3. recover files left writing by a crash (seal or quarantine, audited), count each
+   directory's subdirectories once in a store an older version made, then start the
+   core's committer and hasher threads (from now on only the committer writes);
 4. set a 0.5 ms GIL switch interval (lookup latency while those threads work), mount,
    then report readiness (``--ready-fd`` for ``worm-fs mount``, ``READY=1``
    to systemd when ``NOTIFY_SOCKET`` is set);
@@ -210,6 +211,10 @@ class Daemon:
         if recovered["layouts"]:
             log.warning("recorded the layout digests of %d file(s) sealed by an older version",
                         len(recovered["layouts"]))
+        counted = self.core.count_subdirs()
+        if counted:
+            log.info("counted the subdirectories of %d directories made by an older version",
+                     len(counted))
         self.core.start()  # from now on only the committer thread writes the store
         self.core.root_xattrs[b"user.worm.pid"] = str(os.getpid()).encode()
         self.core.root_xattrs[b"user.worm.pubkey"] = self.key.verifier_key().encode()

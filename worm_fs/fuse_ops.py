@@ -32,6 +32,7 @@ import trio
 from worm_fs.core.committer import Ticket
 from worm_fs.core.fs import WormCore
 from worm_fs.core.model import AttrChange, Caller, Inode, Kind, State
+from worm_fs.core.paths import NAME_MAX
 from worm_fs.errors import WormError
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ def entry_attributes(inode: Inode) -> pyfuse3.EntryAttributes:
     else:
         attr.entry_timeout, attr.attr_timeout = IMMUTABLE_TIMEOUT, IMMUTABLE_TIMEOUT
     attr.st_mode = inode.st_mode()
-    attr.st_nlink = 1
+    attr.st_nlink = inode.st_nlink()
     attr.st_uid = inode.uid
     attr.st_gid = inode.gid
     attr.st_rdev = 0
@@ -151,7 +152,7 @@ class WormOperations(pyfuse3.Operations):
     # -- lookups -------------------------------------------------------------------
     @_guard
     async def lookup(self, parent_inode, name, ctx):
-        return entry_attributes(self.core.lookup(parent_inode, name))
+        return entry_attributes(self.core.lookup(parent_inode, name, lambda: caller_of(ctx)))
 
     @_guard
     async def getattr(self, inode, ctx):
@@ -163,7 +164,9 @@ class WormOperations(pyfuse3.Operations):
 
     @_guard
     async def opendir(self, inode, ctx):
-        entries = self.core.readdir(inode)
+        # The whole listing, . and .. first; readdir offsets are indexes into it, so a
+        # reply cut short, telldir/seekdir and rewinddir resume where they should.
+        entries = self.core.readdir(inode, dots=True)
         fh = self._next_dir_fh
         self._next_dir_fh += 1
         self._dirs[fh] = entries
@@ -197,7 +200,7 @@ class WormOperations(pyfuse3.Operations):
         out.f_files = st.f_files
         out.f_ffree = st.f_ffree
         out.f_favail = st.f_favail
-        out.f_namemax = 255
+        out.f_namemax = NAME_MAX  # what the core refuses beyond, with ENAMETOOLONG
         return out
 
     @_guard

@@ -27,11 +27,18 @@ their mode set on the socket before ``bind`` (the kernel applies it less the uma
 then, if the umask took bits away or a group is wanted, changed through an ``O_PATH``
 descriptor of the node after checking it is a socket owned by the daemon: the check and
 the change act on the same inode, and no path is followed.
+
+At shutdown (:meth:`RuntimeDir.close`), after the daemon has removed its sockets, the
+runtime directory is removed if this daemon created it and it is empty: through the
+descriptor of the directory above it, and only if the name still leads to the very
+directory it created (no link is followed). A directory the daemon found in place, or
+one somebody else put something in, is left alone.
 """
 
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import socket
 import stat
@@ -39,6 +46,7 @@ from pathlib import Path
 
 from worm_fs.errors import UnsafeRuntimeDir, UsageError
 
+log = logging.getLogger(__name__)
 #: sun_path holds 108 bytes including the terminating NUL.
 MAX_SOCKET_PATH = 107
 CREATED_MODE = 0o755
@@ -64,9 +72,12 @@ def check_directory(st: os.stat_result, where: str, *, final: bool) -> str | Non
 class RuntimeDir:
     """A checked runtime directory, held open by its descriptor."""
 
-    def __init__(self, path: Path, fd: int) -> None:
+    def __init__(self, path: Path, fd: int, *, created_in: int = -1) -> None:
         self.path = path
         self.fd = fd
+        #: The descriptor of the directory above, kept only if this one was created by
+        #: :meth:`open` (and so is to be removed by :meth:`close`).
+        self._created_in = created_in
 
     @classmethod
     def open(cls, path: Path, *, socket_names: tuple[str, ...] = ()) -> RuntimeDir:
@@ -88,6 +99,7 @@ class RuntimeDir:
         parts = real.parts[1:]
         where = Path("/")
         fd = os.open("/", _DIR_FLAGS)
+        above, created = -1, False
         try:
             for depth in range(len(parts) + 1):
                 if depth:
@@ -98,8 +110,9 @@ class RuntimeDir:
                         if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
                             raise
                         raise refuse(f"{where} is not a directory (a symlink?)") from None
-                    os.close(fd)
-                    fd = child
+                    if above >= 0:
+                        os.close(above)
+                    above, fd = fd, child
                     if created:  # ours, just made in a checked directory: undo the umask
                         os.fchmod(fd, CREATED_MODE)
                 why = check_directory(os.fstat(fd), str(where), final=depth == len(parts))
@@ -107,8 +120,13 @@ class RuntimeDir:
                     raise refuse(why)
         except BaseException:
             os.close(fd)
+            if above >= 0:
+                os.close(above)
             raise
-        return cls(real, fd)
+        if not created and above >= 0:
+            os.close(above)
+            above = -1
+        return cls(real, fd, created_in=above)
 
     def listen(self, name: str, mode: int, gid: int | None) -> socket.socket:
         """A listening Unix socket ``name`` in this directory with ``mode`` and group."""
@@ -149,9 +167,37 @@ class RuntimeDir:
             pass
 
     def close(self) -> None:
-        if self.fd >= 0:
+        """Close the directory; remove it first if :meth:`open` created it and it is
+        empty now (remove the sockets before). Never raises for the removal."""
+        if self.fd < 0:
+            return
+        try:
+            if self._created_in >= 0:
+                self._remove_created()
+        finally:
             os.close(self.fd)
             self.fd = -1
+            if self._created_in >= 0:
+                os.close(self._created_in)
+                self._created_in = -1
+
+    def _remove_created(self) -> None:
+        name = self.path.name
+        try:
+            found = os.stat(name, dir_fd=self._created_in, follow_symlinks=False)
+            ours = os.fstat(self.fd)
+            if (found.st_dev, found.st_ino) != (ours.st_dev, ours.st_ino):
+                log.warning("%s is no longer the directory this daemon created; left "
+                            "alone", self.path)
+                return
+            os.rmdir(name, dir_fd=self._created_in)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                log.info("left %s in place: something else was put in it", self.path)
+            else:
+                log.warning("could not remove %s: %s", self.path, exc.strerror)
 
 
 def _enter(parent: int, name: str) -> tuple[int, bool]:

@@ -57,7 +57,7 @@ from worm_fs.core.handles import Handle, WriteHandle
 from worm_fs.core.layout import SealPlan
 from worm_fs.core.model import Caller, Inode
 from worm_fs.core.paths import NAME_MAX, ROOT_INO, path_of
-from worm_fs.core.policy import FAILSAFE_ERRNO, Facts, Op, decide, needs_settle
+from worm_fs.core.policy import FAILSAFE_ERRNO, Facts, Op, decide, name_errno, needs_settle
 from worm_fs.core.quota import Quotas
 from worm_fs.core.settle import Survey, Window, closed_itself, survey, window_open
 from worm_fs.errors import Corruption, NotFound, Refused, StorageError, WormError
@@ -335,15 +335,19 @@ class CoreState:
         base = self._path(txn, parent).rstrip("/")
         return f"{base}/{name.decode('utf-8', 'surrogateescape')}"
 
-    def touch(self, tx: WriteTxn, ino: int, now: int, *, mtime: bool = False) -> Inode | None:
+    def touch(
+        self, tx: WriteTxn, ino: int, now: int, *, mtime: bool = False, subdirs: int = 0,
+    ) -> Inode | None:
         """Mark ``ino`` itself as changed now (O(1): ancestors are not rewritten; see
-        :mod:`worm_fs.core.settle`); ``mtime`` also sets its mtime and ctime. Returns
-        the updated inode (None if it does not exist)."""
+        :mod:`worm_fs.core.settle`); ``mtime`` also sets its mtime and ctime, and
+        ``subdirs`` is how many subdirectories the change added to it (or removed,
+        negative). Returns the updated inode (None if it does not exist)."""
         raw = tx.get_inode(ino)
         if raw is None:
             return None
         inode = Inode.from_bytes(raw)
         inode.changed_ns = now
+        inode.subdirs = max(0, inode.subdirs + subdirs)
         if mtime:
             inode.mtime_ns = inode.ctime_ns = now
         tx.put_inode(ino, inode.to_bytes())
@@ -427,13 +431,12 @@ class CoreState:
             raise self._refuse(audit_op, err, caller, why, path=path, ino=inode.ino, **fields)
 
     def _check_name(self, op: str, parent: int, name: bytes, caller: Caller) -> None:
-        """Refuse (audited) a new name the kernel should never send us anyway."""
-        if len(name) > NAME_MAX:
-            err, why = errno.ENAMETOOLONG, "file name too long"
-        elif not name or b"/" in name or name in (b".", b".."):
-            err, why = errno.EINVAL, "invalid file name"
-        else:
+        """Refuse (audited) a name that cannot be an entry's: the first check of every
+        call that names one, before failsafe and policy."""
+        err = name_errno(name)
+        if err is None:
             return
+        why = "file name too long" if err == errno.ENAMETOOLONG else "invalid file name"
         with self.store.read() as rt:
             path = self._child_path(rt, parent, name[:NAME_MAX])
         raise self._refuse(op, err, caller, why, path=path)

@@ -535,7 +535,9 @@ class Deletions:
         req.decision_reason = reason
         req.extra["bytes_freed_actual"] = freed
         tx.put_deletion(req.id.encode(), req.to_bytes())
-        self.core.touch(tx, cover.entries[-1][1].parent, now, mtime=True)
+        target = cover.entries[-1][1]  # the walk lists the requested entry last
+        self.core.touch(tx, target.parent, now, mtime=True,
+                        subdirs=-1 if target.kind is Kind.DIR else 0)
         return removed
 
     # ------------------------------------------------------------------ holds, retention

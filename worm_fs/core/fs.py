@@ -35,7 +35,7 @@ from worm_fs.core.committer import (
 )
 from worm_fs.core.files import FileOps, wants_write
 from worm_fs.core.model import Inode, Kind
-from worm_fs.core.namespace import XATTR_STATE_DIR, NamespaceOps
+from worm_fs.core.namespace import SUBDIRS_META, XATTR_STATE_DIR, NamespaceOps
 from worm_fs.core.paths import NAME_MAX, ROOT_INO, iso_time, path_of
 from worm_fs.core.quota import COUNTED_META, stored_quotas
 from worm_fs.core.sealing import LAYOUTS_META, SealOps
@@ -85,6 +85,7 @@ class WormCore(NamespaceOps, FileOps, SealOps):
             tx.put_meta("schema_version", str(SCHEMA_VERSION).encode())
             tx.put_meta(LAYOUTS_META, b"1")  # a new store has no file without a layout
             tx.put_meta(COUNTED_META, b"1")  # nor any usage to count
+            tx.put_meta(SUBDIRS_META, b"1")  # nor a directory without its count
             tx.put_meta("store_id", secrets.token_hex(8).encode())
             tx.put_meta("next_ino", u64(ROOT_INO + 1))
             tx.put_inode(ROOT_INO, root.to_bytes())

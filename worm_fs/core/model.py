@@ -54,6 +54,10 @@ class Inode:
     #: True when the file's durable bytes cover every write acknowledged so far, i.e.
     #: its last flush came after its last write. Recovery seals only clean files.
     clean: bool = False
+    #: A directory's number of subdirectories, kept by every change that adds or removes
+    #: one (its link count is 2 plus this); 0 for files and symlinks. Stores made before
+    #: it was kept are counted once at start-up (``subdirs_counted``).
+    subdirs: int = 0
     extra: dict[str, object] = field(default_factory=dict)
 
     def st_mode(self) -> int:
@@ -63,6 +67,10 @@ class Inode:
             Kind.SYMLINK: stat.S_IFLNK,
         }[self.kind]
         return kind_bits | self.mode
+
+    def st_nlink(self) -> int:
+        """A directory: its own name, its ``.`` and each subdirectory's ``..``."""
+        return 2 + self.subdirs if self.kind is Kind.DIR else 1
 
     def to_bytes(self) -> bytes:
         # A shallow dict: dataclasses.asdict deep-copies ``extra`` and costs more than

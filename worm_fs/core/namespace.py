@@ -19,6 +19,7 @@ import errno
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -27,8 +28,8 @@ from worm_fs.core.base import MIXED_ENTRIES, CoreState
 from worm_fs.core.committer import JobFn
 from worm_fs.core.handles import WriteHandle
 from worm_fs.core.model import AttrChange, Caller, Inode, Kind, State
-from worm_fs.core.paths import MAX_DEPTH, ROOT_INO, iso_time
-from worm_fs.core.policy import Facts, Op, decide
+from worm_fs.core.paths import MAX_DEPTH, NAME_MAX, ROOT_INO, iso_time
+from worm_fs.core.policy import Facts, Op, decide, rename_flags_errno
 from worm_fs.core.quota import QuotaExceeded
 from worm_fs.core.settle import Survey
 from worm_fs.errors import NotFound, WormError
@@ -43,6 +44,8 @@ XATTR_STATE_DIR = b"user.worm.state_dir"
 XATTR_RETAIN = b"user.worm.retain_until"
 XATTR_HOLD = b"user.worm.hold"
 XATTR_PROVENANCE = b"user.worm.provenance"
+#: Set once every directory's ``subdirs`` is counted (at creation for a new store).
+SUBDIRS_META = "subdirs_counted"
 
 
 class NamespaceOps(CoreState):
@@ -57,7 +60,15 @@ class NamespaceOps(CoreState):
         return until
 
     # ------------------------------------------------------------------ lookups
-    def lookup(self, parent: int, name: bytes) -> Inode:
+    def lookup(
+        self, parent: int, name: bytes, caller: Callable[[], Caller] = Caller.daemon,
+    ) -> Inode:
+        """The entry ``name`` in ``parent``. A name too long to exist is refused with
+        ``ENAMETOOLONG`` (audited, with the process ``caller()`` names): the kernel
+        looks a name up before it creates, links, renames or stats it, so this is where
+        such a call ends."""
+        if len(name) > NAME_MAX:
+            self._check_name("lookup", parent, name, caller())
         with self.store.read() as rt:
             child = self._child(rt, parent, name)
             if child is None:
@@ -68,7 +79,9 @@ class NamespaceOps(CoreState):
         with self.store.read() as rt:
             return self.inode_in(rt, ino)
 
-    def readdir(self, ino: int) -> list[tuple[bytes, Inode]]:
+    def readdir(self, ino: int, *, dots: bool = False) -> list[tuple[bytes, Inode]]:
+        """The entries of directory ``ino`` in name order; with ``dots``, after ``.``
+        (the directory) and ``..`` (its parent; the root's parent is the root)."""
         with self.store.read() as rt:
             inode = self.inode_in(rt, ino)
             if inode.kind is not Kind.DIR:
@@ -79,7 +92,10 @@ class NamespaceOps(CoreState):
                 for (parent, name), child in names.items():
                     if parent == ino:
                         entries.setdefault(name, child)
-            return [(name, self.inode_in(rt, child)) for name, child in sorted(entries.items())]
+            listing = [(name, self.inode_in(rt, child)) for name, child in sorted(entries.items())]
+            if dots:
+                listing[:0] = [(b".", inode), (b"..", self.inode_in(rt, inode.parent))]
+            return listing
 
     def readlink(self, ino: int) -> bytes:
         inode = self.getattr(ino)
@@ -123,6 +139,31 @@ class NamespaceOps(CoreState):
     def statfs(self) -> os.statvfs_result:
         return os.statvfs(self.store.path)
 
+    def count_subdirs(self) -> list[str]:
+        """Once per store made before directories kept count of their subdirectories
+        (for their link count): count them all, in one pass over the inodes and one
+        transaction. Before serving; returns the directories counted."""
+        with self.store.read() as rt:
+            if rt.get_meta(SUBDIRS_META) is not None:
+                return []
+
+        def job(tx: WriteTxn, batch: AuditBatch) -> list[str]:
+            dirs: list[Inode] = []
+            counts: dict[int, int] = {}
+            for ino, raw in tx.iter_inodes():
+                inode = Inode.from_bytes(raw)
+                if inode.kind is Kind.DIR:
+                    dirs.append(inode)
+                    if ino != ROOT_INO:
+                        counts[inode.parent] = counts.get(inode.parent, 0) + 1
+            for inode in dirs:
+                inode.subdirs = counts.get(inode.ino, 0)
+                tx.put_inode(inode.ino, inode.to_bytes())
+            tx.put_meta(SUBDIRS_META, b"1")
+            return [str(inode.ino) for inode in dirs]
+
+        return self.commit(job)
+
     # ------------------------------------------------------------------ creating names
     def _parent_for_new(
         self, txn: ReadTxn, parent: int, name: bytes, op: str, caller: Caller
@@ -148,7 +189,8 @@ class NamespaceOps(CoreState):
         tx.put_inode(inode.ino, inode.to_bytes())
         tx.put_dirent(parent, name, inode.ino)
         tx.put_meta("next_ino", u64(max(inode.ino + 1, tx.get_counter("next_ino"))))
-        self.placed(tx, inode, self.touch(tx, parent, now, mtime=True))
+        self.placed(tx, inode, self.touch(tx, parent, now, mtime=True,
+                                          subdirs=1 if kind is Kind.DIR else 0))
         return inode
 
     def create(
@@ -257,9 +299,19 @@ class NamespaceOps(CoreState):
             if child is None:
                 raise self._refuse(audit_op, errno.ENOENT, caller, "no such entry", path=path)
             inode = self.inode_in(rt, child)
-            facts = self._facts(rt, op, inode, caller)
+            not_empty = op is Op.RMDIR and inode.kind is Kind.DIR and self._has_entries(
+                rt, child)
+            facts = self._facts(rt, op, inode, caller, not_empty=not_empty)
         self._check(op, audit_op, inode, facts, caller, path, **fields)
         raise AssertionError(f"policy allowed {op}")  # the table never allows these
+
+    def _has_entries(self, txn: ReadTxn, ino: int) -> bool:
+        """Whether directory ``ino`` has an entry: stored, or created but not yet stored
+        (or stored by a commit newer than ``txn``)."""
+        for _ in txn.iter_dirents(ino):
+            return True
+        recent = [*self._unborn_names.copy(), *self._born_names.copy()]  # copy(): no lock
+        return any(parent == ino for parent, _ in recent)
 
     def unlink(self, parent: int, name: bytes, caller: Caller) -> None:
         self._refuse_entry(Op.UNLINK, "unlink", parent, name, caller)
@@ -268,6 +320,7 @@ class NamespaceOps(CoreState):
         self._refuse_entry(Op.RMDIR, "rmdir", parent, name, caller)
 
     def link(self, ino: int, new_parent: int, new_name: bytes, caller: Caller) -> None:
+        self._check_name("link", new_parent, new_name, caller)
         with self.store.read() as rt:
             inode = self.inode_in(rt, ino)
             path = self._path(rt, ino)
@@ -275,6 +328,7 @@ class NamespaceOps(CoreState):
         self._check(Op.LINK, "link", inode, Facts(), caller, path, new_path=new_path)
 
     def mknod(self, parent: int, name: bytes, mode: int, caller: Caller) -> None:
+        self._check_name("mknod", parent, name, caller)
         with self.store.read() as rt:
             parent_inode = self.inode_in(rt, parent)
             path = self._child_path(rt, parent, name)
@@ -310,6 +364,13 @@ class NamespaceOps(CoreState):
         ``mixed_entries`` counter) and that no such file is being created in a surveyed
         directory; if either happened, the survey is redone.
         """
+        err = rename_flags_errno(flags)
+        if err is not None:  # an argument error: before the name, failsafe and policy
+            with self.store.read() as rt:
+                paths = {"path": self._child_path(rt, old_parent, old_name),
+                         "new_path": self._child_path(rt, new_parent, new_name[:NAME_MAX])}
+            raise self._refuse("rename", err, caller, f"unsupported rename flags {flags:#x}",
+                               **paths, flags=flags)
         self._check_name("rename", new_parent, new_name, caller)
         self.require_writable("rename", caller)
         for _ in range(self.RENAME_ATTEMPTS):
@@ -341,12 +402,7 @@ class NamespaceOps(CoreState):
             inode = self.inode_in(tx, child)
             if exchange or not self._claim_in_job(tx, new_parent, new_name):
                 self._check(Op.RENAME_OVER, "rename", inode, Facts(), caller, **paths)
-            if below is not None and (child != seen or tx.get_counter(MIXED_ENTRIES) != mixed
-                                      or self._foreign_unborn(below.dirs, inode.uid)):
-                return False
-            facts = self._facts(tx, Op.RENAME, inode, caller, below=below or Survey(
-                closed="it changed while the rename was checked; try again"))
-            self._check(Op.RENAME, "rename", inode, facts, caller, **paths)
+            # Argument errors before the policy's (settle window) refusal.
             dest = self.inode_in(tx, new_parent)
             if dest.kind is not Kind.DIR:
                 raise self._refuse("rename", errno.ENOTDIR, caller, "not a directory", **paths)
@@ -358,6 +414,12 @@ class NamespaceOps(CoreState):
             if inode.kind is Kind.DIR and self._is_under(tx, new_parent, inode.ino):
                 raise self._refuse("rename", errno.EINVAL, caller,
                                    "cannot move a directory into itself", **paths)
+            if below is not None and (child != seen or tx.get_counter(MIXED_ENTRIES) != mixed
+                                      or self._foreign_unborn(below.dirs, inode.uid)):
+                return False
+            facts = self._facts(tx, Op.RENAME, inode, caller, below=below or Survey(
+                closed="it changed while the rename was checked; try again"))
+            self._check(Op.RENAME, "rename", inode, facts, caller, **paths)
             now = self.clock()
             self.forget_recent(inode.ino)
             tx.delete_dirent(old_parent, old_name)
@@ -365,8 +427,9 @@ class NamespaceOps(CoreState):
             stored = Inode.from_bytes(tx.get_inode(inode.ino) or b"")
             stored.parent, stored.name, stored.ctime_ns = new_parent, new_name, now
             tx.put_inode(inode.ino, stored.to_bytes())
-            self.touch(tx, old_parent, now, mtime=True)
-            moved_to = self.touch(tx, new_parent, now, mtime=True) \
+            moved = 1 if inode.kind is Kind.DIR and new_parent != old_parent else 0
+            self.touch(tx, old_parent, now, mtime=True, subdirs=-moved)
+            moved_to = self.touch(tx, new_parent, now, mtime=True, subdirs=moved) \
                 if new_parent != old_parent else None
             self.placed(tx, stored, moved_to)
             batch.add(self.log.stamp("rename", ino=inode.ino, **paths, **self._who(caller)))

@@ -17,6 +17,10 @@ Conditions:
   what ``tar``, ``cp -p``, ``rsync`` and write-temp-then-rename savers need.
 * ``SETTLING_NOOP``: as ``SETTLING``, and the change must leave the value as it is
   (``chown`` to the current owner, which ``tar``/``cp -a``/``rsync -a`` do as root).
+
+Errors in the request itself (a bad name, an unsupported flag) are decided before the
+table, by the functions at the end of this module: as on other filesystems, a caller
+hears what is wrong with its arguments before it hears "not allowed".
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from dataclasses import dataclass
 from enum import Enum, StrEnum
 
 from worm_fs.core.model import Inode, Kind, State
+from worm_fs.core.paths import NAME_MAX
 
 
 class Op(StrEnum):
@@ -60,6 +65,8 @@ class Cond(Enum):
 class Rule:
     cond: Cond
     errno: int = errno.EPERM
+    #: The errno that comes first when the directory acted on has entries (``rmdir``).
+    not_empty: int | None = None
 
 
 class Column(StrEnum):
@@ -80,6 +87,9 @@ IS_DIR = Rule(Cond.NEVER, errno.EISDIR)
 NOT_DIR = Rule(Cond.NEVER, errno.ENOTDIR)
 #: ``cp -a`` and ``rsync -A`` fall back to plain chmod on EOPNOTSUPP, not on EPERM.
 UNSUPPORTED = Rule(Cond.NEVER, errno.EOPNOTSUPP)
+#: ``rmdir``: ENOTEMPTY while the directory has entries (what any filesystem answers,
+#: and what the caller can act on), EPERM once it is empty (nothing is deleted here).
+DENY_DIR = Rule(Cond.NEVER, errno.EPERM, not_empty=errno.ENOTEMPTY)
 
 _COLUMNS = (Column.WRITING, Column.SEALED, Column.QUARANTINED, Column.DIR, Column.SYMLINK)
 
@@ -97,7 +107,7 @@ RULES: dict[Op, tuple[Rule, Rule, Rule, Rule, Rule]] = {
     Op.SET_FOREIGN_XATTR:   (UNSUPPORTED,    UNSUPPORTED,    UNSUPPORTED,    UNSUPPORTED,   UNSUPPORTED),
     Op.REMOVEXATTR:         (DENY,           DENY,           DENY,           DENY,          DENY),
     Op.UNLINK:              (DENY,           DENY,           DENY,           IS_DIR,        DENY),
-    Op.RMDIR:               (NOT_DIR,        NOT_DIR,        NOT_DIR,        DENY,          NOT_DIR),
+    Op.RMDIR:               (NOT_DIR,        NOT_DIR,        NOT_DIR,        DENY_DIR,      NOT_DIR),
     Op.RENAME:              (SETTLING,       SETTLING,       DENY,           SETTLING,      SETTLING),
     Op.RENAME_OVER:         (EXISTS,         EXISTS,         EXISTS,         EXISTS,        EXISTS),
     Op.LINK:                (DENY,           DENY,           DENY,           DENY,          DENY),
@@ -115,6 +125,8 @@ class Facts:
     unsettled: bool = False
     via_writer: bool = False
     is_noop: bool = False
+    #: The directory acted on has entries (computed for ``rmdir`` only).
+    not_empty: bool = False
     #: Why the settle window is closed, for the refusal's message.
     closed: str = ""
 
@@ -149,6 +161,8 @@ def needs_settle(op: Op, inode: Inode) -> bool:
 def decide(op: Op, inode: Inode, facts: Facts) -> int | None:
     """``None`` if ``op`` on ``inode`` is allowed, else the errno to refuse it with."""
     rule = rule_for(op, column_of(inode))
+    if rule.not_empty is not None and facts.not_empty:
+        return rule.not_empty
     allowed = {
         Cond.ALWAYS: True,
         Cond.NEVER: False,
@@ -157,3 +171,30 @@ def decide(op: Op, inode: Inode, facts: Facts) -> int | None:
         Cond.SETTLING_NOOP: facts.is_creator and facts.unsettled and facts.is_noop,
     }[rule.cond]
     return None if allowed else rule.errno
+
+
+# -- argument errors: checked before the table ---------------------------------------
+def name_errno(name: bytes) -> int | None:
+    """``None`` for a usable entry name, else ``ENAMETOOLONG`` (over ``NAME_MAX`` bytes,
+    the ``f_namemax`` that ``statfs`` reports) or ``EINVAL``. Only the length can come
+    from the kernel: it resolves ``.`` and ``..`` and splits paths at ``/`` itself."""
+    if len(name) > NAME_MAX:
+        return errno.ENAMETOOLONG
+    if not name or b"/" in name or name in (b".", b".."):
+        return errno.EINVAL
+    return None
+
+
+#: ``renameat2(2)`` flags (``linux/fs.h``), passed through FUSE unchanged.
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+RENAME_WHITEOUT = 4
+#: Every rename here is a ``RENAME_NOREPLACE`` one, and an exchange is decided by the
+#: table (``RENAME_OVER``). A whiteout (overlayfs asks for one) would leave a device
+#: node in the old name's place: unsupported, like any flag not listed here.
+RENAME_FLAGS = RENAME_NOREPLACE | RENAME_EXCHANGE
+
+
+def rename_flags_errno(flags: int) -> int | None:
+    """``None`` if a rename with ``flags`` can be decided by the table, else ``EINVAL``."""
+    return errno.EINVAL if flags & ~RENAME_FLAGS else None
