@@ -109,3 +109,49 @@ def test_stats_show_records_and_bytes_per_uid(shared) -> None:
     bob_bytes = next(k for k in lines if k.startswith("worm_fs_audit_bytes_by_uid_total")
                      and f'uid="{BOB}"' in k)
     assert int(lines[bob_bytes]) == by_uid[str(BOB)]["bytes"]
+
+
+def test_a_uid_over_the_open_rate_limit_gets_eagain_and_one_record_a_second(shared) -> None:
+    m, model = shared("--open-rate-limit", "50")
+    alice = in_child(ALICE, open_loop(model, seconds=2.5))
+    bob = in_child(BOB, open_loop(model, times=40))  # within its own burst
+    root = open_loop(model, times=200)()  # root is exempt
+    m.stop()
+
+    assert alice["again"] > 10 * alice["ok"] > 0
+    assert 50 <= alice["ok"] <= 50 + 50 * 3  # the burst, then about the rate
+    assert bob == {"ok": 40, "again": 0} and root == {"ok": 200, "again": 0}
+
+    log = records(m)
+    throttled = [r for r in log if r["op"] == "open_throttled"]
+    assert {r["uid"] for r in throttled} == {ALICE}
+    assert 2 <= len(throttled) <= 4  # about one per second of refusals
+    assert sum(r["count"] for r in throttled) == alice["again"]
+    assert all(r["result"] == "EAGAIN" and r["path"] == "/model.safetensors"
+               for r in throttled)
+    opens = [r for r in log if r["op"] == "open" and r.get("uid") == ALICE]
+    assert len(opens) == alice["ok"]  # the refused ones have no record each
+
+    stats = json.loads(run_cli("stats", str(m.state), "--json", check=True).stdout)
+    assert stats["audit_by_uid"][str(ALICE)]["throttled"] == alice["again"]
+    prom = run_cli("stats", str(m.state), "--prometheus", check=True).stdout
+    assert f'worm_fs_opens_throttled_total{{store="{store_id(m)}",uid="{ALICE}"}} ' \
+           f'{alice["again"]}' in prom
+
+
+def store_id(m: Mount) -> str:
+    store = m.store()
+    try:
+        with store.read() as rt:
+            return (rt.get_meta("store_id") or b"").decode()
+    finally:
+        store.close()
+
+
+def test_without_the_setting_opens_are_never_throttled(shared) -> None:
+    m, model = shared()
+    assert in_child(ALICE, open_loop(model, times=500)) == {"ok": 500, "again": 0}
+    m.stop()
+    assert not [r for r in records(m) if r["op"] == "open_throttled"]
+    mount = next(r for r in records(m) if r["op"] == "mount")
+    assert "open_rate_limit" not in mount

@@ -96,6 +96,8 @@ def _check_mount_args(args: argparse.Namespace) -> tuple[Path, Path]:
         raise UsageError("--settle must be 0 or more seconds")
     if args.settle_limit <= 0:
         raise UsageError("--settle-limit must be more than 0 seconds")
+    if args.open_rate_limit < 0:
+        raise UsageError("--open-rate-limit must be 0 (no limit) or more opens per second")
     if args.retention < 0 or args.request_ttl <= 0:
         raise UsageError("--retention must be 0 or more days, --request-ttl more than 0")
     if not 0 < args.max_retention <= 36_525 or args.retention > args.max_retention:
@@ -147,6 +149,7 @@ def _mount_options(args: argparse.Namespace) -> Any:
         request_ttl_days=args.request_ttl,
         runtime_dir=Path(args.runtime_dir) if args.runtime_dir else None,
         read_ahead_kib=args.read_ahead_kib,
+        open_rate_limit=args.open_rate_limit,
         debug_fuse=args.debug_fuse,
     )
 
