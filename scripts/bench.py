@@ -44,6 +44,7 @@ STAMP_EVERY = 4 * KiB  # a unique counter every 4 KiB defeats dedup of repeated 
 POOL_SIZE = 64 * MiB  # pregenerated random bytes the written data is cut from
 SMALL_FILE_SIZE = 4 * KiB
 SEAL_TIMEOUT = 600.0  # seconds a closed worm-fs file may take to report "sealed"
+RECORD_OPENS_PER_FILE = 10  # records phase: opens per --small-files
 # Fragmentation phase: a second store is filled with FRAG_FILL_FACTOR x --size of files
 # (a quarter log-uniform 4 KiB..1 MiB, the rest uniform 1..8 MiB, sizes from a fixed seed
 # so runs are comparable), every other one is deleted, then --size is written.
@@ -84,6 +85,7 @@ PHASES = {
     "latency": "open/stat/pread p50 and p99 while 2 processes write large files",
     "audit": "cold and warm re-read on a mount with --audit-reads each (needs sequential)",
     "frag": "write after deleting half of a store, vs a fresh store",
+    "records": "stored bytes per audit record: an open/close loop on its own store",
 }
 
 DEFAULTS = {"size": GiB, "big_size": 4 * GiB, "small_files": 2000, "reps": 3,
@@ -183,6 +185,14 @@ METRICS = (
            phase="audit"),
     Metric("frag_write", "write after deleting half of a store", "MB/s", 1,
            Target(">=", 0.8, True), native=False, baseline="fresh", phase="frag"),
+    Metric("audit_bytes_open", "stored bytes per audit record, open/close loop", "B", 1,
+           Target("<=", 120, False), native=False, phase="records"),
+    Metric("audit_json_bytes_open", "canonical JSON bytes per record, same loop", "B", 1,
+           None, native=False, phase="records"),
+    Metric("audit_bytes_all", "stored bytes per audit record, whole store", "B", 1, None,
+           native=False, phase="records"),
+    Metric("audit_open_rate", "open+pread+close of a sealed file, 1 process", "opens/s",
+           0, None, native=False, phase="records"),
 )
 METRIC_BY_KEY = {m.key: m for m in METRICS}
 
@@ -1283,6 +1293,8 @@ class Bench:
                 self.phase_fragmentation()
             except NotMeasured as exc:
                 self.results.notes[exc.key] = exc.reason
+        if "records" in phases:
+            self.phase_records()
         self.duration = time.monotonic() - started
         self.machine["load_at_end"] = os.getloadavg()[0]
 
@@ -1687,6 +1699,73 @@ class Bench:
             **details,
         }
 
+    def phase_records(self) -> None:
+        """Bytes the log stores per record: on a store of its own, open, pread 4 KiB and
+        close one sealed file RECORD_OPENS_PER_FILE x --small-files times (an open and
+        a release record each); `worm-fs stats --json` before and after gives the
+        stored bytes of those records, `log show --json` their canonical JSON size
+        (what every record took before the packed encoding). Once per run."""
+        assert self.work is not None
+        base = self.work / "records"
+        base.mkdir()
+        state, mnt = base / "state", base / "mnt"
+        opens = RECORD_OPENS_PER_FILE * self.cfg.small_files
+        self.start_mount("handle", state, mnt, ("--settle", "0", "--runtime-dir",
+                                                 str(base / "run")), "a fresh worm-fs store")
+        try:
+            path = mnt / "models" / "run-42" / "model.safetensors"
+            path.parent.mkdir(parents=True)
+            self.write_file(str(path), 64 * KiB)
+            wait_sealed(str(path), time.monotonic() + SEAL_TIMEOUT)
+            time.sleep(0.2)  # the group commit writes the seal's neighbours
+            before = self.audit_usage(state)
+            with self.step(f"[records] {opens} x open+pread+close of a sealed file") as out:
+                t0 = time.perf_counter()
+                for _ in range(opens):
+                    fd = os.open(path, os.O_RDONLY)
+                    os.pread(fd, 4096, 0)
+                    os.close(fd)
+                rate = opens / (time.perf_counter() - t0)
+                out.append(f"{rate:.0f} opens/s")
+            time.sleep(0.5)  # the last releases and the group commit
+            after = self.audit_usage(state)
+        finally:
+            self.stop_mount()
+        records = after["audit_records"] - before["audit_records"]
+        stored = after["audit_stored_bytes"] - before["audit_stored_bytes"]
+        if not records or "audit_stored_bytes" not in before:
+            raise BenchError("the daemon counted no audit records")
+        code, out, err = run_cli(["log", "show", str(state), "--json",
+                                  "--since", str(before["audit_records"])])
+        if code != 0:
+            raise BenchError(f"worm-fs log show failed: {err.strip()}")
+        canonical = 0
+        for line in out.splitlines():
+            record = json.loads(line)
+            record.pop("leaf_hash", None)
+            canonical += len(json.dumps(record, sort_keys=True, separators=(",", ":"),
+                                        ensure_ascii=True))
+        self.results.add("audit_bytes_open", "worm", stored / records)
+        self.results.add("audit_json_bytes_open", "worm", canonical / records)
+        self.results.add("audit_bytes_all", "worm", after["audit_bytes_per_record"])
+        self.results.add("audit_open_rate", "worm", rate)
+        self.results.details["audit_records"] = {
+            "opens": opens, "records": records, "stored_bytes": stored,
+            "canonical_bytes": canonical, "store_records": after["audit_records"],
+            "store_bytes_per_record": after["audit_bytes_per_record"],
+        }
+        shutil.rmtree(base, ignore_errors=True)
+
+    @staticmethod
+    def audit_usage(state: Path) -> dict[str, Any]:
+        code, out, err = run_cli(["stats", str(state), "--json"])
+        if code != 0:
+            raise BenchError(f"worm-fs stats failed: {err.strip()}")
+        usage = json.loads(out)
+        if "audit_stored_bytes" not in usage:
+            raise BenchError("this worm-fs counts no stored audit bytes (stats --json)")
+        return usage
+
     def frag_write(self, mnt: Path, tag: str) -> float:
         """MB/s of a --size write + fsync into ``mnt``, timed until the file is sealed."""
         size = self.cfg.size
@@ -1839,8 +1918,8 @@ class Bench:
 
 #: What one repetition runs on each side, in order, with the --only phase each belongs
 #: to. A new measurement is one more method here (and its Metric row above); raise
-#: NotMeasured to show "n/a (reason)". (rss, audit and frag run once per run, from
-#: Bench.run; frag on stores of its own.)
+#: NotMeasured to show "n/a (reason)". (rss, audit, frag and records run once per run,
+#: from Bench.run; frag and records on stores of their own.)
 REP_PHASES: tuple[tuple[str, Callable[[Bench, Side, int], None]], ...] = (
     ("sequential", Bench.phase_sequential),
     ("small", Bench.phase_small_files),
@@ -2028,9 +2107,15 @@ start to the last end):
      another takes --latency-samples samples of os.open(O_RDONLY)+close, os.stat and a
      4 KiB os.pread (open not timed), each on a different sealed small file not looked
      up before (3 x samples of them written first, caches dropped) -> p50, p99 in ms.
+ 14. audit record size, once per run on a store of its own: 10 x --small-files
+     open + 4 KiB pread + close of one sealed file -> stored bytes per record of that
+     loop (LMDB values, from `worm-fs stats --json` before and after; the 8-byte keys
+     and LMDB's page overhead not included), their canonical JSON size, stored bytes
+     per record over the whole store, and opens/s.
 
 --only picks phases (comma-separated): rss (7), sequential (1-3, 6), small (4, 5, 10),
-large (11), reads (12), latency (13), audit (8; runs sequential too), frag (9).
+large (11), reads (12), latency (13), audit (8; runs sequential too), frag (9),
+records (14).
 Native files of the concurrency phases are removed after each repetition.
 
 worm-fs files are write-once: a file is sealed (read-only) when its writer closes it

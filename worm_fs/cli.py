@@ -96,6 +96,8 @@ def _check_mount_args(args: argparse.Namespace) -> tuple[Path, Path]:
         raise UsageError("--settle must be 0 or more seconds")
     if args.settle_limit <= 0:
         raise UsageError("--settle-limit must be more than 0 seconds")
+    if args.open_rate_limit < 0:
+        raise UsageError("--open-rate-limit must be 0 (no limit) or more opens per second")
     if args.retention < 0 or args.request_ttl <= 0:
         raise UsageError("--retention must be 0 or more days, --request-ttl more than 0")
     if not 0 < args.max_retention <= 36_525 or args.retention > args.max_retention:
@@ -147,6 +149,7 @@ def _mount_options(args: argparse.Namespace) -> Any:
         request_ttl_days=args.request_ttl,
         runtime_dir=Path(args.runtime_dir) if args.runtime_dir else None,
         read_ahead_kib=args.read_ahead_kib,
+        open_rate_limit=args.open_rate_limit,
         debug_fuse=args.debug_fuse,
     )
 
@@ -287,7 +290,12 @@ def cmd_stat(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Uids listed by the human form of ``stats`` (the most bytes first); --json has all.
+STATS_TOP_UIDS = 10
+
+
 def cmd_stats(args: argparse.Namespace) -> int:
+    from worm_fs.audit.log import usage_stats
     from worm_fs.core.fs import store_stats
 
     store = open_store(locate(args.path))
@@ -298,8 +306,20 @@ def cmd_stats(args: argparse.Namespace) -> int:
             sys.stdout.write(render(collect(store)))
             return 0
         data = store_stats(store)
+        with store.read() as rt:
+            data.update(usage_stats(rt))
     finally:
         store.close()
+
+    def by_uid(d: dict[str, Any]) -> list[str]:
+        rows = sorted(d["audit_by_uid"].items(), key=lambda kv: -kv[1]["bytes"])
+        lines = [f"  uid {printable(uid, field=True)}: {u['records']} records, "
+                 f"{u['bytes']} bytes ({_human_bytes(u['bytes'])})"
+                 + (f", {u['throttled']} opens throttled" if u["throttled"] else "")
+                 for uid, u in rows[:STATS_TOP_UIDS]]
+        if len(rows) > STATS_TOP_UIDS:
+            lines.append(f"  ... {len(rows) - STATS_TOP_UIDS} more uids (--json lists all)")
+        return lines
 
     def human(d: dict[str, Any]) -> str:
         return "\n".join([
@@ -310,7 +330,9 @@ def cmd_stats(args: argparse.Namespace) -> int:
             f"chunks:         {d['chunks']}",
             f"dedup ratio:    {d['dedup_ratio']}",
             f"freed bytes:    {d['freed_bytes']} ({d['deleted_entries']} entries deleted)",
-            f"audit records:  {d['audit_records']}",
+            f"audit records:  {d['audit_records']} ({d['audit_stored_bytes']} bytes stored "
+            f"since per-uid counting began, {d['audit_bytes_per_record']} per record)",
+            *by_uid(d),
             f"commits:        {d['commits']} ({d['commit_flushes']} file flushes, "
             f"{d['flushes_per_commit']} per commit; {d['commits_shared']} shared by "
             f"several files; {d['commit_records']} audit records)",

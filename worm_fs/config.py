@@ -52,6 +52,9 @@ MOUNT_SETTINGS: tuple[Setting, ...] = (
             "/run/worm-fs/STORE_ID); it and its parents must be root's or the daemon's "
             "and not writable by group or others (sticky parents allowed), else exit 2",
             "DIR"),
+    Setting("open_rate_limit", float, 0.0, "refuse opens with EAGAIN past OPENS per second "
+            "per uid (bursts up to one second's worth; root exempt; the refusals are "
+            "recorded summed, about once a second per uid); default 0: no limit", "OPENS"),
     Setting("read_ahead_kib", int, 4096, "kernel read-ahead of the mount in KiB "
             "(default 4096)", "KIB"),
 )

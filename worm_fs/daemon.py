@@ -72,6 +72,7 @@ class MountOptions:
     request_ttl_days: float = 7.0
     runtime_dir: Path | None = None
     read_ahead_kib: int = 4096
+    open_rate_limit: float = 0.0
     debug_fuse: bool = False
 
 
@@ -179,6 +180,7 @@ class Daemon:
             settle_limit_s=options.settle_limit,
             audit_reads_each=options.audit_reads == "each",
             retention_days=options.retention_days,
+            open_rate_limit=options.open_rate_limit,
         )
         self.core.initialize()
         self.store_id = self.core.store_id()
@@ -234,7 +236,8 @@ class Daemon:
             self.control.listen(self.runtime)
             self._record("mount", mountpoint=str(self.mountpoint),
                          settle=self.options.settle, settle_limit=self.options.settle_limit,
-                         audit_reads=self.options.audit_reads)
+                         audit_reads=self.options.audit_reads,
+                         open_rate_limit=self.options.open_rate_limit or None)
             fuse_ops.mount(ops, str(self.mountpoint), allow_other=self.options.allow_other,
                            debug=self.options.debug_fuse)
         except BaseException:
@@ -244,6 +247,7 @@ class Daemon:
             trio.run(self._serve, ready_fd)
         finally:
             try:
+                self.core.flush_throttled(everything=True)
                 self.core.commit_pending()
                 self._record("unmount", mountpoint=str(self.mountpoint),
                              open_writers=self.core.open_writers())
@@ -313,6 +317,7 @@ class Daemon:
         while True:
             await trio.sleep(GROUP_COMMIT_INTERVAL)
             try:
+                self.core.flush_throttled()
                 if not self.core.has_pending():
                     continue
                 await trio.to_thread.run_sync(self.core.commit_pending)

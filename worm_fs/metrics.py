@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from worm_fs.audit.anchor import CHECKPOINT_TIME_KEY
-from worm_fs.audit.log import REFUSALS_PREFIX
+from worm_fs.audit.log import REFUSALS_PREFIX, usage_stats
 from worm_fs.core.clock import trusted_now
 from worm_fs.core.deletion import DeletionRequest
 from worm_fs.core.fs import store_stats
@@ -31,10 +31,15 @@ def collect(store: Store) -> list[Sample]:
         pending = sum(1 for _, raw in rt.iter_deletions()
                       if DeletionRequest.from_bytes(raw).shown_state(now) == "pending")
         checkpoint_ns = rt.get_counter(CHECKPOINT_TIME_KEY)
+        usage = usage_stats(rt)
     base = {"store": store_id}
 
     def one(value: float) -> list[tuple[dict[str, str], float]]:
         return [(base, value)]
+
+    def by_uid(usage: dict[str, Any], what: str) -> list[tuple[dict[str, str], float]]:
+        return [(dict(base, uid=uid), u[what]) for uid, u in usage["audit_by_uid"].items()
+                if what != "throttled" or u[what]] or one(0)
 
     samples: list[Sample] = [
         ("worm_fs_sealed_files", "gauge", "Sealed files.", one(stats["files"])),
@@ -55,6 +60,16 @@ def collect(store: Store) -> list[Sample]:
          one(stats["freed_bytes"])),
         ("worm_fs_audit_records", "gauge", "Records in the audit log.",
          one(stats["audit_records"])),
+        ("worm_fs_audit_stored_bytes_total", "counter",
+         "Stored bytes of audit records (since per-uid counting began).",
+         one(usage["audit_stored_bytes"])),
+        ("worm_fs_audit_records_by_uid_total", "counter",
+         "Audit records by the uid they name (none: the daemon's own; other: uids past "
+         "the tracked limit).", by_uid(usage, "records")),
+        ("worm_fs_audit_bytes_by_uid_total", "counter",
+         "Stored bytes of audit records by the uid they name.", by_uid(usage, "bytes")),
+        ("worm_fs_opens_throttled_total", "counter",
+         "Opens refused by the open rate limit, by uid.", by_uid(usage, "throttled")),
         ("worm_fs_commits_total", "counter", "Synced store commits (group commits).",
          one(stats["commits"])),
         ("worm_fs_commit_changes_total", "counter", "State changes committed.",

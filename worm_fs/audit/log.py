@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import errno as errno_mod
 import json
+import struct
 import threading
 import time
 from collections.abc import Mapping
@@ -32,6 +33,16 @@ from worm_fs.store import ReadTxn, WriteTxn
 FRONTIER_KEY = "audit_frontier"
 REFUSALS_PREFIX = "refusals:"
 NEXT_SEQ_KEY = "audit_next_seq"
+#: Per-uid usage of the log: ``audit_uid:<uid>`` -> records, stored bytes, and opens
+#: refused by the open rate limit (three u64). Records without a caller count under
+#: ``none``; uids beyond the first :data:`MAX_TRACKED_UIDS` count together under
+#: ``other``.
+UID_USAGE_PREFIX = "audit_uid:"
+UID_USAGE_COUNT_KEY = "audit_uids_tracked"
+MAX_TRACKED_UIDS = 1000
+#: Stored bytes of every record counted in the per-uid usage (the sum over uids).
+STORED_BYTES_KEY = "audit_stored_bytes"
+_USAGE = struct.Struct(">QQQ")
 
 Record = dict[str, Any]
 
@@ -112,25 +123,40 @@ class AuditBatch:
             raise RuntimeError("audit frontier and sequence counter disagree")
         self.drained = 0
         self.added = 0
+        #: uid (or "none") -> [records, stored bytes, throttled opens] of this batch.
+        self._usage: dict[str, list[int]] = {}
 
     def add(self, record: Record) -> int:
         """Append ``record`` (stamping its ``seq``); returns the seq."""
         seq = self._next_seq
         stored = dict(record, seq=seq)
         data = canonical(stored)
-        self._tx.put_record(seq, data)
+        size = self._tx.put_record(seq, data, stored)
         self._frontier.append(leaf_hash(data))
         self._next_seq += 1
         if record.get("result", "ok") != "ok":  # refusals by operation, for alerting
             self._tx.add_counter(REFUSALS_PREFIX + str(record.get("op")), 1)
+        uid = record.get("uid")
+        usage = self._usage.setdefault("none" if uid is None else str(uid), [0, 0, 0])
+        usage[0] += 1
+        usage[1] += size
+        if record.get("op") == "open_throttled":
+            usage[2] += int(record.get("count", 0))
         self.added += 1
         return seq
 
     def finish(self) -> None:
-        """Persist the tree state; call before the transaction commits."""
+        """Persist the tree state and the usage counters; call before the transaction
+        commits."""
         if self.added:
             self._tx.put_meta(FRONTIER_KEY, self._frontier.to_bytes())
             self._tx.put_meta(NEXT_SEQ_KEY, self._next_seq.to_bytes(8, "big"))
+        total = 0
+        for uid, counts in self._usage.items():
+            add_uid_usage(self._tx, uid, counts)
+            total += counts[1]
+        if total:
+            self._tx.add_counter(STORED_BYTES_KEY, total)
 
     @property
     def size(self) -> int:
@@ -138,6 +164,50 @@ class AuditBatch:
 
     def root(self) -> bytes:
         return self._frontier.root()
+
+
+def add_uid_usage(tx: WriteTxn, uid: str, counts: list[int]) -> None:
+    """Add [records, bytes, throttled] to one uid's usage (bounded: see
+    :data:`MAX_TRACKED_UIDS`)."""
+    key = UID_USAGE_PREFIX + uid
+    raw = tx.get_meta(key)
+    if raw is None:
+        if tx.get_counter(UID_USAGE_COUNT_KEY) >= MAX_TRACKED_UIDS and uid != "none":
+            key = UID_USAGE_PREFIX + "other"
+            raw = tx.get_meta(key)
+        else:
+            tx.add_counter(UID_USAGE_COUNT_KEY, 1)
+    old = (0, 0, 0) if raw is None else _USAGE.unpack(raw)
+    tx.put_meta(key, _USAGE.pack(*(a + b for a, b in zip(old, counts, strict=True))))
+
+
+def uid_usage(tx: ReadTxn) -> dict[str, dict[str, int]]:
+    """Per uid: ``records`` and ``bytes`` (stored) appended to the log since per-uid
+    counting began, and ``throttled`` opens refused by the open rate limit."""
+    usage: dict[str, dict[str, int]] = {}
+    for key, raw in tx.iter_meta(UID_USAGE_PREFIX):
+        records, nbytes, throttled = _USAGE.unpack(raw)
+        usage[key[len(UID_USAGE_PREFIX):]] = {"records": records, "bytes": nbytes,
+                                              "throttled": throttled}
+    return dict(sorted(usage.items(), key=lambda kv: _uid_order(kv[0])))
+
+
+def usage_stats(tx: ReadTxn) -> dict[str, Any]:
+    """The log's usage for ``worm-fs stats``: stored bytes, bytes per record and the
+    per-uid table, all counted since per-uid counting began (older stores: since the
+    first daemon start of a version that counts)."""
+    by_uid = uid_usage(tx)
+    counted = sum(u["records"] for u in by_uid.values())
+    stored = tx.get_counter(STORED_BYTES_KEY)
+    return {
+        "audit_stored_bytes": stored,
+        "audit_bytes_per_record": round(stored / counted, 1) if counted else 0.0,
+        "audit_by_uid": by_uid,
+    }
+
+
+def _uid_order(uid: str) -> tuple[int, int]:
+    return (0, int(uid)) if uid.isdigit() else (1, 0)
 
 
 def tree_head(tx: ReadTxn) -> tuple[int, bytes]:

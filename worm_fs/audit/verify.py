@@ -1,8 +1,9 @@
 """The audit log verifier.
 
-It recomputes every leaf from the stored record bytes, checks that sequence numbers
-run 0, 1, 2, ... with no gap and that each record is stored in its canonical form,
-rebuilds the tree, and checks it against
+It decodes every stored record to its canonical bytes (raw JSON values of older stores
+and packed values alike, :mod:`worm_fs.store.records`), recomputes every leaf from
+those bytes, checks that sequence numbers run 0, 1, 2, ... with no gap and that each
+record is in its canonical form, rebuilds the tree, and checks it against
 
 * the tree head the store keeps (size and root),
 * every checkpoint kept in the store (signature with the store's key, and root),
@@ -30,6 +31,7 @@ from worm_fs.audit.merkle import (
     verify_consistency,
 )
 from worm_fs.store import Store
+from worm_fs.store.records import RecordFormatError, decode_record
 
 
 @dataclass
@@ -73,13 +75,19 @@ def load_leaves(store: Store, report: LogReport) -> list[bytes]:
     """Leaf hashes of every stored record, noting continuity and encoding problems."""
     leaves: list[bytes] = []
     with store.read() as rt:
-        for seq, raw in rt.iter_records():
+        for seq, value in rt.iter_stored_records():
             expected = len(leaves)
             if seq != expected:
                 report.problems.append(Problem(
                     f"seq {expected}", f"missing: the next stored record is seq {seq}"
                 ))
                 # Keep hashing so later checks still say something useful.
+            try:
+                raw = decode_record(value)
+            except RecordFormatError as exc:
+                report.problems.append(Problem(f"seq {seq}", f"record cannot be decoded: {exc}"))
+                leaves.append(leaf_hash(value))  # the tree then fails too
+                continue
             try:
                 record = json.loads(raw)
             except ValueError:

@@ -22,6 +22,7 @@ import errno
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from worm_fs.audit.log import AuditBatch
 from worm_fs.core.base import CoreState
@@ -32,7 +33,8 @@ from worm_fs.core.model import Caller, Inode, Kind, State
 from worm_fs.core.policy import Op
 from worm_fs.core.quota import QuotaExceeded
 from worm_fs.core.storer import Chunk, ChunkStorer, retire_chunks, store_live_chunks
-from worm_fs.errors import Corruption, WormError
+from worm_fs.core.throttle import OpenThrottle
+from worm_fs.errors import Corruption, Refused, WormError
 from worm_fs.store import (
     CHUNK_SIZE,
     ReadTxn,
@@ -96,10 +98,18 @@ class FileOps(CoreState):
     """The data half of :class:`~worm_fs.core.fs.WormCore`."""
 
     _storer: ChunkStorer
+    _throttle: OpenThrottle
 
     # ------------------------------------------------------------------ open / read
     def open(self, ino: int, flags: int, caller: Caller) -> tuple[int, Inode]:
-        """A read handle; every write-access open of an existing name is refused."""
+        """A read handle; every write-access open of an existing name is refused.
+
+        A uid over the open rate limit is refused with EAGAIN first, before anything
+        is looked up; its refusals are recorded summed, about once a second
+        (:mod:`worm_fs.core.throttle`)."""
+        if not self._throttle.admit(caller, ino, flags):
+            raise Refused(f"more than {self._throttle.rate:g} opens per second by uid "
+                          f"{caller.uid}", errno=errno.EAGAIN)
         with self.store.read() as rt:
             inode = self.inode_in(rt, ino)
             path = self._path(rt, ino)
@@ -115,6 +125,20 @@ class FileOps(CoreState):
             "open", path=path, ino=ino, flags=flags, **self._who(caller)
         ))
         return handle.fh, inode
+
+    def note_throttled(self, fields: dict[str, Any]) -> None:
+        """Note one ``open_throttled`` record (the throttle's callback)."""
+        try:
+            with self.store.read() as rt:
+                fields = dict(fields, path=self._path(rt, fields["ino"]))
+        except WormError:
+            pass  # the file went away meanwhile: the record keeps its ino
+        self.log.note(self.log.stamp("open_throttled", errno.EAGAIN, **fields))
+
+    def flush_throttled(self, *, everything: bool = False) -> int:
+        """Record the refusals of the open rate limit that are due (the daemon's group
+        commit tick; ``everything`` at shutdown)."""
+        return self._throttle.flush(everything=everything)
 
     def read(self, fh: int, off: int, size: int) -> bytes:
         """Read through a handle.

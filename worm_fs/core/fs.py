@@ -40,6 +40,7 @@ from worm_fs.core.paths import NAME_MAX, ROOT_INO, iso_time, path_of
 from worm_fs.core.quota import COUNTED_META, stored_quotas
 from worm_fs.core.sealing import LAYOUTS_META, SealOps
 from worm_fs.core.storer import ChunkStorer
+from worm_fs.core.throttle import OpenThrottle
 from worm_fs.errors import UsageError
 from worm_fs.store import Store, u64
 
@@ -49,9 +50,12 @@ SCHEMA_VERSION = 1
 class WormCore(NamespaceOps, FileOps, SealOps):
     """One store's filesystem semantics; see the module docstring for its parts."""
 
-    def __init__(self, store: Store, log: AuditLog, **options: Any) -> None:
+    def __init__(
+        self, store: Store, log: AuditLog, *, open_rate_limit: float = 0.0, **options: Any
+    ) -> None:
         super().__init__(store, log, **options)
         self._storer = ChunkStorer(self.committer)
+        self._throttle = OpenThrottle(open_rate_limit, self.note_throttled)
         self.root_xattrs[XATTR_STATE_DIR] = str(store.path).encode()
 
     def start(self) -> None:

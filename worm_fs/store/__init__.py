@@ -5,6 +5,8 @@ The only package that imports :mod:`lmdb`.
 * :mod:`.env` -- :class:`Store`, :class:`ReadTxn`, :class:`WriteTxn` over named databases
 * :mod:`.chunks` -- content-addressed chunks (XXH3-128 keys, byte-confirmed dedup,
   reference counts, digest check on every load)
+* :mod:`.records` -- the stored encoding of audit records (packed, or raw canonical JSON),
+  which always decodes to the exact canonical bytes
 """
 
 from worm_fs.store.chunks import (

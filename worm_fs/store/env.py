@@ -34,7 +34,8 @@ from pathlib import Path
 
 import lmdb
 
-from worm_fs.errors import NoSpace, StorageError
+from worm_fs.errors import Corruption, NoSpace, StorageError
+from worm_fs.store.records import RecordFormatError, decode_record, encode_record
 
 #: Address space reserved for the map. Without WRITEMAP the data file grows only as
 #: pages are used, so a large reservation costs nothing on disk.
@@ -55,7 +56,7 @@ _DATABASES = (
     "chunks",  # chunk key -> chunk bytes
     "refs",  # chunk key -> reference count (u64)
     "writing",  # ino (u64) -> b"" for every file not yet sealed or quarantined
-    "audit",  # seq (u64) -> canonical record bytes
+    "audit",  # seq (u64) -> record, stored encoded (records.py)
     "checkpoints",  # tree size (u64) -> signed checkpoint note
     "deletions",  # request id -> encoded request
     "meta",  # name -> value (schema version, counters, key ids)
@@ -138,10 +139,21 @@ class ReadTxn:
         return 0 if value is None else from_u64(value)
 
     # -- audit log ------------------------------------------------------------------
+    # Records go in and come out as their canonical bytes; the store keeps a compact
+    # encoding of them (:mod:`worm_fs.store.records`). A value that cannot be decoded
+    # raises Corruption; the ``stored`` variants give the values as stored.
     def get_record(self, seq: int) -> bytes | None:
-        return self._txn.get(u64(seq), db=self._db["audit"])
+        value = self.get_stored_record(seq)
+        return None if value is None else _decoded(seq, value)
 
     def iter_records(self, start: int = 0) -> Iterator[tuple[int, bytes]]:
+        for seq, value in self.iter_stored_records(start):
+            yield seq, _decoded(seq, value)
+
+    def get_stored_record(self, seq: int) -> bytes | None:
+        return self._txn.get(u64(seq), db=self._db["audit"])
+
+    def iter_stored_records(self, start: int = 0) -> Iterator[tuple[int, bytes]]:
         with self._txn.cursor(db=self._db["audit"]) as cur:
             if not cur.set_range(u64(start)):
                 return
@@ -223,9 +235,13 @@ class WriteTxn(ReadTxn):
         else:
             self._txn.delete(key, db=self._db["refs"])
 
-    def put_record(self, seq: int, value: bytes) -> None:
+    def put_record(self, seq: int, data: bytes, record: dict | None = None) -> int:
+        """Store the canonical bytes ``data`` of record ``seq`` (``record``: the same,
+        parsed, if at hand) in their compact encoding; returns the stored size."""
+        value = encode_record(data, record)
         if not self._txn.put(u64(seq), value, db=self._db["audit"], overwrite=False):
             raise StorageError(f"audit record {seq} already exists")
+        return len(value)
 
     def put_checkpoint(self, size: int, note: bytes) -> None:
         self._txn.put(u64(size), note, db=self._db["checkpoints"])
@@ -248,6 +264,13 @@ class WriteTxn(ReadTxn):
 
     def raw_delete(self, database: str, key: bytes) -> None:
         self._txn.delete(key, db=self._db[database])
+
+
+def _decoded(seq: int, value: bytes) -> bytes:
+    try:
+        return decode_record(value)
+    except RecordFormatError as exc:
+        raise Corruption(f"audit record {seq} cannot be decoded: {exc}") from None
 
 
 _MADV_DONTNEED = 4
