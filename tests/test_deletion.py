@@ -227,6 +227,46 @@ def test_hostile_messages_get_an_error_and_change_nothing(store: Mount, message:
                                                                    "result": []}
 
 
+#: Sent to the admin socket, where every op is served: each is a protocol error.
+MALFORMED = [
+    b"[" * 30_000 + b"\n",  # deeper than the JSON parser recurses
+    b'{"v": 1, "op": "delete_request", "path": "/runs", "reason": ' + b"[" * 30_000 + b"}\n",
+    b'{"v": true, "op": "hold_clear", "path": "/runs"}\n',
+    b'{"v": 1.0, "op": "hold_clear", "path": "/runs"}\n',
+    b'{"v": 1, "op": "retain", "path": "/runs", "until_ns": true}\n',
+    b'{"v": 1, "op": "retain", "path": "/runs", "until_ns": 4102444800000000000.0}\n',
+    b'{"v": 1, "op": "retain", "path": "/keep.bin", "until_ns": ' + b"9" * 30 + b"}\n",
+    b'{"v": 1, "op": "retain", "path": "/keep.bin", "until_ns": -1}\n',
+    b'{"v": 1, "op": "delete_reject", "id": true, "reason": "x"}\n',
+    b'{"v": 1, "op": "delete_reject", "id": 17, "reason": "x"}\n',
+    b'{"v": 1, "op": "hold_clear", "path": "/runs", "path": "/keep.bin"}\n',
+]
+
+
+def test_malformed_messages_get_a_one_line_protocol_error_and_no_traceback(
+        store: Mount) -> None:
+    sock = os.getxattr(store.path, "user.worm.admin_control").decode()
+    for message in MALFORMED:
+        reply = raw_exchange(sock, message)
+        assert (reply["ok"], reply["errno"], reply["exit"]) == (False, "EINVAL", 2), (
+            message[:80], reply)
+        assert "\n" not in reply["error"] and "internal error" not in reply["error"]
+    assert raw_exchange(sock, {"v": 1, "op": "delete_list"})["result"] == []
+    assert "Traceback" not in store.daemon_log()
+    st = json.loads(run_cli("stat", str(store.path / "keep.bin"), "--json").stdout)
+    assert not st.get("retain_until")
+
+
+def test_the_reason_given_for_retaining_a_directory_is_kept(store: Mount) -> None:
+    code, out, err = as_user(CAROL, "retain", str(store.path / "runs"), "--until",
+                             "2100-01-01", "--reason", "contract 17")
+    assert code == 0, err
+    rid = out.split()[0]
+    code, out, err = as_user(DAVE, "delete", "list", str(store.path), "--json")
+    assert code == 0, err
+    assert {r["id"]: r["reason"] for r in json.loads(out)}[rid] == "contract 17"
+
+
 def test_identity_claims_in_messages_are_ignored(store: Mount) -> None:
     sock = os.getxattr(store.path, "user.worm.control").decode()
     reply = raw_exchange(sock, {"v": 1, "op": "delete_request", "path": "/runs",

@@ -99,8 +99,9 @@ class ControlServer:
                 self.deletions.hold_set(a["path"], w, a["reason"])),
             "hold_clear": lambda a, w: self.deletions.hold_clear(a["path"], w),
             "retain": lambda a, w: {"until": iso_time(a["until_ns"]), "request": _maybe_view(
-                self.deletions.retain(a["path"], w, a["until_ns"], a.get("reason", "")))},
+                self.deletions.retain(a["path"], w, a["until_ns"], a["reason"]))},
         }
+        assert self._handlers.keys() == protocol.OPS.keys()
 
     # ------------------------------------------------------------------ ops
     def _delete_request(self, args: dict[str, Any], who: Caller) -> dict[str, Any]:
@@ -184,7 +185,7 @@ class ControlServer:
     async def _dispatch(self, line: bytes, who: Caller, admin_socket: bool) -> bytes:
         try:
             message = protocol.parse(line)
-            if message.op in protocol.ADMIN_OPS and not admin_socket:
+            if message.admin and not admin_socket:
                 why = "admin operations go through the admin socket"
                 self.deletions.core.log.note(self.deletions.core.log.stamp(
                     message.op, errno.EPERM, reason=why, uid=who.uid, gid=who.gid,
