@@ -25,7 +25,7 @@ GOOD = {"path": "/runs/old", "reason": "superseded", "id": "5c1e0f3a9b2d",
 #: Values of the wrong type (or out of range) for an argument of each type.
 BAD = {
     str: [5, 0, True, False, 1.5, [], {}, ["/runs"], {"path": "/runs"}],
-    int: [True, False, 1.5, 1e18, 2.0, "5", [], {}, -1, 2**63, 10**30],
+    int: [True, False, 1.5, 1e18, 2.0, "5", [], {}, -1, 253_402_300_800 * 10**9, 10**30],
 }
 
 
@@ -66,6 +66,12 @@ def test_a_required_argument_missing_or_null_is_refused(op: str, name: str) -> N
     for args in ({k: v for k, v in valid(op).items() if k != name}, valid(op) | {name: None}):
         with pytest.raises(ProtocolError, match=f"'{name}' is missing"):
             protocol.parse(line(op=op, **args))
+
+
+def test_times_up_to_the_end_of_year_9999_are_accepted() -> None:
+    for until_ns in (0, 2**63, 253_402_300_799 * 10**9):
+        assert protocol.parse(line(op="retain", path="/a", until_ns=until_ns)).args[
+            "until_ns"] == until_ns
 
 
 def test_retain_keeps_its_reason() -> None:

@@ -65,8 +65,9 @@ TEXT = Arg(str)
 OPTIONAL_TEXT = Arg(str, optional=True)
 #: A request id (12 hex digits today; longer ones are simply not found).
 REQUEST_ID = Arg(str, max_len=64)
-#: Nanoseconds since the epoch, as a signed 64-bit value.
-TIME_NS = Arg(int)
+#: Nanoseconds since the epoch, up to the end of year 9999 (the last time the audit
+#: log's ISO 8601 stamps can show; the core refuses far less than that anyway).
+TIME_NS = Arg(int, high=253_402_300_799 * 10**9)
 
 
 @dataclass(frozen=True)
