@@ -10,9 +10,11 @@ from __future__ import annotations
 import errno
 import json
 import os
+import select
 import shutil
 import socket
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -229,6 +231,46 @@ def test_hostile_messages_get_an_error_and_change_nothing(store: Mount, message:
                                                                    "result": []}
 
 
+#: Sent to the admin socket, where every op is served: each is a protocol error.
+MALFORMED = [
+    b"[" * 30_000 + b"\n",  # deeper than the JSON parser recurses
+    b'{"v": 1, "op": "delete_request", "path": "/runs", "reason": ' + b"[" * 30_000 + b"}\n",
+    b'{"v": true, "op": "hold_clear", "path": "/runs"}\n',
+    b'{"v": 1.0, "op": "hold_clear", "path": "/runs"}\n',
+    b'{"v": 1, "op": "retain", "path": "/runs", "until_ns": true}\n',
+    b'{"v": 1, "op": "retain", "path": "/runs", "until_ns": 4102444800000000000.0}\n',
+    b'{"v": 1, "op": "retain", "path": "/keep.bin", "until_ns": ' + b"9" * 30 + b"}\n",
+    b'{"v": 1, "op": "retain", "path": "/keep.bin", "until_ns": -1}\n',
+    b'{"v": 1, "op": "delete_reject", "id": true, "reason": "x"}\n',
+    b'{"v": 1, "op": "delete_reject", "id": 17, "reason": "x"}\n',
+    b'{"v": 1, "op": "hold_clear", "path": "/runs", "path": "/keep.bin"}\n',
+]
+
+
+def test_malformed_messages_get_a_one_line_protocol_error_and_no_traceback(
+        store: Mount) -> None:
+    sock = os.getxattr(store.path, "user.worm.admin_control").decode()
+    for message in MALFORMED:
+        reply = raw_exchange(sock, message)
+        assert (reply["ok"], reply["errno"], reply["exit"]) == (False, "EINVAL", 2), (
+            message[:80], reply)
+        assert "\n" not in reply["error"] and "internal error" not in reply["error"]
+    assert raw_exchange(sock, {"v": 1, "op": "delete_list"})["result"] == []
+    assert "Traceback" not in store.daemon_log()
+    st = json.loads(run_cli("stat", str(store.path / "keep.bin"), "--json").stdout)
+    assert not st.get("retain_until")
+
+
+def test_the_reason_given_for_retaining_a_directory_is_kept(store: Mount) -> None:
+    code, out, err = as_user(CAROL, "retain", str(store.path / "runs"), "--until",
+                             "2100-01-01", "--reason", "contract 17")
+    assert code == 0, err
+    rid = out.split()[0]
+    code, out, err = as_user(DAVE, "delete", "list", str(store.path), "--json")
+    assert code == 0, err
+    assert {r["id"]: r["reason"] for r in json.loads(out)}[rid] == "contract 17"
+
+
 def test_identity_claims_in_messages_are_ignored(store: Mount) -> None:
     sock = os.getxattr(store.path, "user.worm.control").decode()
     reply = raw_exchange(sock, {"v": 1, "op": "delete_request", "path": "/runs",
@@ -414,3 +456,156 @@ def test_a_request_for_a_huge_tree_is_refused_quickly(tmp_path: Path) -> None:
         assert desk.request("/d", "fine", CORE_ALICE).entries == 31
     finally:
         core.store.close()
+
+
+class Flood:
+    """A forked child, as ``who``, holding ``connections`` to ``sock_path``: each sends
+    one byte every ``trickle`` seconds and never a whole message; whatever the daemon
+    closes is opened again. :meth:`stop` ends it and returns what it saw."""
+
+    def __init__(self, sock_path: str, who, *, connections: int, trickle: float) -> None:
+        ready_r, ready_w = os.pipe()
+        self._stop_r, self._stop_w = os.pipe()
+        self._out_r, out_w = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:  # child
+            try:
+                os.close(ready_r)
+                os.close(self._stop_w)
+                os.close(self._out_r)
+                uid, gid, groups = who
+                os.setgroups(list(groups))
+                os.setgid(gid)
+                os.setuid(uid)
+                seen = self._run(sock_path, connections, trickle, ready_w)
+                os.write(out_w, json.dumps(seen).encode())
+            finally:
+                os._exit(0)
+        os.close(ready_w)
+        os.close(out_w)
+        os.close(self._stop_r)
+        assert os.read(ready_r, 1) == b"1", "the flood did not start"
+        os.close(ready_r)
+
+    def _run(self, sock_path: str, connections: int, trickle: float, ready_w: int) -> Counter:
+        seen: Counter = Counter()
+        socks: list[socket.socket] = []
+
+        def top_up() -> None:
+            while len(socks) < connections:
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                s.settimeout(1)
+                try:
+                    s.connect(sock_path)
+                except OSError:
+                    seen["connect_failed"] += 1
+                    s.close()
+                    return
+                s.setblocking(False)
+                socks.append(s)
+                seen["opened"] += 1
+
+        def drop(s: socket.socket) -> None:
+            socks.remove(s)
+            s.close()
+
+        top_up()
+        os.write(ready_w, b"1")
+        next_byte = time.monotonic()
+        while True:
+            if time.monotonic() >= next_byte:
+                for s in list(socks):
+                    try:
+                        s.send(b"{")
+                    except OSError:
+                        drop(s)
+                next_byte = time.monotonic() + trickle
+                top_up()
+            ready, _, _ = select.select([self._stop_r, *socks], [], [],
+                                        max(0.0, next_byte - time.monotonic()))
+            if self._stop_r in ready:
+                return seen
+            for s in ready:
+                try:
+                    data = s.recv(65536)
+                except OSError:
+                    data = b""
+                seen["busy"] += data.count(b'"EBUSY"')
+                seen["timed_out"] += data.count(b'"ETIMEDOUT"')
+                if not data or b"\n" in data:
+                    drop(s)
+
+    def stop(self) -> Counter:
+        os.write(self._stop_w, b"x")  # not just a close: later children hold copies
+        os.close(self._stop_w)
+        with os.fdopen(self._out_r, "rb") as r:
+            data = r.read()
+        os.waitpid(self.pid, 0)
+        return Counter(json.loads(data or b"{}"))
+
+
+def test_a_slow_flood_from_one_uid_leaves_other_users_and_admins_served(store: Mount) -> None:
+    """The issue's attack: 70 connections from bob (uid 1002) to request.sock, each
+    trickling a byte every 2 seconds. Alice's request and the admins' list must still be
+    answered within a second, at once and after the flood's first connections met their
+    10-second deadline and were opened again."""
+    attack = Flood(os.getxattr(store.path, "user.worm.control").decode(), BOB,
+                   connections=70, trickle=2)
+    started = time.monotonic()
+    latency: dict[str, float] = {}
+
+    def timed(label: str, who, *argv: str) -> str:
+        t = time.monotonic()
+        code, out, err = as_user(who, *argv)
+        latency[label] = time.monotonic() - t
+        assert code == 0, (label, err)
+        return out
+
+    try:
+        rid = json.loads(timed("alice: delete request", ALICE, "delete", "request",
+                               str(store.path / "runs" / "old.bin"), "--reason", "obsolete",
+                               "--json"))["id"]
+        listed = timed("carol (admin): delete list", CAROL, "delete", "list", str(store.path),
+                       "--json")
+        assert [r["id"] for r in json.loads(listed)] == [rid]
+        time.sleep(max(0.0, started + 12 - time.monotonic()))  # past the first deadline
+        timed("dave: delete request, after 12 s", DAVE, "delete", "request",
+              str(store.path / "keep.bin"), "--reason", "obsolete")
+        own = timed("alice: delete list, after 12 s", ALICE, "delete", "list",
+                    str(store.path), "--json")
+        assert [r["id"] for r in json.loads(own)] == [rid]  # her own only
+        timed("carol (admin): delete list, after 12 s", CAROL, "delete", "list",
+              str(store.path))
+    finally:
+        seen = attack.stop()
+    print(f"\nflood: {dict(seen)}; latencies: "
+          + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in latency.items()))
+    assert max(latency.values()) < 1.0, latency
+    assert seen["busy"] >= 62 and seen["timed_out"] >= 1, seen  # capped, and cut off
+    time.sleep(0.3)  # the refusal record goes out with the next group commit
+    refusals = [r for r in records(store) if r["op"] == "control_connect"]
+    assert [(r["uid"], r["result"], r["refused"]) for r in refusals] == [(BOB[0], "EBUSY", 1)]
+    warnings = [line for line in store.daemon_log().splitlines() if "refused" in line]
+    assert len(warnings) == 1 and "from uid 1002" in warnings[0]
+
+
+def test_admins_list_on_the_admin_socket_when_many_uids_fill_the_request_socket(
+        store: Mount) -> None:
+    """Eight uids with eight connections each fill request.sock (64 in all): then
+    everyone's requests are busy there, but an admin's `delete list` goes through
+    admin.sock and is answered."""
+    sock = os.getxattr(store.path, "user.worm.control").decode()
+    floods = [Flood(sock, (uid, uid, ()), connections=8, trickle=2)
+              for uid in range(2001, 2009)]
+    try:
+        time.sleep(0.2)
+        started = time.monotonic()
+        code, out, err = as_user(CAROL, "delete", "list", str(store.path), "--json")
+        took = time.monotonic() - started
+        assert code == 0 and json.loads(out) == [], err
+        code, _, err = as_user(ALICE, "delete", "list", str(store.path))
+        assert code == 4 and "too many control connections; try again" in err
+    finally:
+        seen = [f.stop() for f in floods]
+    assert took < 1.0
+    assert sum(s["busy"] for s in seen) == 0  # all 64 were held, none refused

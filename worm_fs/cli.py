@@ -592,8 +592,17 @@ def cmd_delete_request(args: argparse.Namespace) -> int:
 
 
 def cmd_delete_list(args: argparse.Namespace) -> int:
-    call, _ = _control(args.path, admin=False)
-    reqs = call("delete_list")
+    from worm_fs.control.client import SocketDenied
+
+    # Admins ask on the admin socket, which a flood of the request socket cannot fill;
+    # whoever may not connect to it asks on the request socket (and sees only their own
+    # requests, whichever socket serves them).
+    try:
+        call, _ = _control(args.path, admin=True)
+        reqs = call("delete_list")
+    except SocketDenied:
+        call, _ = _control(args.path, admin=False)
+        reqs = call("delete_list")
     emit(args, reqs, lambda rs: "\n".join(_request_line(r) for r in rs) or "no requests")
     return 0
 

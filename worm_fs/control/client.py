@@ -26,6 +26,10 @@ from worm_fs.errors import (
 TIMEOUT = 60.0
 
 
+class SocketDenied(Refused):
+    """The caller may not connect to this socket (its mode or group)."""
+
+
 def call(socket_path: Path, op: str, *, daemon_pid: int | None = None, **args: Any) -> Any:
     """Send ``op`` and return its result; a refusal raises the matching WormError.
 
@@ -53,7 +57,7 @@ def call(socket_path: Path, op: str, *, daemon_pid: int | None = None, **args: A
                     break
                 answer += data
     except PermissionError:
-        raise Refused(f"permission denied on {socket_path} (admins only)") from None
+        raise SocketDenied(f"permission denied on {socket_path} (admins only)") from None
     except FileNotFoundError:
         raise NotAStore(f"{socket_path} is missing: is the daemon running?") from None
     except OSError as exc:
