@@ -100,6 +100,16 @@ def _check_mount_args(args: argparse.Namespace) -> tuple[Path, Path]:
         raise UsageError("--open-rate-limit must be 0 (no limit) or more opens per second")
     if args.retention < 0 or args.request_ttl <= 0:
         raise UsageError("--retention must be 0 or more days, --request-ttl more than 0")
+    if args.bucket is not None:
+        from worm_fs.replication.s3 import BucketUrl
+
+        BucketUrl.parse(args.bucket)
+        if args.replicate == "sync":
+            raise UsageError("--replicate sync is not available yet; use --replicate async")
+        if args.object_retention < 0:
+            raise UsageError("--object-retention must be 0 or more days")
+    elif args.s3_endpoint is not None:
+        raise UsageError("--s3-endpoint needs --bucket")
     if not 0 < args.max_retention <= 36_525 or args.retention > args.max_retention:
         raise UsageError("--max-retention must be more than 0 and at most 36525 days (100 "
                          "years), and at least --retention")
@@ -146,6 +156,11 @@ def _mount_options(args: argparse.Namespace) -> Any:
         admin_group=args.admin_group,
         retention_days=args.retention,
         max_retention_days=args.max_retention,
+        bucket=args.bucket,
+        s3_endpoint=args.s3_endpoint,
+        object_lock=args.object_lock,
+        object_retention_days=args.object_retention,
+        replicate=args.replicate,
         request_ttl_days=args.request_ttl,
         runtime_dir=Path(args.runtime_dir) if args.runtime_dir else None,
         read_ahead_kib=args.read_ahead_kib,
@@ -294,6 +309,35 @@ def cmd_stat(args: argparse.Namespace) -> int:
 STATS_TOP_UIDS = 10
 
 
+def cmd_replication_status(args: argparse.Namespace) -> int:
+    from worm_fs.replication.uploader import queue_status
+
+    store = open_store(locate(args.path))
+    try:
+        with store.read() as rt:
+            data = queue_status(rt, time.time_ns())
+    finally:
+        store.close()
+    if data["bucket"] is None:
+        raise UsageError(f"{args.path}: this store does not replicate to a bucket "
+                         "(mount it with --bucket)")
+
+    def human(d: dict[str, Any]) -> str:
+        return "\n".join([
+            f"bucket:           {d['bucket']}",
+            f"pending:          {d['pending_objects']} objects, "
+            f"{_human_bytes(d['pending_bytes'])}",
+            f"lag:              {d['lag_seconds']} s (the oldest pending object)",
+            f"uploaded:         {d['uploaded_objects']} objects, "
+            f"{_human_bytes(d['uploaded_bytes'])}",
+            f"log uploaded to:  {d['log_uploaded_size']} records",
+            f"last error:       {printable(d['last_error']) or '-'}",
+        ])
+
+    emit(args, data, human)
+    return 0
+
+
 def cmd_stats(args: argparse.Namespace) -> int:
     from worm_fs.audit.log import usage_stats
     from worm_fs.core.fs import store_stats
@@ -344,9 +388,42 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify_bucket(args: argparse.Namespace) -> int:
+    from worm_fs.replication.bucket_verify import verify_bucket
+    from worm_fs.replication.s3 import Bucket, BucketUrl
+
+    if args.path is not None:
+        raise UsageError("give PATH or --bucket, not both")
+    if not args.pubkey:
+        raise UsageError("--bucket needs --pubkey: the bucket cannot vouch for its own key")
+    bucket = Bucket(BucketUrl.parse(args.bucket), endpoint=args.s3_endpoint,
+                    lock_mode="compliance", retention_days=1)
+    report = verify_bucket(bucket, _verifier(None, args.pubkey), progress=_progress)
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
+    data = {"ok": report.ok, "bucket": str(bucket.url), "tree_size": report.size,
+            "files": report.files, "chunks": report.chunks,
+            "findings": [f.__dict__ for f in report.findings]}
+
+    def human(d: dict[str, Any]) -> str:
+        lines = [f"bad object {printable(f['object'])}: {printable(f['detail'])}"
+                 for f in d["findings"]]
+        lines.append(f"checked {d['bucket']}: log of {d['tree_size']} records, "
+                     f"{d['files']} sealed files, {d['chunks']} chunks: "
+                     + ("OK" if d["ok"] else f"{len(d['findings'])} problem(s)"))
+        return "\n".join(lines)
+
+    emit(args, data, human)
+    return errors.EXIT_OK if report.ok else errors.EXIT_CHECK_FAILED
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     from worm_fs.core.scrub import scrub
 
+    if args.bucket is not None:
+        return cmd_verify_bucket(args)
+    if args.path is None:
+        raise UsageError("give PATH (a mount or state directory), or --bucket")
     store = open_store(locate(args.path))
     try:
         report = scrub(store, progress=_progress)
@@ -889,9 +966,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_stats)
 
     p = sub.add_parser("verify", help="scrub: re-hash every chunk and file",
-                       description="Re-hash every stored chunk and every sealed file; exit 1 "
-                       "and name the files on any corruption.")
-    p.add_argument("path", metavar="PATH")
+                       description="Re-hash every stored chunk and every sealed file, check "
+                       "each sealed file's layout; exit 1 and name the files on any "
+                       "corruption. With --bucket, check a bucket alone instead (no store "
+                       "needed): the signed checkpoint against --pubkey, the log tiles "
+                       "against it, and every sealed file's objects: present, locked, "
+                       "matching their digests; exit 1 naming each bad object.")
+    p.add_argument("path", metavar="PATH", nargs="?", help="a mount or state directory")
+    p.add_argument("--bucket", metavar="URL", help="s3://BUCKET[/PREFIX] to check instead")
+    p.add_argument("--s3-endpoint", metavar="URL", help="the S3 endpoint (with --bucket)")
+    p.add_argument("--pubkey", metavar="KEY|FILE",
+                   help="the store's verifier key (needed with --bucket)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_verify)
 
@@ -1035,6 +1120,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--until", required=True, metavar="DATE", help="YYYY-MM-DD or ISO 8601")
     p.add_argument("--reason", help="recorded with a request for a directory")
     p.set_defaults(func=cmd_retain)
+
+    replp = sub.add_parser("replication", help="the upload of a store to its bucket",
+                           description="How far the bucket is behind the store.")
+    replsub = replp.add_subparsers(dest="replication_command", metavar="ACTION",
+                                   required=True)
+    p = replsub.add_parser("status", help="pending and uploaded objects, lag, last error",
+                           description="pending_objects, pending_bytes, lag_seconds (age of "
+                           "the oldest pending object), uploaded_objects, uploaded_bytes, "
+                           "last_error, read from the store (the daemon need not run). "
+                           "Exit 2 if the store does not replicate.")
+    p.add_argument("path", metavar="PATH", help="the mount, or its state directory")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_replication_status)
 
     quotap = sub.add_parser("quota", help="bytes and files per uid or directory tree (admins)",
                             description="Quotas count what users wrote: the size of every "

@@ -55,6 +55,16 @@ MOUNT_SETTINGS: tuple[Setting, ...] = (
     Setting("open_rate_limit", float, 0.0, "refuse opens with EAGAIN past OPENS per second "
             "per uid (bursts up to one second's worth; root exempt; the refusals are "
             "recorded summed, about once a second per uid); default 0: no limit", "OPENS"),
+    Setting("bucket", str, None, "replicate the store to this S3 bucket with Object Lock "
+            "(s3://BUCKET[/PREFIX]; credentials from AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY or AWS_SHARED_CREDENTIALS_FILE/AWS_PROFILE)", "URL"),
+    Setting("s3_endpoint", str, None, "the S3 endpoint (default: AWS's)", "URL"),
+    Setting("object_lock", str, "compliance", "the Object Lock mode of every uploaded "
+            "object (default compliance)", choices=("compliance", "governance")),
+    Setting("object_retention", float, 30.0, "keep every uploaded object locked DAYS "
+            "(default 30)", "DAYS"),
+    Setting("replicate", str, "async", "async: uploads never slow writers (default)",
+            choices=("async", "sync")),
     Setting("read_ahead_kib", int, 4096, "kernel read-ahead of the mount in KiB "
             "(default 4096)", "KIB"),
 )

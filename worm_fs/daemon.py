@@ -34,6 +34,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -56,6 +57,7 @@ GIL_SWITCH_INTERVAL = 0.0005
 MAPPED_TRIM_INTERVAL = 0.5
 MAPPED_TRIM_KIB = 32 << 10
 LOCK_FILE = "daemon.lock"
+BUCKET_CHECKPOINT_SECONDS = 1.0
 
 
 @dataclass
@@ -73,6 +75,11 @@ class MountOptions:
     runtime_dir: Path | None = None
     read_ahead_kib: int = 4096
     open_rate_limit: float = 0.0
+    bucket: str | None = None  # s3://BUCKET[/PREFIX]
+    s3_endpoint: str | None = None
+    object_lock: str = "compliance"
+    object_retention_days: float = 30.0
+    replicate: str = "async"
     debug_fuse: bool = False
 
 
@@ -171,6 +178,8 @@ class Daemon:
         self.options = options
         self.lock_fd = lock_state_dir(state_dir)
         self.store = Store(state_dir)
+        # Everything stored from now on (recovery's seals included) is queued for upload.
+        self.store.replicating = options.bucket is not None
         stale = self.store.clear_stale_readers()
         if stale:
             log.info("cleared %d stale reader slots", stale)
@@ -218,6 +227,7 @@ class Daemon:
             log.info("counted the subdirectories of %d directories made by an older version",
                      len(counted))
         self.core.start()  # from now on only the committer thread writes the store
+        self.uploader = self._start_uploader()
         self.core.root_xattrs[b"user.worm.pid"] = str(os.getpid()).encode()
         self.core.root_xattrs[b"user.worm.pubkey"] = self.key.verifier_key().encode()
         self.core.root_xattrs[b"user.worm.control"] = str(
@@ -258,9 +268,28 @@ class Daemon:
             finally:
                 fuse_ops.unmount()
                 self._remove_sockets()
+                if self.uploader is not None:
+                    self.uploader.stop()  # what it did not upload stays queued
                 self.core.close()
                 self.store.close()
                 os.close(self.lock_fd)
+
+    def _start_uploader(self) -> Any:
+        if self.options.bucket is None:
+            return None
+        from worm_fs.replication.s3 import Bucket, BucketUrl
+        from worm_fs.replication.uploader import Uploader, queue_existing
+
+        url = BucketUrl.parse(self.options.bucket)
+        queued = queue_existing(self.core, str(url))
+        if queued:
+            log.info("replication to %s: queued %d objects already in the store", url, queued)
+        bucket = Bucket(url, endpoint=self.options.s3_endpoint,
+                        lock_mode=self.options.object_lock,
+                        retention_days=self.options.object_retention_days)
+        uploader = Uploader(self.core, bucket)
+        uploader.start()
+        return uploader
 
     def _remove_sockets(self) -> None:
         for name in (REQUEST_SOCKET, ADMIN_SOCKET):
@@ -363,9 +392,11 @@ class Daemon:
         due_records = size - max(self._last_checkpoint_size, 0) >= (
             self.options.checkpoint_records
         )
-        due_time = trio.current_time() - self._last_checkpoint_time >= (
-            self.options.checkpoint_seconds
-        )
+        # With a bucket, the log there must follow closely: a checkpoint (and its tiles)
+        # every second while records come in.
+        period = BUCKET_CHECKPOINT_SECONDS if self.uploader is not None \
+            else self.options.checkpoint_seconds
+        due_time = trio.current_time() - self._last_checkpoint_time >= period
         if size != self._last_checkpoint_size and (due_records or due_time):
             await trio.to_thread.run_sync(self.checkpoint)
             self._last_checkpoint_time = trio.current_time()

@@ -12,7 +12,7 @@ from pathlib import Path
 from worm_fs.audit.checkpoint import Checkpoint, SigningKey, sign_checkpoint
 from worm_fs.audit.log import tree_head
 from worm_fs.errors import NotAStore
-from worm_fs.store import Store, WriteTxn, u64
+from worm_fs.store import Store, WriteTxn, u64, uploads
 
 KEY_FILE = "audit-signing.key"
 CHECKPOINT_TIME_KEY = "checkpoint_time_ns"
@@ -64,4 +64,6 @@ def write_checkpoint(tx: WriteTxn, key: SigningKey, origin: str, size: int, root
     note_text = sign_checkpoint(Checkpoint(origin=origin, size=size, root=root), key)
     tx.put_checkpoint(size, note_text.encode())
     tx.put_meta(CHECKPOINT_TIME_KEY, u64(time.time_ns()))
+    # The log up to here, for the bucket (a no-op unless the store replicates).
+    tx.queue_upload(uploads.log_name(size), 0, time.time_ns())
     return note_text

@@ -31,6 +31,7 @@ from worm_fs.store import (
     load_file_chunk,
     put_chunk,
     release_chunk,
+    uploads,
 )
 
 log = logging.getLogger(__name__)
@@ -162,6 +163,8 @@ class SealOps(CoreState):
         tx.add_counter("logical_bytes", inode.size)
         add_durable(tx, self.quotas.keys_for(tx, inode.uid, inode.parent, self.inode_in),
                     inode.size, 1)
+        # The layout object for the bucket (a no-op unless the store replicates).
+        tx.queue_upload(uploads.file_name(ino, inode.layout), 0, now)
 
     @staticmethod
     def _canonical_layout(tx: WriteTxn, inode: Inode, plan: SealPlan) -> str:

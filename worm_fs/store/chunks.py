@@ -12,9 +12,12 @@ Store-wide counters kept in ``meta`` (same transaction as the change):
 
 from __future__ import annotations
 
+import time
+
 import xxhash
 
 from worm_fs.errors import Corruption, StorageError
+from worm_fs.store import uploads
 from worm_fs.store.env import ReadTxn, WriteTxn
 
 #: Files are split into chunks of this many bytes (the last one may be shorter).
@@ -47,6 +50,7 @@ def put_chunk(
             tx.set_ref(key, 1)
             tx.add_counter("chunks", 1)
             tx.add_counter("stored_bytes", len(data))
+            tx.queue_upload(uploads.chunk_name(key), len(data), time.time_ns())
             return key
         if _same_bytes(existing, data):
             tx.set_ref(key, tx.get_ref(key) + 1)

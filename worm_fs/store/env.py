@@ -60,9 +60,14 @@ _DATABASES = (
     "checkpoints",  # tree size (u64) -> signed checkpoint note
     "deletions",  # request id -> encoded request
     "meta",  # name -> value (schema version, counters, key ids)
+    "uploads",  # bucket object name -> u64 time queued + u64 size (replication queue)
 )
 
+#: Databases a store made by an older version lacks until a daemon opens it.
+_ADDED_LATER = frozenset({"uploads"})
 _U64 = struct.Struct(">Q")
+#: meta counter: bytes queued for upload.
+UPLOAD_PENDING_BYTES = "upload_pending_bytes"
 
 
 def u64(n: int) -> bytes:
@@ -195,9 +200,47 @@ class ReadTxn:
         value = self.get_meta(name)
         return 0 if value is None else from_u64(value)
 
+    # -- the replication queue ------------------------------------------------------
+    def iter_uploads(self, after: bytes = b"") -> Iterator[tuple[bytes, int, int]]:
+        """Queued object names in name order (after ``after``), with the time each was
+        queued (ns) and its size in bytes."""
+        if "uploads" not in self._db:
+            return
+        with self._txn.cursor(db=self._db["uploads"]) as cur:
+            if not cur.set_range(after):
+                return
+            for key, value in cur:
+                if key == after:
+                    continue
+                yield key, from_u64(value[:8]), from_u64(value[8:16])
+
+    def count_uploads(self) -> int:
+        if "uploads" not in self._db:
+            return 0
+        return int(self._txn.stat(self._db["uploads"])["entries"])
+
 
 class WriteTxn(ReadTxn):
     """A read-write transaction; see the module docstring for its contract."""
+
+    def __init__(self, txn: lmdb.Transaction, dbs: dict[str, lmdb._Database],
+                 replicating: bool = False) -> None:
+        super().__init__(txn, dbs)
+        self.replicating = replicating
+
+    def queue_upload(self, name: bytes, size: int, now_ns: int) -> None:
+        """Queue bucket object ``name`` for upload, in this transaction (a no-op unless
+        the store replicates). Queuing a name twice keeps one entry."""
+        if not self.replicating:
+            return
+        if self._txn.put(name, u64(now_ns) + u64(size), db=self._db["uploads"],
+                         overwrite=False):
+            self.add_counter(UPLOAD_PENDING_BYTES, size)
+
+    def done_upload(self, name: bytes) -> None:
+        raw = self._txn.pop(name, db=self._db["uploads"])
+        if raw is not None:
+            self.add_counter(UPLOAD_PENDING_BYTES, -from_u64(raw[8:16]))
 
     def put_inode(self, ino: int, value: bytes) -> None:
         self._txn.put(u64(ino), value, db=self._db["inodes"])
@@ -320,6 +363,8 @@ class Store:
         self._map_range: tuple[int, int] | None = None
         #: The only thread allowed to write while serving (None: any).
         self._writer_thread: int | None = None
+        #: Whether transactions queue what they store for upload to a bucket.
+        self.replicating = False
         self._open()
 
     def _open(self) -> None:
@@ -344,6 +389,12 @@ class Store:
         dbs: dict[str, lmdb._Database] = {}
         try:
             for name in _DATABASES:
+                if self.readonly and name in _ADDED_LATER:
+                    try:  # a store no daemon of this version has opened yet
+                        dbs[name] = self._env.open_db(name.encode(), create=False)
+                    except lmdb.NotFoundError:
+                        pass
+                    continue
                 dbs[name] = self._env.open_db(name.encode(), create=not self.readonly)
         except lmdb.Error as exc:
             self._env.close()
@@ -400,7 +451,7 @@ class Store:
         except lmdb.Error as exc:
             raise _translate(exc) from None
         try:
-            yield WriteTxn(txn, self._dbs)
+            yield WriteTxn(txn, self._dbs, self.replicating)
         except lmdb.Error as exc:
             txn.abort()
             raise _translate(exc) from None

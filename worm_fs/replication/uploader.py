@@ -1,0 +1,297 @@
+"""Continuous upload of a primary's store to its bucket, off the FUSE path.
+
+What to upload is queued in the store itself (the ``uploads`` database), in the same
+transaction that stores it: a new chunk (``c/<key hex>``), a seal (``f/<ino>/<layout
+digest>``), a signed checkpoint (``l/<tree size>``). A ``kill -9`` or a reboot loses
+none of it. This module's thread takes queued names in batches (chunks, then files,
+then the log, a share of each per round so none starves), uploads them in parallel,
+and drops them from the queue in one committer job per batch. A failing or slow bucket
+only makes the queue longer: writers never wait for it.
+
+Objects in the bucket (below its prefix), each written once:
+
+* ``chunks/<key hex>``: a chunk's bytes;
+* ``files/<ino>-<layout digest>.json``: a sealed file's layout (size, SHA-256, chunk
+  keys in order) and its seal facts; the name pins the layout digest recorded in the
+  log's seal record;
+* ``tile/...``: the audit log as C2SP tlog-tiles (:mod:`.tiles`), then
+  ``checkpoints/<size>`` (the signed checkpoint of that tree size) and ``checkpoint``
+  (the newest one: a new version of that name each time; readers trust the signature
+  and the consistency with what they saw, not the name).
+
+Concurrency: one coordinator thread and a pool of upload threads; they read the store
+in read transactions and change it only through committer jobs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from worm_fs.audit.merkle import leaf_hash
+from worm_fs.core.fs import WormCore
+from worm_fs.core.model import Inode, State
+from worm_fs.errors import WormError
+from worm_fs.replication.s3 import Bucket
+from worm_fs.replication.tiles import WIDTH, TileTree, entry_bundles
+from worm_fs.store import ReadTxn, WriteTxn, u64, uploads
+from worm_fs.store.env import UPLOAD_PENDING_BYTES
+
+log = logging.getLogger(__name__)
+
+CHUNK_OBJECT, FILE_OBJECT, LOG_OBJECT = uploads.CHUNK, uploads.FILE, uploads.LOG
+#: meta counters and facts
+UPLOADED_OBJECTS = "uploaded_objects"
+UPLOADED_BYTES = "uploaded_bytes"
+LOG_UPLOADED = "log_uploaded_size"
+LAST_ERROR = "upload_last_error"
+BUCKET_META = "replication_bucket"
+
+#: Queued names taken per kind and round.
+BATCH = 64
+
+
+def file_object(ino: int, layout: str) -> str:
+    return f"files/{ino}-{layout}.json"
+
+
+def file_layout_object(rt: ReadTxn, inode: Inode) -> bytes:
+    """The layout object of a sealed file: canonical JSON."""
+    keys = [key.hex() for _, key in rt.iter_manifest(inode.ino)]
+    doc = {"ino": inode.ino, "size": inode.size, "sha256": inode.sha256,
+           "layout": inode.layout, "chunks": keys, "mode": inode.mode, "uid": inode.uid,
+           "gid": inode.gid, "sealed_ns": inode.sealed_ns,
+           "seal_seq": dict(inode.extra.get("provenance") or {}).get("seal_seq")}
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
+@dataclass
+class Progress:
+    """What the uploader did since the daemon started (the store keeps the totals)."""
+
+    uploaded_objects: int = 0
+    uploaded_bytes: int = 0
+    last_error: str = ""
+    last_error_ns: int = 0
+    errors: int = 0
+    rounds: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+
+class Uploader:
+    """Drains the upload queue into ``bucket``; see the module docstring."""
+
+    def __init__(self, core: WormCore, bucket: Bucket, *, workers: int = 8,
+                 clock: Callable[[], int] = time.time_ns) -> None:
+        self.core = core
+        self.bucket = bucket
+        self.clock = clock
+        self.progress = Progress()
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="upload")
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._tree = TileTree()
+        self._error_noted_ns = 0
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="uploader", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def nudge(self) -> None:
+        """Something was queued: look now rather than at the next poll."""
+        self._wake.set()
+
+    # ------------------------------------------------------------------ the loop
+    def _run(self) -> None:
+        backoff = 0.5
+        while not self._stop.is_set():
+            try:
+                did = self._round()
+            except WormError as exc:
+                self._failed(str(exc))
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+                continue
+            except Exception as exc:  # noqa: BLE001 - the uploader must outlive a bug
+                log.exception("uploader: unexpected error")
+                self._failed(f"internal error: {exc!r}")
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+                continue
+            backoff = 0.5
+            if not did:
+                self._wake.wait(0.2)
+                self._wake.clear()
+
+    def _round(self) -> bool:
+        """Upload one batch of each kind; False when the queue was empty."""
+        with self.core.store.read() as rt:
+            chunks = _take(rt, CHUNK_OBJECT)
+            files = _take(rt, FILE_OBJECT)
+            logs = _take(rt, LOG_OBJECT)
+        if not (chunks or files or logs):
+            return False
+        done: list[bytes] = []
+        nbytes = 0
+        for group in (chunks, files):
+            for name, size in self._pool.map(self._upload_one, group):
+                done.append(name)
+                nbytes += size
+        if logs:  # only the newest checkpoint matters; the older ones go with it
+            newest = logs[-1]
+            nbytes += self._upload_log(int(newest[len(LOG_OBJECT):]))
+            done += logs
+        self._finish(done, nbytes, log_size=int(logs[-1][len(LOG_OBJECT):]) if logs else None)
+        return True
+
+    def _upload_one(self, name: bytes) -> tuple[bytes, int]:
+        """Upload the object a queued name stands for (nothing if it is gone: a chunk
+        freed or a file deleted since)."""
+        with self.core.store.read() as rt:
+            if name.startswith(CHUNK_OBJECT):
+                data = rt.get_chunk(bytes.fromhex(name[len(CHUNK_OBJECT):].decode()))
+                target = "chunks/" + name[len(CHUNK_OBJECT):].decode()
+            else:
+                ino_text, _, layout = name[len(FILE_OBJECT):].decode().partition("/")
+                raw = rt.get_inode(int(ino_text))
+                inode = Inode.from_bytes(raw) if raw else None
+                data = None
+                if inode is not None and inode.state is State.SEALED and inode.layout == layout:
+                    data = file_layout_object(rt, inode)
+                target = file_object(int(ino_text), layout)
+        if data is None:
+            return name, 0
+        self.bucket.put(target, data)
+        return name, len(data)
+
+    def _upload_log(self, size: int) -> int:
+        """Tiles and entry bundles up to tree ``size``, then its checkpoint."""
+        with self.core.store.read() as rt:
+            done = rt.get_counter(LOG_UPLOADED)
+            note = rt.get_checkpoint(size)
+            if note is None or size <= done and done:
+                return 0
+            if self._tree.size > size:
+                self._tree = TileTree()
+            start = (min(done, self._tree.size) // WIDTH) * WIDTH
+            records = []
+            for seq, data in rt.iter_records(start):
+                if seq >= size:
+                    break
+                records.append(data)
+        if self._tree.size < size:
+            self._tree.extend(leaf_hash(r) for r in records[self._tree.size - start:])
+        bundles_from = (done // WIDTH) * WIDTH  # bundles full at ``done`` are up already
+        objects = entry_bundles(records[bundles_from - start:], bundles_from) \
+            + self._tree.tiles(size, done)
+        nbytes = sum(len(body) for body in self._pool.map(lambda o: self._put(*o), objects))
+        text = note
+        self.bucket.put(f"checkpoints/{size}", text)
+        self.bucket.put("checkpoint", text)
+        return nbytes + 2 * len(text)
+
+    def _put(self, name: str, data: bytes) -> bytes:
+        self.bucket.put(name, data)
+        return data
+
+    def _finish(self, names: list[bytes], nbytes: int, log_size: int | None) -> None:
+        def job(tx: WriteTxn, batch: Any) -> None:
+            for name in names:
+                tx.done_upload(name)
+            tx.add_counter(UPLOADED_OBJECTS, len(names))
+            tx.add_counter(UPLOADED_BYTES, nbytes)
+            if log_size is not None and log_size > tx.get_counter(LOG_UPLOADED):
+                tx.put_meta(LOG_UPLOADED, u64(log_size))
+
+        self.core.commit(job)
+        with self.progress.lock:
+            self.progress.uploaded_objects += len(names)
+            self.progress.uploaded_bytes += nbytes
+            self.progress.rounds += 1
+
+    def _failed(self, message: str) -> None:
+        now = self.clock()
+        with self.progress.lock:
+            self.progress.last_error, self.progress.last_error_ns = message, now
+            self.progress.errors += 1
+        log.warning("upload to %s failed: %s", self.bucket.url, message)
+        if now - self._error_noted_ns > 10 * 10**9:  # durable, at most every 10 s
+            self._error_noted_ns = now
+            text = json.dumps({"error": message, "time_ns": now}).encode()
+            try:
+                self.core.commit(lambda tx, batch: tx.put_meta(LAST_ERROR, text))
+            except WormError:
+                pass
+
+
+def _take(rt: ReadTxn, prefix: bytes) -> list[bytes]:
+    out: list[bytes] = []
+    for name, _, _ in rt.iter_uploads(prefix):
+        if not name.startswith(prefix) or len(out) >= BATCH:
+            break
+        out.append(name)
+    return out
+
+
+def queue_status(rt: ReadTxn, now_ns: int, scan: int = 100_000) -> dict[str, Any]:
+    """``replication status`` numbers from the store (the daemon need not run)."""
+    oldest = None
+    for n, (_, queued, _) in enumerate(rt.iter_uploads()):
+        oldest = queued if oldest is None else min(oldest, queued)
+        if n >= scan:
+            break
+    raw = rt.get_meta(LAST_ERROR)
+    last = json.loads(raw) if raw else {}
+    bucket = rt.get_meta(BUCKET_META)
+    return {
+        "bucket": bucket.decode() if bucket else None,
+        "pending_objects": rt.count_uploads(),
+        "pending_bytes": rt.get_counter(UPLOAD_PENDING_BYTES),
+        "lag_seconds": round(max(0, now_ns - oldest) / 1e9, 3) if oldest else 0.0,
+        "uploaded_objects": rt.get_counter(UPLOADED_OBJECTS),
+        "uploaded_bytes": rt.get_counter(UPLOADED_BYTES),
+        "log_uploaded_size": rt.get_counter(LOG_UPLOADED),
+        "last_error": last.get("error", ""),
+    }
+
+
+def queue_existing(core: WormCore, url: str) -> int:
+    """When a store starts replicating to ``url`` (a bucket it did not replicate to
+    before): queue everything already stored, in one committer job. Returns how many
+    names were queued."""
+    with core.store.read() as rt:
+        if (rt.get_meta(BUCKET_META) or b"").decode() == url:
+            return 0
+        chunks = [(key, len(data)) for key, data in rt.iter_chunks()]
+        files = [(inode.ino, inode.layout) for inode in
+                 (Inode.from_bytes(raw) for _, raw in rt.iter_inodes())
+                 if inode.state is State.SEALED and inode.layout]
+        newest = max((size for size, _ in rt.iter_checkpoints()), default=None)
+    now = time.time_ns()
+
+    def job(tx: WriteTxn, batch: Any) -> None:
+        for key, size in chunks:
+            tx.queue_upload(uploads.chunk_name(key), size, now)
+        for ino, layout in files:
+            tx.queue_upload(uploads.file_name(ino, layout), 0, now)
+        if newest is not None:
+            tx.queue_upload(uploads.log_name(newest), 0, now)
+        tx.put_meta(BUCKET_META, url.encode())
+
+    core.commit(job)
+    return len(chunks) + len(files) + (newest is not None)
