@@ -1,8 +1,11 @@
-"""Shared fixtures: real mounts served by a daemon subprocess.
+"""Shared fixtures: real mounts served by a daemon subprocess, and a real Ceph RGW.
 
 The test process never serves the mount it reads: the daemon runs as
 ``python -m worm_fs mount ... --foreground`` in a child process, and every teardown
 unmounts (SIGTERM, then ``fusermount3 -u -z`` if the daemon did not).
+
+Tests that talk S3 use the ``rgw`` fixture: the one-node cluster of
+``scripts/ceph-dev``, started once per session; they are marked ``s3``.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -35,6 +39,9 @@ MOUNTING_FIXTURES = frozenset({
 })
 #: Modules whose tests start daemons themselves.
 MOUNTING_MODULES = frozenset({"test_crash", "test_service", "test_cli", "test_ml_writers"})
+#: Fixtures that need the Ceph RGW; tests using any of them are marked ``s3`` and left
+#: out by ``scripts/test --fast``.
+S3_FIXTURES = frozenset({"rgw"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -42,6 +49,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
         if module in MOUNTING_MODULES or MOUNTING_FIXTURES & set(item.fixturenames):
             item.add_marker(pytest.mark.mount)
+        if S3_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.s3)
 
 
 def run_cli(*args: str, check: bool = False, **kwargs) -> subprocess.CompletedProcess:
@@ -205,3 +214,67 @@ def public_base() -> Iterator[Path]:
     os.chmod(base, 0o755)
     yield base
     shutil.rmtree(base, ignore_errors=True)
+
+
+CEPH_DEV = Path(__file__).resolve().parent.parent / "scripts" / "ceph-dev"
+
+
+@dataclass(frozen=True)
+class Rgw:
+    """The S3 endpoint of ``scripts/ceph-dev`` and its user's credentials."""
+
+    endpoint_url: str
+    access_key_id: str
+    secret_access_key: str
+    region: str
+    #: The cluster's directory (PID files, logs), as ``scripts/ceph-dev`` uses it.
+    cluster_dir: Path
+
+    def client(self):
+        """A boto3 S3 client for this endpoint (path-style: no DNS for buckets)."""
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client(
+            "s3", endpoint_url=self.endpoint_url, region_name=self.region,
+            aws_access_key_id=self.access_key_id,
+            aws_secret_access_key=self.secret_access_key,
+            config=Config(s3={"addressing_style": "path"}, connect_timeout=5, read_timeout=30,
+                          retries={"mode": "standard", "max_attempts": 3}),
+        )
+
+
+def ceph_dev(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``scripts/ceph-dev``; fail the test with its output if it fails."""
+    result = subprocess.run([str(CEPH_DEV), *args], capture_output=True, text=True,
+                            timeout=timeout)
+    if result.returncode != 0:
+        pytest.fail(f"scripts/ceph-dev {' '.join(args)} failed ({result.returncode}):\n"
+                    f"{result.stdout}{result.stderr}", pytrace=False)
+    return result
+
+
+@pytest.fixture(scope="session")
+def rgw() -> Iterator[Rgw]:
+    """The one-node Ceph RGW of ``scripts/ceph-dev``, shared by the whole session.
+
+    Started here if it is not running, and then stopped at the end of the session; a
+    cluster that was running already (``scripts/test`` starts one) is left running.
+    Each test uses its own bucket: the cluster keeps everything between runs.
+    """
+    was_running = subprocess.run([str(CEPH_DEV), "status"], capture_output=True,
+                                 timeout=60).returncode == 0
+    ceph_dev("start")
+    env = {}
+    for line in ceph_dev("env").stdout.splitlines():
+        key, _, value = line.removeprefix("export ").partition("=")
+        env[key] = value
+    yield Rgw(
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        access_key_id=env["AWS_ACCESS_KEY_ID"],
+        secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        region=env["AWS_DEFAULT_REGION"],
+        cluster_dir=Path(os.environ.get("WORM_FS_CEPH_DIR", "/var/tmp/worm-fs-ceph")),
+    )
+    if not was_running:
+        ceph_dev("stop")
