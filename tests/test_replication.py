@@ -82,6 +82,9 @@ def test_sealed_files_and_the_log_reach_the_bucket_locked(
         wait_sealed(m.path / "model.bin")
         s = wait_uploaded(m)
         assert s["uploaded_objects"] > 0 and s["last_error"] == ""
+        prom = run_cli("stats", str(m.path), "--prometheus", check=True).stdout
+        assert f'worm_fs_replication_pending_objects{{bucket="s3://{bucket}/store/"' in prom
+        assert "worm_fs_replication_failing{" in prom
         key = pubkey(m)
     finally:
         m.stop()
@@ -148,6 +151,8 @@ def test_an_unreachable_bucket_neither_blocks_writers_nor_loses_the_queue(
     time.sleep(1.5)
     s = status(m)
     assert s["lag_seconds"] > 1 and s["last_error"]
+    assert "worm_fs_replication_failing{" in run_cli(
+        "stats", str(m.path), "--prometheus", check=True).stdout
     os.kill(m.proc.pid, signal.SIGKILL)  # the queue is in the store: nothing is lost
     m.proc.wait()
     m.stop()
@@ -157,10 +162,60 @@ def test_an_unreachable_bucket_neither_blocks_writers_nor_loses_the_queue(
     try:
         for name, data in payload.items():
             assert (m.path / name).read_bytes() == data
-        wait_uploaded(m)
+        assert wait_uploaded(m)["last_error"] == ""  # cleared by the first upload that worked
         key = pubkey(m)
     finally:
         m.stop()
     code, report = verify_bucket(rgw, bucket, key)
     assert code == 0, report
     assert report["files"] == 6
+
+
+def test_the_log_in_the_bucket_follows_within_seconds_under_load(
+    tmp_path: Path, rgw: Rgw, bucket: str
+) -> None:
+    import threading
+
+    from worm_fs.store import Store
+
+    m = replicated(tmp_path, rgw, bucket)
+    client = rgw.client()
+    stop = threading.Event()
+
+    def writer() -> None:
+        n = 0
+        while not stop.is_set() and os.path.ismount(m.path):
+            (m.path / f"ckpt-{n:05d}.bin").write_bytes(os.urandom(4096))
+            n += 1
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    store = Store(m.state, readonly=True)
+    first_seen: list[tuple[float, int]] = []  # (time, local log size then)
+    lags: list[float] = []
+    try:
+        deadline = time.monotonic() + 12
+        while time.monotonic() < deadline:
+            now = time.monotonic()
+            with store.read() as rt:
+                local = rt.get_counter("audit_next_seq")
+            first_seen.append((now, local))
+            try:
+                note = client.get_object(Bucket=bucket, Key="store/checkpoint")["Body"].read()
+                in_bucket = int(note.split(b"\n")[1])
+            except ClientError:
+                in_bucket = 0
+            behind = [t for t, size in first_seen if size > in_bucket]
+            lags.append(now - behind[0] if behind else 0.0)
+            time.sleep(0.25)
+    finally:
+        stop.set()
+        thread.join()
+        store.close()
+        m.stop()
+    lags.sort()
+    p99 = lags[min(len(lags) - 1, int(len(lags) * 0.99))]
+    print(f"bucket log lag over {len(lags)} samples: median {lags[len(lags) // 2]:.2f} s, "
+          f"p99 {p99:.2f} s, max {lags[-1]:.2f} s")
+    assert p99 <= 5.0

@@ -15,6 +15,7 @@ from worm_fs.audit.log import REFUSALS_PREFIX, usage_stats
 from worm_fs.core.clock import trusted_now
 from worm_fs.core.deletion import DeletionRequest
 from worm_fs.core.fs import store_stats
+from worm_fs.replication.uploader import BUCKET_META, queue_status
 from worm_fs.store import Store, from_u64
 
 Sample = tuple[str, str, str, list[tuple[dict[str, str], float]]]
@@ -90,6 +91,23 @@ def collect(store: Store) -> list[Sample]:
         samples.append((f"worm_fs_quota_limit_{what}", "gauge", f"{unit} quota limits.",
                         [(labels, q[f"{what}_limit"]) for labels, q in labelled
                          if q[f"{what}_limit"] is not None]))
+    with store.read() as rt:
+        replication = queue_status(rt, time.time_ns()) if rt.get_meta(BUCKET_META) else None
+    if replication is not None:
+        labels = dict(base, bucket=str(replication["bucket"]))
+        for name, kind, help_text in (
+            ("pending_objects", "gauge", "Objects queued for the bucket."),
+            ("pending_bytes", "gauge", "Bytes queued for the bucket."),
+            ("lag_seconds", "gauge", "Age of the oldest object queued for the bucket."),
+            ("uploaded_objects", "counter", "Objects uploaded to the bucket."),
+            ("uploaded_bytes", "counter", "Bytes uploaded to the bucket."),
+            ("log_uploaded_size", "gauge", "Audit records in the bucket's newest checkpoint."),
+        ):
+            samples.append((f"worm_fs_replication_{name}", kind, help_text,
+                            [(labels, replication[name])]))
+        samples.append(("worm_fs_replication_failing", "gauge",
+                        "1 while the last upload attempt failed.",
+                        [(labels, 1 if replication["last_error"] else 0)]))
     if checkpoint_ns:
         samples.append(("worm_fs_audit_checkpoint_age_seconds", "gauge",
                         "Seconds since the newest signed checkpoint.",

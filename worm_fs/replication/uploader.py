@@ -211,6 +211,8 @@ class Uploader:
 
     def _finish(self, names: list[bytes], nbytes: int, log_size: int | None) -> None:
         def job(tx: WriteTxn, batch: Any) -> None:
+            if tx.get_meta(LAST_ERROR) is not None:  # uploads work again
+                tx.raw_delete("meta", LAST_ERROR.encode())
             for name in names:
                 tx.done_upload(name)
             tx.add_counter(UPLOADED_OBJECTS, len(names))
@@ -219,7 +221,9 @@ class Uploader:
                 tx.put_meta(LOG_UPLOADED, u64(log_size))
 
         self.core.commit(job)
+        self._error_noted_ns = 0
         with self.progress.lock:
+            self.progress.last_error = ""
             self.progress.uploaded_objects += len(names)
             self.progress.uploaded_bytes += nbytes
             self.progress.rounds += 1
