@@ -417,6 +417,37 @@ def cmd_verify_bucket(args: argparse.Namespace) -> int:
     return errors.EXIT_OK if report.ok else errors.EXIT_CHECK_FAILED
 
 
+def cmd_restore(args: argparse.Namespace) -> int:
+    from worm_fs.replication.restore import restore
+    from worm_fs.replication.s3 import Bucket, BucketUrl
+
+    if not args.pubkey:
+        raise UsageError("restore needs --pubkey: the bucket cannot vouch for its own key")
+    bucket = Bucket(BucketUrl.parse(args.bucket), endpoint=args.s3_endpoint)
+    report = restore(bucket, _verifier(None, args.pubkey), Path(args.state_dir).absolute(),
+                     signing_key=Path(args.signing_key) if args.signing_key else None,
+                     progress=_progress)
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
+    data = {"state_dir": str(Path(args.state_dir).absolute()), "tree_size": report.size,
+            "files": report.files, "entries": report.entries, "chunks": report.chunks,
+            "left_out": report.left_out, "signing_key": bool(args.signing_key)}
+
+    def human(d: dict[str, Any]) -> str:
+        lines = [f"restored {d['entries']} entries ({d['files']} sealed files, "
+                 f"{d['chunks']} chunks) and {d['tree_size']} audit records into "
+                 f"{printable(d['state_dir'])}, all checked against the pinned key"]
+        lines += [f"left out (not sealed at the checkpoint): {printable(p)}"
+                  for p in d["left_out"]]
+        if not d["signing_key"]:
+            lines.append("no --signing-key: the store gets a new signing key at its first "
+                         "mount; publish its key (user.worm.pubkey) to verifiers")
+        return "\n".join(lines)
+
+    emit(args, data, human)
+    return 0
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     from worm_fs.core.scrub import scrub
 
@@ -979,6 +1010,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the store's verifier key (needed with --bucket)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("restore", help="rebuild a store from its bucket",
+                       description="Rebuild a store in the empty STATE_DIR from the bucket "
+                       "alone, after checking everything against --pubkey (the checkpoint's "
+                       "signature, the log's root, every file's layout, chunks and SHA-256); "
+                       "any finding refuses it and writes nothing (exit 1). Then mount "
+                       "STATE_DIR as usual. The signing key is not in the bucket: give the "
+                       "store's audit-signing.key from a backup with --signing-key, or the "
+                       "store gets a new key at its first mount.")
+    p.add_argument("bucket", metavar="URL", help="s3://BUCKET[/PREFIX]")
+    p.add_argument("state_dir", metavar="STATE_DIR")
+    p.add_argument("--s3-endpoint", metavar="URL", help="the S3 endpoint")
+    p.add_argument("--pubkey", metavar="KEY|FILE", help="the store's verifier key")
+    p.add_argument("--signing-key", metavar="FILE",
+                   help="the store's audit-signing.key, kept elsewhere")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_restore)
 
     logp = sub.add_parser("log", help="read, verify and anchor the audit log",
                           description="The audit log: an RFC 9162 Merkle tree over every "

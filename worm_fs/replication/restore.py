@@ -1,0 +1,236 @@
+"""``worm-fs restore``: rebuild a store on a new host from its bucket alone.
+
+Nothing in the bucket is trusted before it is checked against the pinned verifier key:
+the newest checkpoint's signature, the records' Merkle root against it, each sealed
+file's layout object against the layout digest of its seal record, each chunk against
+its key and each file's bytes against its sealed SHA-256 (the checks of
+:mod:`.bucket_verify`). Any finding refuses the restore and writes nothing.
+
+The namespace is replayed from the records (``mkdir``, ``create``, ``symlink``,
+``rename``, ``setattr``, ``seal``, ``delete``, holds, retention), so the restored store
+holds the files sealed up to the checkpoint, under their names, with their modes,
+owners, SHA-256s and layouts, and the audit log itself, record for record (the same
+root). Files still being written at the checkpoint, and quarantined ones, are not in
+the bucket and are left out (counted in the report).
+
+The signing key is not in the bucket. Given ``signing_key`` (the store's
+``audit-signing.key`` from a backup), it is copied in after checking it is the pinned
+key; without it the restored store gets a new key at its first mount, under the same
+name, and its checkpoints from then on verify only against the new key.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from worm_fs.audit.anchor import KEY_FILE
+from worm_fs.audit.checkpoint import SigningKey, VerifierKey, open_checkpoint
+from worm_fs.audit.log import FRONTIER_KEY, NEXT_SEQ_KEY
+from worm_fs.audit.merkle import Frontier, leaf_hash
+from worm_fs.core.fs import SCHEMA_VERSION
+from worm_fs.core.model import Inode, Kind, State
+from worm_fs.core.paths import ROOT_INO
+from worm_fs.core.sealing import LAYOUTS_META
+from worm_fs.errors import UsageError, WormError
+from worm_fs.replication.bucket_verify import verify_bucket
+from worm_fs.replication.s3 import Bucket
+from worm_fs.replication.tiles import WIDTH, parse_bundle, tile_path
+from worm_fs.replication.uploader import file_object
+from worm_fs.store import Store, put_chunk, u64
+
+
+class RestoreRefused(WormError):
+    """The bucket failed its checks: nothing was restored."""
+
+    exit_code = 1
+
+
+@dataclass
+class RestoreReport:
+    size: int = 0
+    files: int = 0
+    entries: int = 0
+    chunks: int = 0
+    left_out: list[str] = field(default_factory=list)
+
+
+def restore(bucket: Bucket, verifier: VerifierKey, state_dir: Path, *,
+            signing_key: Path | None = None,
+            progress: Callable[[str, int, int], None] | None = None) -> RestoreReport:
+    state_dir = Path(state_dir)
+    if state_dir.exists() and any(state_dir.iterdir()):
+        raise UsageError(f"{state_dir} is not empty: restore builds a new store")
+    key = None
+    if signing_key is not None:
+        key = SigningKey.load(signing_key)
+        if key.verifier_key() != str(verifier):
+            raise UsageError(f"{signing_key} is not the key of --pubkey")
+    checked = verify_bucket(bucket, verifier, progress)
+    if not checked.ok:
+        raise RestoreRefused("the bucket failed its checks; nothing was restored:\n" + "\n".join(
+            f"  {f.object}: {f.detail}" for f in checked.findings))
+    note = bucket.get("checkpoint") or b""
+    cp = open_checkpoint(note, verifier)
+    records = []
+    for index in range(-(-cp.size // WIDTH)):
+        body = bucket.get(tile_path("entries", index, min(WIDTH, cp.size - index * WIDTH)))
+        records += parse_bundle(body or b"")
+    namespace = _replay([json.loads(r) for r in records])
+    report = RestoreReport(size=cp.size)
+    tmp = state_dir.with_name(state_dir.name + ".restoring")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(mode=0o700, parents=True)
+    store = Store(tmp)
+    try:
+        with store.write() as tx:
+            frontier = Frontier()
+            for seq, raw in enumerate(records):
+                tx.put_record(seq, raw)
+                frontier.append(leaf_hash(raw))
+            tx.put_meta(FRONTIER_KEY, frontier.to_bytes())
+            tx.put_meta(NEXT_SEQ_KEY, u64(len(records)))
+            tx.put_checkpoint(cp.size, note)
+            tx.put_meta("schema_version", str(SCHEMA_VERSION).encode())
+            tx.put_meta("store_id", cp.origin.removeprefix("worm-fs/").encode())
+            tx.put_meta(LAYOUTS_META, b"1")
+            files = logical = 0
+            for n, inode in enumerate(namespace.inodes.values(), 1):
+                if inode.kind is Kind.FILE:
+                    if inode.state is not State.SEALED:
+                        report.left_out.append(namespace.path(inode.ino))
+                        continue
+                    _restore_file(bucket, tx, inode, report)
+                    files += 1
+                    logical += inode.size
+                tx.put_inode(inode.ino, inode.to_bytes())
+                if inode.ino != ROOT_INO:
+                    tx.put_dirent(inode.parent, inode.name, inode.ino)
+                report.entries += 1
+                if progress:
+                    progress("entries", n, len(namespace.inodes))
+            tx.add_counter("files", files)
+            tx.add_counter("logical_bytes", logical)
+            tx.put_meta("next_ino", u64(max(namespace.inodes) + 1))
+        report.files = files
+    finally:
+        store.close()
+    if key is not None:
+        key.save(tmp / KEY_FILE)
+    if state_dir.exists():
+        state_dir.rmdir()
+    os.rename(tmp, state_dir)
+    return report
+
+
+def _restore_file(bucket: Bucket, tx: object, inode: Inode, report: RestoreReport) -> None:
+    body = bucket.get(file_object(inode.ino, inode.layout)) or b"{}"
+    keys = [bytes.fromhex(k) for k in json.loads(body)["chunks"]]
+    for index, key in enumerate(keys):
+        data = bucket.get(f"chunks/{key.hex()}") or b""
+        stored = put_chunk(tx, data)  # type: ignore[arg-type]
+        if stored != key:  # another chunk with the same XXH3 (checked by the verify)
+            raise RestoreRefused(f"chunk {key.hex()} of inode {inode.ino} did not store "
+                                 "under its key")
+        tx.put_manifest(inode.ino, index, key)  # type: ignore[attr-defined]
+        report.chunks += 1
+
+
+@dataclass
+class _Namespace:
+    inodes: dict[int, Inode]
+    names: dict[tuple[int, bytes], int]
+
+    def resolve(self, path: str) -> int | None:
+        ino = ROOT_INO
+        for part in [p for p in path.split("/") if p]:
+            child = self.names.get((ino, part.encode("utf-8", "surrogateescape")))
+            if child is None:
+                return None
+            ino = child
+        return ino
+
+    def path(self, ino: int) -> str:
+        parts = []
+        while ino != ROOT_INO and ino in self.inodes:
+            inode = self.inodes[ino]
+            parts.append(inode.name.decode("utf-8", "surrogateescape"))
+            ino = inode.parent
+        return "/" + "/".join(reversed(parts))
+
+    def place(self, inode: Inode, path: str) -> bool:
+        parent_path, _, name = path.rstrip("/").rpartition("/")
+        parent = self.resolve(parent_path)
+        if parent is None:
+            return False
+        inode.parent, inode.name = parent, name.encode("utf-8", "surrogateescape")
+        self.inodes[inode.ino] = inode
+        self.names[(parent, inode.name)] = inode.ino
+        return True
+
+    def remove(self, ino: int) -> None:
+        inode = self.inodes.pop(ino, None)
+        if inode is not None:
+            self.names.pop((inode.parent, inode.name), None)
+
+
+def _replay(records: list[dict]) -> _Namespace:
+    """The namespace the records describe (only records whose result is ``ok``)."""
+    ns = _Namespace({ROOT_INO: Inode(ROOT_INO, Kind.DIR, 0o755, 0, 0, ROOT_INO, b"")}, {})
+    for rec in records:
+        if rec.get("result") != "ok" or "ino" not in rec:
+            continue
+        op, ino, when = rec["op"], int(rec["ino"]), int(rec.get("time_ns", 0))
+        inode = ns.inodes.get(ino)
+        if op in ("mkdir", "create", "symlink") and "path" in rec:
+            kind = {"mkdir": Kind.DIR, "create": Kind.FILE, "symlink": Kind.SYMLINK}[op]
+            target = str(rec.get("target", "")).encode("utf-8", "surrogateescape")
+            new = Inode(ino, kind, int(rec.get("mode", 0o777)) & 0o7777,
+                        int(rec.get("uid", 0)), int(rec.get("gid", 0)), ROOT_INO, b"",
+                        state=State.WRITING if kind is Kind.FILE else State.SEALED,
+                        size=len(target), target=target, atime_ns=when, mtime_ns=when,
+                        ctime_ns=when, changed_ns=when, born_ns=when)
+            ns.place(new, rec["path"])
+        elif inode is None:
+            continue
+        elif op == "rename" and "new_path" in rec:
+            ns.names.pop((inode.parent, inode.name), None)
+            ns.place(inode, rec["new_path"])
+            inode.ctime_ns = when
+        elif op in ("seal", "recover_seal"):
+            inode.state, inode.size = State.SEALED, int(rec.get("size", 0))
+            inode.sha256, inode.layout = str(rec.get("sha256", "")), str(rec.get("layout", ""))
+            inode.mode &= ~0o222
+            inode.sealed_ns = inode.ctime_ns = inode.changed_ns = when
+            inode.clean = True
+            inode.extra["provenance"] = {"sha256": inode.sha256, "size": inode.size,
+                                         "seal_seq": rec.get("seq"), "restored": True}
+        elif op == "layout_recorded":
+            inode.layout = str(rec.get("layout", ""))
+        elif op == "recover_quarantine":
+            inode.state = State.QUARANTINED
+        elif op == "setattr":
+            if "applied_mode" in rec:
+                inode.mode = int(rec["applied_mode"])
+            for name in ("atime_ns", "mtime_ns"):
+                if name in rec:
+                    setattr(inode, name, int(rec[name]))
+        elif op == "hold_set":
+            inode.extra["hold"] = {"reason": rec.get("reason", ""), "by_uid": rec.get("uid")}
+        elif op == "hold_clear":
+            inode.extra.pop("hold", None)
+        elif op == "retain" and "until" in rec:
+            until = dt.datetime.fromisoformat(str(rec["until"]).replace("Z", "+00:00"))
+            inode.extra["retain_until_ns"] = int(until.timestamp() * 1e9)
+        elif op == "delete":
+            ns.remove(ino)
+    for inode in list(ns.inodes.values()):  # below a directory that is gone: gone too
+        if inode.ino != ROOT_INO and ns.path(inode.ino) and inode.parent not in ns.inodes:
+            ns.remove(inode.ino)
+    return ns
