@@ -45,6 +45,7 @@ POOL_SIZE = 64 * MiB  # pregenerated random bytes the written data is cut from
 SMALL_FILE_SIZE = 4 * KiB
 SEAL_TIMEOUT = 600.0  # seconds a closed worm-fs file may take to report "sealed"
 RECORD_OPENS_PER_FILE = 10  # records phase: opens per --small-files
+REPL_FILE = 8 * MiB  # replication phase: the size of each file written
 # Fragmentation phase: a second store is filled with FRAG_FILL_FACTOR x --size of files
 # (a quarter log-uniform 4 KiB..1 MiB, the rest uniform 1..8 MiB, sizes from a fixed seed
 # so runs are comparable), every other one is deleted, then --size is written.
@@ -86,6 +87,7 @@ PHASES = {
     "audit": "cold and warm re-read on a mount with --audit-reads each (needs sequential)",
     "frag": "write after deleting half of a store, vs a fresh store",
     "records": "stored bytes per audit record: an open/close loop on its own store",
+    "replication": "upload to scripts/ceph-dev's RGW vs plain S3 PUTs; writes with a bucket",
 }
 
 DEFAULTS = {"size": GiB, "big_size": 4 * GiB, "small_files": 2000, "reps": 3,
@@ -193,6 +195,10 @@ METRICS = (
            native=False, phase="records"),
     Metric("audit_open_rate", "open+pread+close of a sealed file, 1 process", "opens/s",
            0, None, native=False, phase="records"),
+    Metric("upload", "upload to the bucket (write to queue empty)", "MB/s", 1,
+           Target(">=", 0.8, True), native=False, baseline="s3_put", phase="replication"),
+    Metric("write_with_bucket", "write + fsync, --bucket (async)", "MB/s", 1,
+           Target(">=", 0.9, True), native=False, baseline="no_bucket", phase="replication"),
 )
 METRIC_BY_KEY = {m.key: m for m in METRICS}
 
@@ -1295,6 +1301,12 @@ class Bench:
                 self.results.notes[exc.key] = exc.reason
         if "records" in phases:
             self.phase_records()
+        if "replication" in phases:
+            try:
+                self.phase_replication()
+            except NotMeasured as exc:
+                self.results.notes["upload"] = self.results.notes["write_with_bucket"] = \
+                    exc.reason
         self.duration = time.monotonic() - started
         self.machine["load_at_end"] = os.getloadavg()[0]
 
@@ -1755,6 +1767,103 @@ class Bench:
             "store_bytes_per_record": after["audit_bytes_per_record"],
         }
         shutil.rmtree(base, ignore_errors=True)
+
+    def phase_replication(self) -> None:
+        """Against the real RGW of scripts/ceph-dev (started if needed), once per run:
+        plain S3 PUTs of REPL_FILES files' worth of 1 MiB objects from 8 threads (what
+        the uploader uses), then the same bytes written into a store mounted with
+        --bucket (write+fsync of each file; then until the upload queue is empty) and
+        into one without. Fresh random bytes everywhere (nothing deduplicates)."""
+        assert self.work is not None
+        import concurrent.futures
+        import secrets
+
+        ceph = Path(__file__).resolve().parent / "ceph-dev"
+        started = subprocess.run([str(ceph), "start"], capture_output=True, text=True,
+                                 timeout=600)
+        if started.returncode != 0:
+            raise NotMeasured("upload", f"scripts/ceph-dev start failed: "
+                              f"{(started.stderr or started.stdout).strip()[-200:]}")
+        env = dict(os.environ)
+        for line in subprocess.run([str(ceph), "env"], capture_output=True, text=True,
+                                   check=True).stdout.splitlines():
+            key, _, value = line.removeprefix("export ").partition("=")
+            env[key] = value
+        os.environ.update(env)  # the daemon and the boto3 client below take them from here
+        import boto3
+        from botocore.config import Config
+
+        endpoint = env["AWS_ENDPOINT_URL"]
+        client = boto3.client("s3", endpoint_url=endpoint, config=Config(
+            s3={"addressing_style": "path"}, max_pool_connections=16))
+        bucket = f"bench-{secrets.token_hex(4)}"
+        client.create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
+        total = min(self.cfg.size, 256 * MiB)
+        files = [os.urandom(REPL_FILE) for _ in range(max(1, total // REPL_FILE))]
+        total = sum(map(len, files))
+        until = time.time() + 86_400
+        with self.step(f"[replication] plain S3 PUTs of {human_bytes(total)} in 1 MiB "
+                       "objects, 8 threads") as out:
+            import datetime as dt
+
+            def put(item: tuple[int, int]) -> None:
+                f, off = item
+                client.put_object(Bucket=bucket, Key=f"plain/{f}-{off}",
+                                  Body=files[f][off : off + MiB],
+                                  ObjectLockMode="COMPLIANCE",
+                                  ObjectLockRetainUntilDate=dt.datetime.fromtimestamp(
+                                      until, dt.UTC))
+
+            t0 = time.perf_counter()
+            with concurrent.futures.ThreadPoolExecutor(8) as pool:
+                list(pool.map(put, [(f, off) for f in range(len(files))
+                                    for off in range(0, REPL_FILE, MiB)]))
+            plain = total / (time.perf_counter() - t0) / 1e6
+            out.append(f"{plain:.1f} MB/s")
+        self.results.add("upload", "s3_put", plain)
+        for tag, extra in (("no_bucket", ()), ("bucket", (
+                "--bucket", f"s3://{bucket}/store", "--s3-endpoint", endpoint,
+                "--object-retention", "1"))):
+            base = self.work / f"repl-{tag}"
+            base.mkdir()
+            state, mnt = base / "state", base / "mnt"
+            self.start_mount("handle", state, mnt, ("--settle", "0", "--runtime-dir",
+                                                     str(base / "run"), *extra), tag)
+            try:
+                with self.step(f"[replication] write {human_bytes(total)} as "
+                               f"{len(files)} files + fsync, {tag}") as out:
+                    t0 = time.perf_counter()
+                    for n, data in enumerate(files):
+                        with open(mnt / f"f{n}", "wb") as f:
+                            f.write(data)
+                            os.fsync(f.fileno())
+                    wrote = time.perf_counter() - t0
+                    out.append(f"{total / wrote / 1e6:.1f} MB/s")
+                self.results.add("write_with_bucket", "worm" if extra else "no_bucket",
+                                 total / wrote / 1e6)
+                if extra:
+                    with self.step("[replication] until the upload queue is empty") as out:
+                        deadline = time.monotonic() + 600
+                        while True:
+                            code, text, err = run_cli(["replication", "status", str(state),
+                                                       "--json"])
+                            status = json.loads(text) if code == 0 else {}
+                            if status.get("pending_objects") == 0 and status.get(
+                                    "uploaded_bytes", 0) >= total:
+                                break
+                            if time.monotonic() > deadline:
+                                raise NotMeasured("upload", f"not uploaded in 600 s: {status}")
+                            time.sleep(0.1)
+                        drained = time.perf_counter() - t0
+                        upload = status["uploaded_bytes"] / drained / 1e6
+                        out.append(f"{upload:.1f} MB/s ({status['uploaded_objects']} objects)")
+                    self.results.add("upload", "worm", upload)
+                    self.results.details["replication"] = {
+                        "bytes": total, "files": len(files), "plain_put_mb_s": round(plain, 1),
+                        "upload_mb_s": round(upload, 1), "uploaded": status}
+            finally:
+                self.stop_mount()
+                shutil.rmtree(base, ignore_errors=True)
 
     @staticmethod
     def audit_usage(state: Path) -> dict[str, Any]:

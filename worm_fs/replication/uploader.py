@@ -54,7 +54,7 @@ LAST_ERROR = "upload_last_error"
 BUCKET_META = "replication_bucket"
 
 #: Queued names taken per kind and round.
-BATCH = 64
+BATCH = 256
 
 
 def file_object(ino: int, layout: str) -> str:
