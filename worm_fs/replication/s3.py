@@ -62,6 +62,7 @@ class Bucket:
                  lock_mode: str | None = "COMPLIANCE", retention_days: float = 0.0,
                  timeout_s: float = 30.0) -> None:
         self.url = url
+        self.endpoint = endpoint
         self.lock_mode = lock_mode.upper() if lock_mode else None
         self.retention_days = retention_days
         self.client = boto3.session.Session().client(

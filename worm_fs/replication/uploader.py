@@ -19,28 +19,36 @@ Objects in the bucket (below its prefix), each written once:
   (the newest one: a new version of that name each time; readers trust the signature
   and the consistency with what they saw, not the name).
 
-Concurrency: one coordinator thread and a pool of upload threads; they read the store
-in read transactions and change it only through committer jobs.
+Concurrency: one coordinator thread in the daemon takes names and changes the store
+only through committer jobs; the uploads run in a worker process of their own (its
+threads read the store read-only), so they never compete with the FUSE handlers for
+the daemon's GIL.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
+import multiprocessing
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from worm_fs.audit.merkle import leaf_hash
 from worm_fs.core.fs import WormCore
 from worm_fs.core.model import Inode, State
 from worm_fs.errors import WormError
-from worm_fs.replication.s3 import Bucket
+from worm_fs.replication.s3 import Bucket, BucketUrl
 from worm_fs.replication.tiles import WIDTH, TileTree, entry_bundles
-from worm_fs.store import ReadTxn, WriteTxn, u64, uploads
+from worm_fs.store import ReadTxn, Store, WriteTxn, u64, uploads
 from worm_fs.store.env import UPLOAD_PENDING_BYTES
 
 log = logging.getLogger(__name__)
@@ -55,6 +63,8 @@ BUCKET_META = "replication_bucket"
 
 #: Queued names taken per kind and round.
 BATCH = 256
+#: Worker processes, each with its own upload threads.
+PROCESSES = 1
 
 
 def file_object(ino: int, layout: str) -> str:
@@ -84,24 +94,145 @@ class Progress:
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 
+@dataclass(frozen=True)
+class BucketConfig:
+    """What a worker process needs to open the bucket (a boto3 client is not sent)."""
+
+    url: str
+    endpoint: str | None
+    lock_mode: str | None
+    retention_days: float
+
+    @classmethod
+    def of(cls, bucket: Bucket) -> BucketConfig:
+        return cls(str(bucket.url), bucket.endpoint, bucket.lock_mode, bucket.retention_days)
+
+    def open(self) -> Bucket:
+        return Bucket(BucketUrl.parse(self.url), endpoint=self.endpoint,
+                      lock_mode=self.lock_mode, retention_days=self.retention_days)
+
+
+class UploadWorker:
+    """The uploading itself, in a process of its own: HTTP, checksums and copies of chunk
+    bytes would otherwise take the daemon's GIL from the FUSE handlers. It reads the
+    store through its own read-only environment (LMDB readers in other processes are
+    safe) and never writes it."""
+
+    def __init__(self, state_dir: str, config: BucketConfig, workers: int) -> None:
+        self.store = Store(Path(state_dir), readonly=True)
+        self.bucket = config.open()
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="upload")
+        self.tree = TileTree()
+
+    def objects(self, names: list[bytes]) -> list[tuple[bytes, int]]:
+        return list(self.pool.map(self._upload_one, names))
+
+    def _upload_one(self, name: bytes) -> tuple[bytes, int]:
+        """Upload the object a queued name stands for (nothing if it is gone: a chunk
+        freed or a file deleted since)."""
+        with self.store.read() as rt:
+            if name.startswith(CHUNK_OBJECT):
+                data = rt.get_chunk(bytes.fromhex(name[len(CHUNK_OBJECT):].decode()))
+                target = "chunks/" + name[len(CHUNK_OBJECT):].decode()
+            else:
+                ino_text, _, layout = name[len(FILE_OBJECT):].decode().partition("/")
+                raw = rt.get_inode(int(ino_text))
+                inode = Inode.from_bytes(raw) if raw else None
+                data = None
+                if inode is not None and inode.state is State.SEALED and inode.layout == layout:
+                    data = file_layout_object(rt, inode)
+                target = file_object(int(ino_text), layout)
+        if data is None:
+            return name, 0
+        self.bucket.put(target, data)
+        return name, len(data)
+
+    def log(self, size: int) -> int:
+        """Tiles and entry bundles up to tree ``size``, then its checkpoint."""
+        with self.store.read() as rt:
+            done = rt.get_counter(LOG_UPLOADED)
+            note = rt.get_checkpoint(size)
+            if note is None or size <= done and done:
+                return 0
+            if self.tree.size > size:
+                self.tree = TileTree()
+            start = (min(done, self.tree.size) // WIDTH) * WIDTH
+            records = []
+            for seq, data in rt.iter_records(start):
+                if seq >= size:
+                    break
+                records.append(data)
+        if self.tree.size < size:
+            self.tree.extend(leaf_hash(r) for r in records[self.tree.size - start:])
+        bundles_from = (done // WIDTH) * WIDTH  # bundles full at ``done`` are up already
+        objects = entry_bundles(records[bundles_from - start:], bundles_from) \
+            + self.tree.tiles(size, done)
+        nbytes = sum(len(body) for body in self.pool.map(lambda o: self._put(*o), objects))
+        self.bucket.put(f"checkpoints/{size}", note)
+        self.bucket.put("checkpoint", note)
+        return nbytes + 2 * len(note)
+
+    def _put(self, name: str, data: bytes) -> bytes:
+        self.bucket.put(name, data)
+        return data
+
+
+_worker: UploadWorker | None = None
+
+
+def _start_worker(state_dir: str, config: BucketConfig, workers: int) -> None:
+    global _worker
+    try:  # die with the daemon (PR_SET_PDEATHSIG), even after its kill -9
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
+    except (AttributeError, OSError):
+        pass
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.nice(10)  # writers first: the bucket may fall behind, they must not
+    _worker = UploadWorker(state_dir, config, workers)
+
+
+def _upload_objects(names: list[bytes]) -> list[tuple[bytes, int]]:
+    assert _worker is not None
+    return _worker.objects(names)
+
+
+def _upload_log(size: int) -> int:
+    assert _worker is not None
+    return _worker.log(size)
+
+
+def _ready() -> bool:
+    return _worker is not None
+
+
 class Uploader:
-    """Drains the upload queue into ``bucket``; see the module docstring."""
+    """Drains the upload queue into the bucket; see the module docstring. Runs in the
+    daemon: takes queued names, has an :class:`UploadWorker` process upload them, and
+    drops them from the queue through the committer."""
 
     def __init__(self, core: WormCore, bucket: Bucket, *, workers: int = 8,
                  clock: Callable[[], int] = time.time_ns) -> None:
         self.core = core
         self.bucket = bucket
         self.clock = clock
+        self.workers = workers
         self.progress = Progress()
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="upload")
+        self._pool = self._new_pool()
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
-        self._tree = TileTree()
         self._error_noted_ns = 0
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            max_workers=PROCESSES, mp_context=multiprocessing.get_context("spawn"),
+            initializer=_start_worker,
+            initargs=(str(self.core.store.path), BucketConfig.of(self.bucket), self.workers))
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
+        for _ in range(PROCESSES):  # start the workers now, not at the first upload
+            self._pool.submit(_ready)
         self._thread = threading.Thread(target=self._run, name="uploader", daemon=True)
         self._thread.start()
 
@@ -127,6 +258,11 @@ class Uploader:
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
                 continue
+            except BrokenProcessPool:
+                self._failed("the upload process died; starting another")
+                self._pool = self._new_pool()
+                self._stop.wait(backoff)
+                continue
             except Exception as exc:  # noqa: BLE001 - the uploader must outlive a bug
                 log.exception("uploader: unexpected error")
                 self._failed(f"internal error: {exc!r}")
@@ -148,66 +284,22 @@ class Uploader:
             return False
         done: list[bytes] = []
         nbytes = 0
-        for group in (chunks, files):
-            for name, size in self._pool.map(self._upload_one, group):
-                done.append(name)
-                nbytes += size
+        log_size = None
+        pending_log = None
         if logs:  # only the newest checkpoint matters; the older ones go with it
-            newest = logs[-1]
-            nbytes += self._upload_log(int(newest[len(LOG_OBJECT):]))
+            log_size = int(logs[-1][len(LOG_OBJECT):])
+            pending_log = self._pool.submit(_upload_log, log_size)  # beside the chunks
+        for group in (chunks, files):  # a file's chunks before its layout
+            halves = [group[i::PROCESSES] for i in range(PROCESSES)]
+            for future in [self._pool.submit(_upload_objects, h) for h in halves if h]:
+                for name, size in future.result():
+                    done.append(name)
+                    nbytes += size
+        if pending_log is not None:
+            nbytes += pending_log.result()
             done += logs
-        self._finish(done, nbytes, log_size=int(logs[-1][len(LOG_OBJECT):]) if logs else None)
+        self._finish(done, nbytes, log_size)
         return True
-
-    def _upload_one(self, name: bytes) -> tuple[bytes, int]:
-        """Upload the object a queued name stands for (nothing if it is gone: a chunk
-        freed or a file deleted since)."""
-        with self.core.store.read() as rt:
-            if name.startswith(CHUNK_OBJECT):
-                data = rt.get_chunk(bytes.fromhex(name[len(CHUNK_OBJECT):].decode()))
-                target = "chunks/" + name[len(CHUNK_OBJECT):].decode()
-            else:
-                ino_text, _, layout = name[len(FILE_OBJECT):].decode().partition("/")
-                raw = rt.get_inode(int(ino_text))
-                inode = Inode.from_bytes(raw) if raw else None
-                data = None
-                if inode is not None and inode.state is State.SEALED and inode.layout == layout:
-                    data = file_layout_object(rt, inode)
-                target = file_object(int(ino_text), layout)
-        if data is None:
-            return name, 0
-        self.bucket.put(target, data)
-        return name, len(data)
-
-    def _upload_log(self, size: int) -> int:
-        """Tiles and entry bundles up to tree ``size``, then its checkpoint."""
-        with self.core.store.read() as rt:
-            done = rt.get_counter(LOG_UPLOADED)
-            note = rt.get_checkpoint(size)
-            if note is None or size <= done and done:
-                return 0
-            if self._tree.size > size:
-                self._tree = TileTree()
-            start = (min(done, self._tree.size) // WIDTH) * WIDTH
-            records = []
-            for seq, data in rt.iter_records(start):
-                if seq >= size:
-                    break
-                records.append(data)
-        if self._tree.size < size:
-            self._tree.extend(leaf_hash(r) for r in records[self._tree.size - start:])
-        bundles_from = (done // WIDTH) * WIDTH  # bundles full at ``done`` are up already
-        objects = entry_bundles(records[bundles_from - start:], bundles_from) \
-            + self._tree.tiles(size, done)
-        nbytes = sum(len(body) for body in self._pool.map(lambda o: self._put(*o), objects))
-        text = note
-        self.bucket.put(f"checkpoints/{size}", text)
-        self.bucket.put("checkpoint", text)
-        return nbytes + 2 * len(text)
-
-    def _put(self, name: str, data: bytes) -> bytes:
-        self.bucket.put(name, data)
-        return data
 
     def _finish(self, names: list[bytes], nbytes: int, log_size: int | None) -> None:
         def job(tx: WriteTxn, batch: Any) -> None:
