@@ -403,6 +403,7 @@ def cmd_verify_bucket(args: argparse.Namespace) -> int:
         print(file=sys.stderr)
     data = {"ok": report.ok, "bucket": str(bucket.url), "tree_size": report.size,
             "files": report.files, "chunks": report.chunks,
+            "retention_expired": report.expired,
             "findings": [f.__dict__ for f in report.findings]}
 
     def human(d: dict[str, Any]) -> str:
@@ -1174,9 +1175,11 @@ def build_parser() -> argparse.ArgumentParser:
     replsub = replp.add_subparsers(dest="replication_command", metavar="ACTION",
                                    required=True)
     p = replsub.add_parser("status", help="pending and uploaded objects, lag, last error",
-                           description="pending_objects, pending_bytes, lag_seconds (age of "
-                           "the oldest pending object), uploaded_objects, uploaded_bytes, "
-                           "last_error, read from the store (the daemon need not run). "
+                           description="bucket, pending_objects, pending_bytes, lag_seconds "
+                           "(age of the oldest of the first 100,000 pending names), "
+                           "uploaded_objects (queue names done), uploaded_bytes, "
+                           "log_uploaded_size (records in the bucket's newest checkpoint), "
+                           "last_error; read from the store (the daemon need not run). "
                            "Exit 2 if the store does not replicate.")
     p.add_argument("path", metavar="PATH", help="the mount, or its state directory")
     p.add_argument("--json", action="store_true", help="print JSON")

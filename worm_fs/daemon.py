@@ -276,6 +276,12 @@ class Daemon:
 
     def _start_uploader(self) -> Any:
         if self.options.bucket is None:
+            from worm_fs.replication.uploader import forget_bucket
+
+            if forget_bucket(self.core):
+                log.warning("this store replicated to a bucket and is mounted without "
+                            "--bucket: nothing is uploaded now, and the next mount with a "
+                            "bucket queues the whole store again")
             return None
         from worm_fs.replication.s3 import Bucket, BucketUrl
         from worm_fs.replication.uploader import Uploader, queue_existing

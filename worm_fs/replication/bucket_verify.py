@@ -10,7 +10,9 @@ Trusts nothing in the bucket but what the signed checkpoint commits to:
 4. for each such file, ``files/<ino>-<layout>.json``: its size and chunk keys must give
    the layout digest of the seal record; every chunk must match its key (XXH3) and the
    file's bytes its sealed SHA-256 (the strong check);
-5. every object of a sealed file must be under Object Lock retention.
+5. every object of a sealed file must have been written under Object Lock (a retention
+   that has run out since is counted, not reported: the bucket then no longer protects
+   that object, by the retention chosen).
 
 Each problem is a finding naming the object. Nothing is written.
 """
@@ -46,6 +48,8 @@ class BucketReport:
     size: int = 0
     files: int = 0
     chunks: int = 0
+    #: Objects whose retention ran out (written locked, no longer protected).
+    expired: int = 0
     findings: list[BucketFinding] = field(default_factory=list)
 
     @property
@@ -170,5 +174,7 @@ def _check_locked(bucket: Bucket, name: str, report: BucketReport) -> None:
     if stored is None:
         return  # reported as missing by the reader
     until = stored.retain_until
-    if stored.lock_mode is None or until is None or until <= dt.datetime.now(dt.UTC):
+    if stored.lock_mode is None or until is None:
         report.bad(name, "not under Object Lock retention")
+    elif until <= dt.datetime.now(dt.UTC):
+        report.expired += 1

@@ -243,10 +243,6 @@ class Uploader:
             self._thread.join(timeout=30)
         self._pool.shutdown(wait=True, cancel_futures=True)
 
-    def nudge(self) -> None:
-        """Something was queued: look now rather than at the next poll."""
-        self._wake.set()
-
     # ------------------------------------------------------------------ the loop
     def _run(self) -> None:
         backoff = 0.5
@@ -278,8 +274,12 @@ class Uploader:
         """Upload one batch of each kind; False when the queue was empty."""
         with self.core.store.read() as rt:
             chunks = _take(rt, CHUNK_OBJECT)
-            files = _take(rt, FILE_OBJECT)
-            logs = _take(rt, LOG_OBJECT)
+            # A layout only once no chunk queued before it can still be pending, and the
+            # log (which pins layouts) only once no layout is: with a full batch of
+            # either, the next kinds wait for a later round.
+            files = _take(rt, FILE_OBJECT) if len(chunks) < BATCH else []
+            logs = _take(rt, LOG_OBJECT) if len(chunks) < BATCH and len(files) < BATCH \
+                else []
         if not (chunks or files or logs):
             return False
         done: list[bytes] = []
@@ -391,3 +391,13 @@ def queue_existing(core: WormCore, url: str) -> int:
 
     core.commit(job)
     return len(chunks) + len(files) + (newest is not None)
+
+
+def forget_bucket(core: WormCore) -> bool:
+    """A store mounted without its bucket: what is stored now is not queued, so the next
+    mount with a bucket must queue everything again. True if it had a bucket."""
+    with core.store.read() as rt:
+        if rt.get_meta(BUCKET_META) is None:
+            return False
+    core.commit(lambda tx, batch: tx.raw_delete("meta", BUCKET_META.encode()))
+    return True
