@@ -22,7 +22,9 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from worm_fs.audit.checkpoint import CheckpointError, VerifierKey, open_checkpoint
@@ -35,6 +37,8 @@ from worm_fs.replication.uploader import file_object
 from worm_fs.store import check_chunk
 
 SEALS = ("seal", "recover_seal")
+#: Files checked at once (each a few requests in a row).
+PARALLEL = 16
 
 
 @dataclass
@@ -52,12 +56,19 @@ class BucketReport:
     expired: int = 0
     findings: list[BucketFinding] = field(default_factory=list)
 
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
     @property
     def ok(self) -> bool:
         return not self.findings
 
     def bad(self, name: str, detail: str) -> None:
-        self.findings.append(BucketFinding(name, detail))
+        with self.lock:
+            self.findings.append(BucketFinding(name, detail))
+
+    def count(self, what: str, n: int = 1) -> None:
+        with self.lock:
+            setattr(self, what, getattr(self, what) + n)
 
 
 def verify_bucket(bucket: Bucket, verifier: VerifierKey,
@@ -91,10 +102,14 @@ def verify_bucket(bucket: Bucket, verifier: VerifierKey,
             sealed[int(rec["ino"])] = rec
         elif rec.get("op") == "delete":
             sealed.pop(int(rec.get("ino", -1)), None)
-    for n, (ino, rec) in enumerate(sorted(sealed.items()), 1):
-        _check_file(bucket, ino, rec, report)
-        if progress:
-            progress("files", n, len(sealed))
+    with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
+        futures = [pool.submit(_check_file, bucket, ino, rec, report)
+                   for ino, rec in sorted(sealed.items())]
+        for n, future in enumerate(futures, 1):
+            future.result()
+            if progress:
+                progress("files", n, len(futures))
+    report.findings.sort(key=lambda f: f.object)
     return report
 
 
@@ -131,7 +146,7 @@ def _check_tiles(bucket: Bucket, leaves: list[bytes], size: int, report: BucketR
 
 
 def _check_file(bucket: Bucket, ino: int, rec: dict, report: BucketReport) -> None:
-    report.files += 1
+    report.count("files")
     name = file_object(ino, rec["layout"])
     body = bucket.get(name)
     if body is None:
@@ -154,7 +169,7 @@ def _check_file(bucket: Bucket, ino: int, rec: dict, report: BucketReport) -> No
     for key in keys:
         chunk_name = f"chunks/{key.hex()}"
         data = bucket.get(chunk_name)
-        report.chunks += 1
+        report.count("chunks")
         try:
             check_chunk(key, data)
         except Corruption as exc:
@@ -177,4 +192,4 @@ def _check_locked(bucket: Bucket, name: str, report: BucketReport) -> None:
     if stored.lock_mode is None or until is None:
         report.bad(name, "not under Object Lock retention")
     elif until <= dt.datetime.now(dt.UTC):
-        report.expired += 1
+        report.count("expired")
