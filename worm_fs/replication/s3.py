@@ -60,7 +60,7 @@ class Bucket:
 
     def __init__(self, url: BucketUrl, *, endpoint: str | None = None,
                  lock_mode: str | None = "COMPLIANCE", retention_days: float = 0.0,
-                 timeout_s: float = 30.0) -> None:
+                 timeout_s: float = 10.0) -> None:
         self.url = url
         self.endpoint = endpoint
         self.lock_mode = lock_mode.upper() if lock_mode else None

@@ -125,7 +125,26 @@ class UploadWorker:
         self.tree = TileTree()
 
     def objects(self, names: list[bytes]) -> list[tuple[bytes, int]]:
-        return list(self.pool.map(self._upload_one, names))
+        """Upload them all, or fail at the first error: the rest of the batch is not
+        tried (an unreachable bucket costs one timeout per thread, not per object)."""
+        failed = threading.Event()
+
+        def one(name: bytes) -> tuple[bytes, int] | None:
+            if failed.is_set():
+                return None
+            try:
+                return self._upload_one(name)
+            except BaseException:
+                failed.set()
+                raise
+
+        futures = [self.pool.submit(one, name) for name in names]
+        results = []
+        for future in futures:
+            done = future.result()  # raises the first failure
+            if done is not None:
+                results.append(done)
+        return results
 
     def _upload_one(self, name: bytes) -> tuple[bytes, int]:
         """Upload the object a queued name stands for (nothing if it is gone: a chunk
@@ -237,11 +256,15 @@ class Uploader:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop at once: what is not uploaded stays queued for the next start. The worker
+        is terminated rather than waited for (a slow bucket must not hold an unmount)."""
         self._stop.set()
         self._wake.set()
+        for process in list(getattr(self._pool, "_processes", {}).values()):
+            process.terminate()  # the coordinator's wait then ends with BrokenProcessPool
         if self._thread is not None:
-            self._thread.join(timeout=30)
-        self._pool.shutdown(wait=True, cancel_futures=True)
+            self._thread.join(timeout=10)
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     # ------------------------------------------------------------------ the loop
     def _run(self) -> None:
@@ -255,6 +278,8 @@ class Uploader:
                 backoff = min(backoff * 2, 30.0)
                 continue
             except BrokenProcessPool:
+                if self._stop.is_set():
+                    break
                 self._failed("the upload process died; starting another")
                 self._pool = self._new_pool()
                 self._stop.wait(backoff)
