@@ -116,6 +116,8 @@ def _check_mount_args(args: argparse.Namespace) -> tuple[Path, Path]:
     from worm_fs.daemon import resolve_group
 
     resolve_group(args.admin_group)
+    resolve_group(args.seal_group)
+    _seal_read_mode(args)
     if not mountpoint.is_dir():
         raise UsageError(f"mountpoint {mountpoint} does not exist or is not a directory")
     if os.path.ismount(mountpoint):
@@ -143,6 +145,17 @@ def _check_mount_args(args: argparse.Namespace) -> tuple[Path, Path]:
     return state_dir, mountpoint
 
 
+def _seal_read_mode(args: argparse.Namespace) -> int:
+    from worm_fs.core.policy import parse_read_mode
+
+    if args.seal_read_mode is None:
+        return 0
+    try:
+        return parse_read_mode(args.seal_read_mode, "--seal-read-mode")
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def _mount_options(args: argparse.Namespace) -> Any:
     from worm_fs.daemon import MountOptions
 
@@ -154,6 +167,8 @@ def _mount_options(args: argparse.Namespace) -> Any:
         checkpoint_records=args.checkpoint_records,
         checkpoint_seconds=args.checkpoint_seconds,
         admin_group=args.admin_group,
+        seal_read_mode=_seal_read_mode(args),
+        seal_group=args.seal_group,
         retention_days=args.retention,
         max_retention_days=args.max_retention,
         bucket=args.bucket,
