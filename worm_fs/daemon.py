@@ -212,6 +212,7 @@ class Daemon:
             max_retention_days=options.max_retention_days,
         )
         self.control = ControlServer(self.deletions, on_removed=self._forget_removed,
+                                     on_changed=fuse_ops.notify_changed,
                                      admin_gid=admin_gid)
         self.key = ensure_key(state_dir, self.store_id)
         self.origin = origin_for(self.store_id)
