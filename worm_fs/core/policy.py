@@ -221,14 +221,15 @@ def read_bits_for(kind: Kind, mode: int) -> int:
     return 0
 
 
-def parse_read_mode(text: str, what: str) -> int:
-    """An octal mode of read (and search) bits only; ValueError saying what is wrong."""
+def parse_read_mode(text: str, what: str, allowed: int = READ_BITS) -> int:
+    """An octal mode of ``allowed`` bits only (read bits unless told); ValueError saying
+    what is wrong."""
     try:
         mode = int(text, 8)
     except ValueError:
         raise ValueError(f"{what} must be an octal mode such as 0444, not {text!r}") \
             from None
-    if mode < 0 or mode & ~SHAREABLE_BITS:
-        raise ValueError(f"{what} {text} has bits other than read and search (only "
-                         f"{SHAREABLE_BITS:04o} may be added; never write bits)")
+    if mode < 0 or mode & ~allowed:
+        raise ValueError(f"{what} {text} has bits other than {allowed:04o} (read access "
+                         "only; never write bits)")
     return mode
