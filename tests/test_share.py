@@ -18,6 +18,13 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Mount, as_user, run_cli, wait_sealed
+from tests.test_core import records as core_records
+from worm_fs.audit.log import AuditLog
+from worm_fs.core.deletion import Deletions
+from worm_fs.core.fs import ROOT_INO, WormCore
+from worm_fs.core.model import Caller
+from worm_fs.errors import Refused
+from worm_fs.store import Store
 
 ADMIN_GID = 4242
 READERS_GID = 4343
@@ -228,3 +235,53 @@ def test_share_recursive_opens_a_private_tree_to_other_readers(store_factory) ->
     assert as_ids(BOB, read(ckpt / "model.safetensors")) == 0
     assert sorted(r["path"] for r in records(m, "share")) == [
         "/checkpoint-500", "/checkpoint-500/model.safetensors"]
+
+
+def test_the_policy_can_come_from_the_config_file(store_factory, public_base: Path) -> None:
+    config = public_base / "worm-fs.toml"
+    config.write_text(f'seal_read_mode = "0440"\nseal_group = "{READERS_GID}"\n')
+    m = store_factory("--config", str(config))
+    weights = m.path / "weights.bin"
+    assert as_ids(ALICE, lambda: write_private(weights, b"w")) == 0
+    wait_sealed(weights)
+    assert (mode_of(weights), os.stat(weights).st_gid) == (0o440, READERS_GID)
+    assert as_ids(ERIN, read(weights)) == 0
+
+
+@pytest.fixture
+def desk(tmp_path: Path) -> Iterator[Deletions]:
+    core = WormCore(Store(tmp_path), AuditLog(boot_id="t"), seal_read_mode=0o444)
+    core.initialize()
+    yield Deletions(core, admin_gids=frozenset({ADMIN_GID}))
+    core.store.close()
+
+
+def caller(who: tuple[int, int, tuple[int, ...]]) -> Caller:
+    return Caller(uid=who[0], gid=who[1], pid=2, comm="t", groups=frozenset(who[2]))
+
+
+def test_the_desk_refuses_non_admins_and_write_bits_and_records_both(desk) -> None:
+    core = desk.core
+    core.mkdir(ROOT_INO, b"run", 0o700, caller(ALICE))
+    for who, mode, err in ((BOB, 0o444, errno.EPERM), (CAROL, 0o644, errno.EINVAL)):
+        with pytest.raises(Refused) as exc:
+            desk.share("/run", caller(who), mode)
+        assert exc.value.errno == err
+    assert core.lookup(ROOT_INO, b"run").mode == 0o755  # the policy's, at mkdir
+    refused = [(r["uid"], r["result"]) for r in core_records(core) if r["op"] == "share"]
+    assert refused == [(BOB[0], "EPERM"), (CAROL[0], "EINVAL")]
+
+
+def test_a_recursive_share_over_the_entry_cap_is_refused_whole(
+    desk, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    core = desk.core
+    top = core.mkdir(ROOT_INO, b"run", 0o700, caller(ALICE))
+    for n in range(4):
+        core.mkdir(top.ino, f"d{n}".encode(), 0o700, caller(ALICE))
+    monkeypatch.setattr("worm_fs.core.deletion.MAX_REQUEST_ENTRIES", 3)
+    with pytest.raises(Refused) as exc:
+        desk.share("/run", caller(CAROL), 0o004, recursive=True)
+    assert exc.value.errno == errno.E2BIG
+    assert [r["result"] for r in core_records(core) if r["op"] == "share"] == ["E2BIG"]
+    assert desk.share("/run/d0", caller(CAROL), 0o004)["changed"] == 0  # 0755 has it
