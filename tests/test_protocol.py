@@ -21,16 +21,18 @@ DOCUMENTED = {
     "retain": (True, {"path": (str, True), "until_ns": (int, True), "reason": (str, False)}),
     "quota_set": (True, {"target": (str, True), "bytes": (int, True), "files": (int, True)}),
     "quota_show": (True, {}),
+    "share": (True, {"path": (str, True), "mode": (int, True), "recursive": (bool, False)}),
 }
 GOOD = {"path": "/runs/old", "reason": "superseded", "id": "5c1e0f3a9b2d",
         "until_ns": 1_900_000_000 * 10**9, "target": "uid:1001", "bytes": 1 << 30,
-        "files": -2}
+        "files": -2, "mode": 0o444, "recursive": True}
 #: Quota limits take -1 (none) and -2 (keep) besides 0 and more.
 LIMITS = {"bytes", "files"}
 #: Values of the wrong type (or out of range) for an argument of each type.
 BAD = {
     str: [5, 0, True, False, 1.5, [], {}, ["/runs"], {"path": "/runs"}],
     int: [True, False, 1.5, 1e18, 2.0, "5", [], {}, -1, 253_402_300_800 * 10**9, 10**30],
+    bool: [0, 1, "true", 1.5, [], {}],
 }
 
 
@@ -49,7 +51,7 @@ def test_the_table_holds_exactly_the_documented_operations() -> None:
         assert message.op == op and message.admin is admin and message.args == valid(op)
         required = {k: v for k, v in valid(op).items() if args[k][1]}
         assert protocol.parse(line(op=op, **required)).args == valid(op) | {
-            name: "" for name, (_, needed) in args.items() if not needed}
+            name: kind() for name, (kind, needed) in args.items() if not needed}
 
 
 CASES = [(op, name, -3 if name in LIMITS and bad == -1 else bad)

@@ -116,6 +116,8 @@ def _check_mount_args(args: argparse.Namespace) -> tuple[Path, Path]:
     from worm_fs.daemon import resolve_group
 
     resolve_group(args.admin_group)
+    resolve_group(args.seal_group)
+    _seal_read_mode(args)
     if not mountpoint.is_dir():
         raise UsageError(f"mountpoint {mountpoint} does not exist or is not a directory")
     if os.path.ismount(mountpoint):
@@ -143,6 +145,17 @@ def _check_mount_args(args: argparse.Namespace) -> tuple[Path, Path]:
     return state_dir, mountpoint
 
 
+def _seal_read_mode(args: argparse.Namespace) -> int:
+    from worm_fs.core.policy import parse_read_mode
+
+    if args.seal_read_mode is None:
+        return 0
+    try:
+        return parse_read_mode(args.seal_read_mode, "--seal-read-mode")
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def _mount_options(args: argparse.Namespace) -> Any:
     from worm_fs.daemon import MountOptions
 
@@ -154,6 +167,8 @@ def _mount_options(args: argparse.Namespace) -> Any:
         checkpoint_records=args.checkpoint_records,
         checkpoint_seconds=args.checkpoint_seconds,
         admin_group=args.admin_group,
+        seal_read_mode=_seal_read_mode(args),
+        seal_group=args.seal_group,
         retention_days=args.retention,
         max_retention_days=args.max_retention,
         bucket=args.bucket,
@@ -756,6 +771,23 @@ def cmd_retain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_share(args: argparse.Namespace) -> int:
+    try:
+        mode = int(args.mode, 8)
+    except ValueError:
+        raise UsageError(f"--mode must be an octal mode such as 0444, not "
+                         f"{args.mode!r}") from None
+    if not 0 <= mode <= 0o7777:
+        raise UsageError(f"--mode {args.mode} is not a permission mode")
+    call, rel = _control(args.path, admin=True)
+    r = call("share", path=rel, mode=mode, recursive=args.recursive)
+    emit(args, r, lambda r: f"{printable(r['path'])} is now {r['mode']}; "
+         f"{r['changed']} of {r['entries']} entr{'y' if r['entries'] == 1 else 'ies'} "
+         "changed" + (f", {r['skipped_writing']} still being written skipped"
+                      if r["skipped_writing"] else ""))
+    return 0
+
+
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
 
 
@@ -1169,6 +1201,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--until", required=True, metavar="DATE", help="YYYY-MM-DD or ISO 8601")
     p.add_argument("--reason", help="recorded with a request for a directory")
     p.set_defaults(func=cmd_retain)
+
+    p = sub.add_parser("share", help="add read access to sealed entries (admins)",
+                       description="Add read bits to PATH (a directory gets the matching "
+                       "search bits too; with --recursive, everything below it as well). "
+                       "Only read and search bits are ever added, none is ever removed; a "
+                       "MODE with any other bit (a write bit, setuid, ...) is refused "
+                       "(exit 3) and the refusal recorded. Each change is recorded in the "
+                       "audit log (op share, old and new mode, who): 'worm-fs log show'. "
+                       "Files still being written are skipped (alone: refused, exit 3).")
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("--mode", required=True, metavar="MODE",
+                   help="octal read (and search) bits to add, e.g. 0444 or 0040")
+    p.add_argument("--recursive", action="store_true", help="everything below PATH too")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_share)
 
     replp = sub.add_parser("replication", help="the upload of a store to its bucket",
                            description="How far the bucket is behind the store.")

@@ -38,6 +38,12 @@ MOUNT_SETTINGS: tuple[Setting, ...] = (
             "per read call", choices=("handle", "each")),
     Setting("admin_group", str, None, "members of GROUP (name or gid) may approve "
             "deletions, set holds and extend retention; root always may", "GROUP"),
+    Setting("seal_read_mode", str, None, "read bits (octal, e.g. 0444 or 0440) added to "
+            "every file at its seal, and with the matching search bits to every directory "
+            "at its mkdir; never write bits (default: none, the writer's mode stands)",
+            "MODE"),
+    Setting("seal_group", str, None, "sealed files and new directories belong to GROUP "
+            "(name or gid; default: the creator's group)", "GROUP"),
     Setting("retention", float, 0.0, "keep every sealed file at least DAYS after its seal "
             "(default 0)", "DAYS"),
     Setting("max_retention", float, 36_525.0, "no retention may end more than DAYS from "

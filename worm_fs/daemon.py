@@ -69,6 +69,8 @@ class MountOptions:
     checkpoint_records: int = 10_000
     checkpoint_seconds: float = 300.0
     admin_group: str | None = None
+    seal_read_mode: int = 0  # read bits added at seal (and mkdir); 0: none
+    seal_group: str | None = None
     retention_days: float = 0.0
     max_retention_days: float = 36_525.0
     request_ttl_days: float = 7.0
@@ -190,6 +192,8 @@ class Daemon:
             audit_reads_each=options.audit_reads == "each",
             retention_days=options.retention_days,
             open_rate_limit=options.open_rate_limit,
+            seal_read_mode=options.seal_read_mode,
+            seal_gid=resolve_group(options.seal_group),
         )
         self.core.initialize()
         self.store_id = self.core.store_id()
@@ -208,6 +212,7 @@ class Daemon:
             max_retention_days=options.max_retention_days,
         )
         self.control = ControlServer(self.deletions, on_removed=self._forget_removed,
+                                     on_changed=fuse_ops.notify_changed,
                                      admin_gid=admin_gid)
         self.key = ensure_key(state_dir, self.store_id)
         self.origin = origin_for(self.store_id)
@@ -247,7 +252,10 @@ class Daemon:
             self._record("mount", mountpoint=str(self.mountpoint),
                          settle=self.options.settle, settle_limit=self.options.settle_limit,
                          audit_reads=self.options.audit_reads,
-                         open_rate_limit=self.options.open_rate_limit or None)
+                         open_rate_limit=self.options.open_rate_limit or None,
+                         seal_read_mode=f"{self.options.seal_read_mode:04o}"
+                         if self.options.seal_read_mode else None,
+                         seal_gid=self.core.seal_gid)
             fuse_ops.mount(ops, str(self.mountpoint), allow_other=self.options.allow_other,
                            debug=self.options.debug_fuse)
         except BaseException:

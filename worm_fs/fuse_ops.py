@@ -357,3 +357,13 @@ def unmount(*, clean: bool = True) -> None:
 def notify_deleted(parent: int, name: bytes, ino: int) -> None:
     """Drop a removed name from the kernel's caches (safe from inside a handler)."""
     pyfuse3.invalidate_entry_async(parent, name, deleted=ino, ignore_enoent=True)
+
+
+def notify_changed(inos: list[int]) -> None:
+    """Drop the cached attributes of ``inos`` (their mode changed: ``worm-fs share``).
+    Called from the control server, never from inside a FUSE handler."""
+    for ino in inos:
+        try:
+            pyfuse3.invalidate_inode(ino, attr_only=True)
+        except OSError:  # not in the kernel's cache: nothing to drop
+            pass

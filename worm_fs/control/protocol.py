@@ -53,6 +53,8 @@ class Arg:
         return self.kind()
 
     def describe(self) -> str:
+        if self.kind is bool:
+            return "true or false"
         if self.kind is int:
             return f"an integer from {self.low} to {self.high}"
         return f"a string of at most {self.max_len} characters"
@@ -70,6 +72,9 @@ REQUEST_ID = Arg(str, max_len=64)
 TIME_NS = Arg(int, high=253_402_300_799 * 10**9)
 #: A quota limit: 0 or more, or -1 (none) or -2 (keep).
 LIMIT = Arg(int, low=-2)
+#: Permission bits (which of them may be added is the desk's decision, and audited).
+MODE = Arg(int, high=0o7777)
+OPTIONAL_FLAG = Arg(bool, optional=True)
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,9 @@ OPS: dict[str, Op] = {
     # -2 keeps it as it is
     "quota_set": Op(admin=True, args={"target": PATH, "bytes": LIMIT, "files": LIMIT}),
     "quota_show": Op(admin=True, args={}),
+    # add read (directories: search) bits; never removes one, never adds a write bit
+    "share": Op(admin=True, args={"path": PATH, "mode": MODE,
+                                  "recursive": OPTIONAL_FLAG}),
 }
 
 

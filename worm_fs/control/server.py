@@ -4,8 +4,8 @@ Two sockets in the runtime directory (checked and bound by :mod:`.runtime`):
 
 * ``request.sock`` (mode 0666): anyone may ask for a deletion or list their requests;
 * ``admin.sock`` (mode 0660, group = the admin group; 0600 without one): decisions,
-  holds, retention, and the admins' ``delete_list``. Admin ops sent to the request
-  socket are refused.
+  holds, retention, shares (read access), quotas, and the admins' ``delete_list``.
+  Admin ops sent to the request socket are refused.
 
 Identity is the peer's ``SO_PEERCRED`` (uid, gid, pid) plus its supplementary groups
 read from ``/proc/PID/status``. Handler failures close only their own connection; core
@@ -160,12 +160,15 @@ def _maybe_view(req: Any) -> dict[str, Any] | None:
 class ControlServer:
     def __init__(
         self, deletions: Deletions, *, on_removed: Callable[[Removed], None],
+        on_changed: Callable[[list[int]], None] = lambda inos: None,
         admin_gid: int | None = None, max_connections: int = MAX_CONNECTIONS,
         max_per_uid: int = MAX_PER_UID, message_timeout: float = MESSAGE_TIMEOUT,
         reply_timeout: float = REPLY_TIMEOUT, report_interval: float = REPORT_INTERVAL,
     ) -> None:
         self.deletions = deletions
         self.on_removed = on_removed
+        #: Told the inodes whose attributes changed (the kernel caches them).
+        self.on_changed = on_changed
         self.admin_gid = admin_gid
         self.max_connections = max_connections
         self.max_per_uid = max_per_uid
@@ -194,6 +197,8 @@ class ControlServer:
                 self.deletions.retain(a["path"], w, a["until_ns"], a["reason"]))},
             "quota_set": self._quota_set,
             "quota_show": lambda a, w: self.deletions.quotas.show(w),
+            "share": lambda a, w: self.deletions.share(a["path"], w, a["mode"],
+                                                       recursive=a["recursive"]),
         }
         assert self._handlers.keys() == protocol.OPS.keys()
 
@@ -341,6 +346,8 @@ class ControlServer:
             result = await self.run_handler(handler, message.args, who)
             if isinstance(result, dict) and "_removed" in result:
                 self.on_removed(result.pop("_removed"))
+            if isinstance(result, dict) and "_changed" in result:
+                self.on_changed(result.pop("_changed"))
             return protocol.ok(result)
         except WormError as exc:
             return protocol.error(exc)

@@ -89,6 +89,8 @@ class CoreState:
         settle_limit_s: float = 86_400.0,
         audit_reads_each: bool = False,
         retention_days: float = 0.0,
+        seal_read_mode: int = 0,
+        seal_gid: int | None = None,
         clock: Any = time.time_ns,
     ) -> None:
         self.store = store
@@ -98,6 +100,11 @@ class CoreState:
         self.audit_reads_each = audit_reads_each
         self.clock = clock
         self.retention_ns = int(retention_days * 86_400 * 1e9)
+        #: The store's read policy (``--seal-read-mode``, ``--seal-group``): read bits
+        #: every sealed file (and, with search bits, every new directory) gets, and the
+        #: group they then belong to.
+        self.seal_read_mode = seal_read_mode
+        self.seal_gid = seal_gid
         self._lock = threading.Lock()
         self.quotas = Quotas()
         self.committer = Committer(store, log, self, on_failure=self._storage_failed)

@@ -31,6 +31,7 @@ from worm_fs.core.fs import WormCore
 from worm_fs.core.layout import chunk_length
 from worm_fs.core.model import Caller, Inode, Kind, State
 from worm_fs.core.paths import ROOT_INO, iso_time, path_of
+from worm_fs.core.policy import SHAREABLE_BITS, read_bits_for
 from worm_fs.core.quota import (
     LIMIT_PREFIX,
     USED_PREFIX,
@@ -637,6 +638,77 @@ class Deletions:
             "hold_set", path=path_of(tx, ino), ino=ino, reason=reason, **fields,
             uid=who.uid, gid=who.gid, pid=who.pid, comm=who.comm,
         ))
+
+    # ------------------------------------------------------------------ read access
+    def share(self, path: str, who: Caller, mode: int, *,
+              recursive: bool = False) -> dict[str, Any]:
+        """Add read access to ``path`` (with ``recursive``, to everything below it too):
+        files get the read bits of ``mode``, directories those with the matching search
+        bits (:func:`~worm_fs.core.policy.read_bits_for`). One admin, one committer job,
+        one ``share`` record per entry whose mode changes (the named entry always gets
+        one). Never removes a bit; a mode with any bit but read and search is refused.
+        Files still being written are skipped below a directory and refused alone:
+        share them once sealed. Returns what changed; ``_changed`` lists the inodes
+        whose cached attributes the kernel must drop."""
+        fields: dict[str, Any] = {"path": path, "requested_mode": f"{mode:04o}",
+                                  "recursive": recursive}
+        self._require_admin("share", who, **fields)
+        if mode & ~SHAREABLE_BITS or not mode:
+            raise self._refuse("share", errno.EINVAL, who,
+                               f"mode {mode:04o} is not read access: share adds only read "
+                               f"and search bits (a subset of {SHAREABLE_BITS:04o}), never "
+                               "write bits", **fields)
+        self.core.require_writable("share", who, **fields)
+
+        def job(tx: WriteTxn, batch: Any) -> dict[str, Any]:
+            try:
+                top = self.resolve(tx, path)
+            except NotFound:
+                raise self._refuse("share", errno.ENOENT, who, "no such entry",
+                                   **fields) from None
+            entries: list[tuple[int, Inode]] = []
+            todo = [top]
+            while todo:
+                n = todo.pop()
+                inode = self.core.inode_in(tx, n)
+                entries.append((n, inode))
+                if len(entries) > MAX_REQUEST_ENTRIES:
+                    raise self._refuse("share", errno.E2BIG, who, f"it covers more than "
+                                       f"{MAX_REQUEST_ENTRIES} entries: share its parts one "
+                                       "by one", **fields)
+                if recursive and inode.kind is Kind.DIR:
+                    todo.extend(child for _, child in tx.iter_dirents(n))
+            writing = [n for n, i in entries if i.kind is Kind.FILE
+                       and i.state is State.WRITING]
+            if top in writing:
+                raise self._refuse("share", errno.EBUSY, who, "it is still being written; "
+                                   "share it once it is sealed", **fields)
+            now = advance_clock(tx, self.core.clock())
+            changed: list[int] = []
+            for n, inode in entries:
+                if n in writing or inode.kind is Kind.SYMLINK or tx.get_inode(n) is None:
+                    continue
+                stored = Inode.from_bytes(tx.get_inode(n) or b"")
+                old = stored.mode
+                stored.mode |= read_bits_for(stored.kind, mode)
+                if stored.mode == old and n != top:
+                    continue
+                # kept, so that a chmod in the settle window cannot take it back
+                stored.extra["shared"] = int(stored.extra.get("shared", 0)) | mode  # type: ignore[call-overload]
+                if stored.mode != old:
+                    stored.ctime_ns = now
+                    changed.append(n)
+                tx.put_inode(n, stored.to_bytes())
+                batch.add(self.core.log.stamp(
+                    "share", path=path_of(tx, n), ino=n, old_mode=f"{old:04o}",
+                    new_mode=f"{stored.mode:04o}", requested_mode=f"{mode:04o}",
+                    recursive=recursive, uid=who.uid, gid=who.gid, pid=who.pid,
+                    comm=who.comm))
+            return {"path": path_of(tx, top), "entries": len(entries),
+                    "changed": len(changed), "skipped_writing": len(writing),
+                    "mode": f"{self.core.inode_in(tx, top).mode:04o}", "_changed": changed}
+
+        return self.core.commit(job)
 
     def _apply(self, tx: WriteTxn, batch: Any, req: DeletionRequest, who: Caller, now: int,
                reason: str) -> None:

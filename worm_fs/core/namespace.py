@@ -29,7 +29,7 @@ from worm_fs.core.committer import JobFn
 from worm_fs.core.handles import WriteHandle
 from worm_fs.core.model import AttrChange, Caller, Inode, Kind, State
 from worm_fs.core.paths import MAX_DEPTH, NAME_MAX, ROOT_INO, iso_time
-from worm_fs.core.policy import Facts, Op, decide, rename_flags_errno
+from worm_fs.core.policy import Facts, Op, decide, read_bits_for, rename_flags_errno
 from worm_fs.core.quota import QuotaExceeded
 from worm_fs.core.settle import Survey
 from worm_fs.errors import NotFound, WormError
@@ -181,9 +181,13 @@ class NamespaceOps(CoreState):
         **fields: Any,
     ) -> Inode:
         now = self.clock()
+        gid = caller.gid
+        if kind is Kind.DIR:  # a directory is sealed from birth: the read policy now
+            mode |= read_bits_for(kind, self.seal_read_mode)
+            gid = caller.gid if self.seal_gid is None else self.seal_gid
         inode = Inode(
             ino=self._new_ino(tx), kind=kind, mode=mode & 0o7777, uid=caller.uid,
-            gid=caller.gid, parent=parent, name=name, atime_ns=now, mtime_ns=now,
+            gid=gid, parent=parent, name=name, atime_ns=now, mtime_ns=now,
             ctime_ns=now, changed_ns=now, born_ns=now, **fields,
         )
         tx.put_inode(inode.ino, inode.to_bytes())
@@ -488,6 +492,10 @@ class NamespaceOps(CoreState):
                 mode = change.mode & 0o7777
                 if stored.kind is Kind.FILE and stored.state is not State.WRITING:
                     mode &= ~0o222  # write bits never come back once sealed
+                if stored.kind is Kind.DIR or stored.state is State.SEALED:
+                    # nor does read access granted by the policy or a share go away
+                    mode |= read_bits_for(stored.kind, self.seal_read_mode | int(
+                        stored.extra.get("shared", 0)))  # type: ignore[arg-type]
                 stored.mode = mode
             if change.atime_ns is not None:
                 stored.atime_ns = change.atime_ns

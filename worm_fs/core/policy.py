@@ -198,3 +198,38 @@ RENAME_FLAGS = RENAME_NOREPLACE | RENAME_EXCHANGE
 def rename_flags_errno(flags: int) -> int | None:
     """``None`` if a rename with ``flags`` can be decided by the table, else ``EINVAL``."""
     return errno.EINVAL if flags & ~RENAME_FLAGS else None
+
+
+# -- read access: the only mode bits added after creation ----------------------------
+#: What ``--seal-read-mode`` and ``worm-fs share`` may add: read bits, and for
+#: directories search bits. Never a write bit, never setuid/setgid/sticky.
+READ_BITS = 0o444
+SEARCH_BITS = 0o111
+SHAREABLE_BITS = READ_BITS | SEARCH_BITS
+
+
+def read_bits_for(kind: Kind, mode: int) -> int:
+    """The bits ``mode`` (a subset of :data:`SHAREABLE_BITS`) adds to an entry of
+    ``kind``: a file gets its read bits; a directory gets them with the matching search
+    bits (reading names without entering would be of no use), plus any search bit
+    given; a symlink's mode means nothing, so nothing."""
+    if kind is Kind.FILE:
+        return mode & READ_BITS
+    if kind is Kind.DIR:
+        read = mode & READ_BITS
+        return read | (read >> 2) | (mode & SEARCH_BITS)
+    return 0
+
+
+def parse_read_mode(text: str, what: str, allowed: int = READ_BITS) -> int:
+    """An octal mode of ``allowed`` bits only (read bits unless told); ValueError saying
+    what is wrong."""
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        raise ValueError(f"{what} must be an octal mode such as 0444, not {text!r}") \
+            from None
+    if mode < 0 or mode & ~allowed:
+        raise ValueError(f"{what} {text} has bits other than {allowed:04o} (read access "
+                         "only; never write bits)")
+    return mode

@@ -21,6 +21,7 @@ from worm_fs.core.handles import WriteHandle
 from worm_fs.core.layout import SealPlan, check_layout, chunk_count, chunk_length, layout_digest
 from worm_fs.core.model import Caller, Inode, Kind, State
 from worm_fs.core.paths import iso_time
+from worm_fs.core.policy import read_bits_for
 from worm_fs.core.quota import COUNTED_META, Usage, add_durable, counted_usage
 from worm_fs.core.storer import ChunkStorer
 from worm_fs.errors import WormError
@@ -136,12 +137,17 @@ class SealOps(CoreState):
         inode = Inode.from_bytes(tx.get_inode(ino) or b"")
         inode.layout = self._canonical_layout(tx, inode, plan)
         path = self._path(tx, ino)
+        # Never a write bit; the store's read policy and any share made while it was
+        # being written are added (policy.read_bits_for).
+        inode.mode = (inode.mode & ~0o222) | read_bits_for(
+            Kind.FILE, self.seal_read_mode | int(inode.extra.get("shared", 0)))  # type: ignore[arg-type]
+        if self.seal_gid is not None:
+            inode.gid = self.seal_gid
         seq = batch.add(self.log.stamp(
             op, path=path, ino=ino, size=inode.size, sha256=digest, layout=inode.layout,
-            **self._who(caller),
+            mode=inode.mode, group=inode.gid, **self._who(caller),
         ))
         inode.state = State.SEALED
-        inode.mode &= ~0o222
         inode.sha256 = digest
         inode.sealed_ns = now
         if self.retention_ns:  # stamped, so a later, shorter mount option cannot shorten it
