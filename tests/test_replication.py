@@ -38,7 +38,7 @@ def replicated(tmp_path: Path, rgw: Rgw, bucket: str, *extra: str,
                endpoint: str | None = None, name: str = "p") -> Mount:
     return Mount(tmp_path / f"{name}-state", tmp_path / f"{name}-mnt", [
         "--settle", "0", "--bucket", f"s3://{bucket}/store", "--s3-endpoint",
-        endpoint or rgw.endpoint_url, "--object-retention", "1", *extra]).start()
+        endpoint or rgw.endpoint_url, "--object-retention", "0.01", *extra]).start()
 
 
 def status(m: Mount) -> dict:
@@ -158,7 +158,7 @@ def test_an_unreachable_bucket_neither_blocks_writers_nor_loses_the_queue(
     m.stop()
     m = Mount(m.state, m.path, ["--settle", "0", "--bucket", f"s3://{bucket}/store",
                                 "--s3-endpoint", rgw.endpoint_url,
-                                "--object-retention", "1"]).start()
+                                "--object-retention", "0.01"]).start()
     try:
         for name, data in payload.items():
             assert (m.path / name).read_bytes() == data
