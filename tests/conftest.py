@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,6 +205,32 @@ def as_user(who: tuple[int, int, tuple[int, ...]], *argv: str) -> tuple[int, str
     _, status = os.waitpid(pid, 0)
     out, err = json.loads(data or b'["", ""]')
     return os.waitstatus_to_exitcode(status), out, err
+
+
+def as_ids(who: tuple[int, int, tuple[int, ...]], fn: Callable[[], object]) -> int:
+    """Run ``fn`` (filesystem calls) in a forked child with ``who``'s uid, gid and
+    groups; returns 0, or the errno of the OSError it failed with (98: another error)."""
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            uid, gid, groups = who
+            os.setgroups(list(groups))
+            os.setgid(gid)
+            os.setuid(uid)
+            fn()
+        except OSError as exc:
+            code = exc.errno or 99
+        except BaseException:  # noqa: BLE001 - any other failure is a test failure
+            code = 98
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def as_uid(uid: int, fn: Callable[[], object]) -> int:
+    """:func:`as_ids` with gid = uid and no other groups."""
+    return as_ids((uid, uid, ()), fn)
 
 
 @pytest.fixture

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Mount, as_user, run_cli, wait_sealed
+from tests.conftest import Mount, as_uid, as_user, run_cli, wait_sealed
 from tests.test_core import ALICE, BOB, FakeClock, open_core
-from tests.test_settle_rules import as_uid
 from worm_fs.core.deletion import Deletions
 from worm_fs.core.fs import ROOT_INO, WormCore
 from worm_fs.core.model import AttrChange, Caller

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Mount, wait_sealed
+from tests.conftest import Mount, as_uid, wait_sealed
 from tests.test_core import ALICE, BOB, FakeClock
 from worm_fs.audit.log import AuditLog
 from worm_fs.core.deletion import Deletions
@@ -153,25 +153,6 @@ def test_a_file_of_another_user_being_created_in_the_tree_makes_the_survey_stale
 
 
 # ---------------------------------------------------------------------- a real mount
-def as_uid(uid: int, fn: Callable[[], None]) -> int:
-    """Run ``fn`` in a child with ``uid``; returns 0 or the errno it failed with."""
-    pid = os.fork()
-    if pid == 0:
-        code = 0
-        try:
-            os.setgroups([])
-            os.setgid(uid)
-            os.setuid(uid)
-            fn()
-        except OSError as exc:
-            code = exc.errno or 99
-        except BaseException:  # noqa: BLE001 - any other failure is a test failure
-            code = 98
-        os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
-
-
 def test_a_directory_creator_cannot_move_another_users_model(public_base: Path) -> None:
     alice, bob = 1001, 1002
     m = Mount(public_base / "state", public_base / "mnt", ["--allow-other"]).start()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Mount, as_user, run_cli, wait_sealed
+from tests.conftest import Mount, as_ids, as_user, run_cli, wait_sealed
 from tests.test_core import records as core_records
 from worm_fs.audit.log import AuditLog
 from worm_fs.core.deletion import Deletions
@@ -32,26 +32,6 @@ ALICE = (1001, 1001, ())  # the writer
 BOB = (1002, 1002, ())  # another user
 ERIN = (1005, 1005, (READERS_GID,))  # another user, in the readers' group
 CAROL = (1003, 1003, (ADMIN_GID,))  # an admin
-
-
-def as_ids(who: tuple[int, int, tuple[int, ...]], fn: Callable[[], object]) -> int:
-    """Run ``fn`` in a child as ``who``; 0, or the errno it failed with."""
-    pid = os.fork()
-    if pid == 0:
-        code = 0
-        try:
-            uid, gid, groups = who
-            os.setgroups(list(groups))
-            os.setgid(gid)
-            os.setuid(uid)
-            fn()
-        except OSError as exc:
-            code = exc.errno or 99
-        except BaseException:  # noqa: BLE001 - any other failure is a test failure
-            code = 98
-        os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
 
 
 @pytest.fixture

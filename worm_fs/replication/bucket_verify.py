@@ -55,7 +55,9 @@ class BucketReport:
     #: Objects whose retention ran out (written locked, no longer protected).
     expired: int = 0
     findings: list[BucketFinding] = field(default_factory=list)
-
+    #: The checkpoint's note and the records it covers, once checked (for restore).
+    note: bytes = b""
+    records: list[bytes] = field(default_factory=list, repr=False)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -93,6 +95,7 @@ def verify_bucket(bucket: Bucket, verifier: VerifierKey,
                    f"(tree size {cp.size})")
         return report
     _check_tiles(bucket, leaves, cp.size, report)
+    report.note, report.records = note, records
     sealed: dict[int, dict] = {}
     for raw in records:
         rec = json.loads(raw)

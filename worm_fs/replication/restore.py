@@ -40,7 +40,6 @@ from worm_fs.core.sealing import LAYOUTS_META
 from worm_fs.errors import UsageError, WormError
 from worm_fs.replication.bucket_verify import verify_bucket
 from worm_fs.replication.s3 import Bucket
-from worm_fs.replication.tiles import WIDTH, parse_bundle, tile_path
 from worm_fs.replication.uploader import file_object
 from worm_fs.store import Store, put_chunk, u64
 
@@ -75,12 +74,8 @@ def restore(bucket: Bucket, verifier: VerifierKey, state_dir: Path, *,
     if not checked.ok:
         raise RestoreRefused("the bucket failed its checks; nothing was restored:\n" + "\n".join(
             f"  {f.object}: {f.detail}" for f in checked.findings))
-    note = bucket.get("checkpoint") or b""
+    note, records = checked.note, checked.records  # what the checks just read
     cp = open_checkpoint(note, verifier)
-    records = []
-    for index in range(-(-cp.size // WIDTH)):
-        body = bucket.get(tile_path("entries", index, min(WIDTH, cp.size - index * WIDTH)))
-        records += parse_bundle(body or b"")
     namespace = _replay([json.loads(r) for r in records])
     report = RestoreReport(size=cp.size)
     tmp = state_dir.with_name(state_dir.name + ".restoring")
