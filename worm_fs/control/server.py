@@ -60,6 +60,8 @@ PARTING_TIMEOUT = 1.0
 REPORT_INTERVAL = 60.0
 REQUEST_SOCKET = "request.sock"
 ADMIN_SOCKET = "admin.sock"
+#: Seconds before answering a request refused for its uid's rate (EAGAIN).
+FLOOD_REPLY_DELAY = 1.0
 
 Removed = list[tuple[int, bytes, int]]
 
@@ -350,6 +352,10 @@ class ControlServer:
                 self.on_changed(result.pop("_changed"))
             return protocol.ok(result)
         except WormError as exc:
+            if exc.errno == errno.EAGAIN:
+                # Over its rate: answer late, so a client retrying in a loop costs the
+                # daemon (whose event loop also serves FUSE) a few requests a second.
+                await trio.sleep(FLOOD_REPLY_DELAY)
             return protocol.error(exc)
         except Exception:
             log.exception("control request failed")
