@@ -200,15 +200,15 @@ def stored_quotas(txn: ReadTxn) -> list[dict[str, object]]:
               for n, v in txn.iter_meta(LIMIT_PREFIX)}
     used = {parse_name(USED_PREFIX, n): Usage(**json.loads(v))
             for n, v in txn.iter_meta(USED_PREFIX)}
-    out: list[dict[str, object]] = []
-    for key in sorted(set(limits) | set(used)):
-        lim, use = limits.get(key, Limits()), used.get(key, Usage())
-        view: dict[str, object] = {"kind": key[0], "bytes_used": use.bytes,
-                                   "files_used": use.files, "bytes_limit": lim.bytes,
-                                   "files_limit": lim.files}
-        if key[0] == "uid":
-            view["uid"] = key[1]
-        else:
-            view["path"] = path_of(txn, key[1])
-        out.append(view)
-    return out
+    return [quota_view(key, limits.get(key, Limits()), used.get(key, Usage()),
+                       path_of(txn, key[1]) if key[0] == "tree" else None)
+            for key in sorted(set(limits) | set(used))]
+
+
+def quota_view(key: Key, limits: Limits, used: Usage, path: str | None) -> dict[str, object]:
+    """One quota as ``quota show``, ``stats`` and ``--prometheus`` show it."""
+    view: dict[str, object] = {"kind": key[0], "bytes_used": used.bytes,
+                               "files_used": used.files, "bytes_limit": limits.bytes,
+                               "files_limit": limits.files}
+    view.update({"uid": key[1]} if key[0] == "uid" else {"path": path})
+    return view

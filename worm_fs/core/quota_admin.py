@@ -25,6 +25,7 @@ from worm_fs.core.quota import (
     counted_usage,
     meta_name,
     parse_name,
+    quota_view,
 )
 from worm_fs.errors import NotFound
 from worm_fs.store import WriteTxn
@@ -138,13 +139,5 @@ class QuotaAdmin:
         return [self._view(k, paths.get(k)) for k in keys]
 
     def _view(self, key: Key, path: str | None) -> dict[str, Any]:
-        limits = self.core.quotas.limits.get(key, Limits())
-        used = self.core.quotas.usage(key)
-        view: dict[str, Any] = {"kind": key[0], "bytes_used": used.bytes,
-                                "files_used": used.files, "bytes_limit": limits.bytes,
-                                "files_limit": limits.files}
-        if key[0] == "uid":
-            view["uid"] = key[1]
-        else:
-            view["path"] = path
-        return view
+        return quota_view(key, self.core.quotas.limits.get(key, Limits()),
+                          self.core.quotas.usage(key), path)
