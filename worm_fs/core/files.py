@@ -208,14 +208,16 @@ class FileOps(CoreState):
         """Before the first read of a sealed file through ``handle``: its layout must be
         canonical and match its digest (raises Corruption). A file not sealed yet
         (quarantined, or its seal not committed) is read as stored, holes as zeros."""
-        raw = rt.get_inode(handle.ino)
-        inode = self.inode_in(rt, handle.ino) if raw is None else Inode.from_bytes(raw)
+        inode = self.inode_in(rt, handle.ino)
         if inode.kind is Kind.FILE and inode.state is State.SEALED:
             keys = check_layout(inode.size, rt.iter_manifest(handle.ino), inode.layout)
             handle.size = inode.size
             handle.keys = keys
-        elif handle.size is None:
+            return
+        if handle.size is None:
             handle.size = inode.size
+        if inode.state is State.QUARANTINED:
+            handle.keys = []  # final, with no layout: not looked up again on each read
 
     def _report_corruption(self, handle: Handle, what: str) -> None:
         with self.store.read() as rt:
