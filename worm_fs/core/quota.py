@@ -95,10 +95,7 @@ class Quotas:
     # ------------------------------------------------------------------ loading
     def load(self, txn: ReadTxn) -> None:
         """Read limits and durable usage (before serving)."""
-        limits = {parse_name(LIMIT_PREFIX, n): Limits(**json.loads(v))
-                  for n, v in txn.iter_meta(LIMIT_PREFIX)}
-        used = {parse_name(USED_PREFIX, n): Usage(**json.loads(v))
-                for n, v in txn.iter_meta(USED_PREFIX)}
+        limits, used = read_quota_meta(txn)
         with self._lock:
             self.limits, self.used = limits, used
             self.trees = frozenset(k[1] for k in limits if k[0] == "tree")
@@ -196,10 +193,7 @@ def stored_quotas(txn: ReadTxn) -> list[dict[str, object]]:
     written when it enforces)."""
     from worm_fs.core.paths import path_of
 
-    limits = {parse_name(LIMIT_PREFIX, n): Limits(**json.loads(v))
-              for n, v in txn.iter_meta(LIMIT_PREFIX)}
-    used = {parse_name(USED_PREFIX, n): Usage(**json.loads(v))
-            for n, v in txn.iter_meta(USED_PREFIX)}
+    limits, used = read_quota_meta(txn)
     return [quota_view(key, limits.get(key, Limits()), used.get(key, Usage()),
                        path_of(txn, key[1]) if key[0] == "tree" else None)
             for key in sorted(set(limits) | set(used))]
@@ -212,3 +206,12 @@ def quota_view(key: Key, limits: Limits, used: Usage, path: str | None) -> dict[
                                "files_limit": limits.files}
     view.update({"uid": key[1]} if key[0] == "uid" else {"path": path})
     return view
+
+
+def read_quota_meta(txn: ReadTxn) -> tuple[dict[Key, Limits], dict[Key, Usage]]:
+    """The stored limits and durable usage of every uid and tree."""
+    limits = {parse_name(LIMIT_PREFIX, n): Limits(**json.loads(v))
+              for n, v in txn.iter_meta(LIMIT_PREFIX)}
+    used = {parse_name(USED_PREFIX, n): Usage(**json.loads(v))
+            for n, v in txn.iter_meta(USED_PREFIX)}
+    return limits, used
