@@ -20,7 +20,6 @@ import hashlib
 import json
 import secrets
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -40,6 +39,7 @@ from worm_fs.core.quota import (
     meta_name,
 )
 from worm_fs.core.quota_admin import QuotaAdmin
+from worm_fs.core.throttle import RequestLimiter
 from worm_fs.errors import NoSpace, NotFound, Refused, UsageError
 from worm_fs.store import ReadTxn, WriteTxn, release_chunk
 
@@ -101,47 +101,6 @@ class TooLarge(Exception):
     """A walk passed :data:`MAX_REQUEST_ENTRIES`."""
 
 
-class RequestLimiter:
-    """Per-uid token buckets for new requests, and one refusal record per uid and second.
-
-    In memory, under its own lock: a flood of requests is turned away before anything
-    is walked, read or written, and the refusals it causes are recorded aggregated
-    (``suppressed`` counts those since the last record), so the flood cannot grow the
-    audit log either.
-    """
-
-    def __init__(self, burst: int = REQUEST_BURST, interval_s: float = REQUEST_INTERVAL_S,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.burst, self.interval_s, self.clock = burst, interval_s, clock
-        self._lock = threading.Lock()
-        self._tokens: dict[int, tuple[float, float]] = {}  # uid -> (tokens, at)
-        self._refused: dict[int, tuple[float, int]] = {}  # uid -> (last record, suppressed)
-
-    def take(self, uid: int) -> bool:
-        now = self.clock()
-        with self._lock:
-            tokens, at = self._tokens.get(uid, (float(self.burst), now))
-            tokens = min(float(self.burst), tokens + (now - at) / self.interval_s)
-            if len(self._tokens) > 65_536:  # forget idle uids rather than grow
-                self._tokens.clear()
-            if tokens < 1:
-                self._tokens[uid] = (tokens, now)
-                return False
-            self._tokens[uid] = (tokens - 1, now)
-            return True
-
-    def should_record(self, uid: int) -> int | None:
-        """None: fold this refusal into the next record; else the refusals folded so far."""
-        now = self.clock()
-        with self._lock:
-            last, suppressed = self._refused.get(uid, (-1e18, 0))
-            if now - last < 1.0:
-                self._refused[uid] = (last, suppressed + 1)
-                return None
-            self._refused[uid] = (now, 0)
-            return suppressed
-
-
 @dataclass(frozen=True)
 class Coverage:
     """What a request covers, as of one transaction."""
@@ -166,7 +125,7 @@ class Deletions:
         self.request_ttl_ns = int(request_ttl_s * 1e9)
         self.max_retention_days = max_retention_days
         self.max_retention_ns = int(max_retention_days * 86_400 * 1e9)
-        self.limiter = RequestLimiter()
+        self.limiter = RequestLimiter(REQUEST_BURST, REQUEST_INTERVAL_S)
         self.quotas = QuotaAdmin(self)
         self._walking = threading.Lock()
         self.max_pending = MAX_PENDING_PER_UID

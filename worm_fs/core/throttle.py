@@ -1,4 +1,9 @@
-"""The open rate limit: a token bucket per uid, checked before an open is granted.
+"""Per-uid rate limits: token buckets for opens and for deletion requests.
+
+:class:`TokenBuckets` is the one token bucket; :class:`OpenThrottle` (opens) and
+:class:`RequestLimiter` (deletion, retention and hold requests) each use it.
+
+**Opens.** A token bucket per uid is checked before an open is granted.
 
 Every open is recorded, so a reader opening one file in a loop grows the log (which is
 never deleted) as fast as the daemon answers. With ``--open-rate-limit R`` each uid
@@ -23,7 +28,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +40,46 @@ WINDOW_S = 1.0
 MAX_BUCKETS = 4096
 #: Uids the limit never applies to.
 EXEMPT_UIDS = frozenset({0})
+
+
+class TokenBuckets:
+    """A token bucket per uid: ``rate`` tokens a second, at most ``burst``; a uid seen
+    for the first time starts full.
+
+    Not locked: the owner calls it under its own lock. Idle buckets (full again, and
+    not in the owner's ``busy`` set) are dropped once more than ``max_buckets`` uids
+    have one, so memory follows the number of uids active at once.
+    """
+
+    def __init__(self, rate: float, burst: float, *, max_buckets: int = 4096) -> None:
+        self.rate, self.burst, self.max_buckets = float(rate), float(burst), max_buckets
+        #: uid -> [tokens, monotonic time of the last update].
+        self._buckets: dict[int, list[float]] = {}
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def take(self, uid: int, now: float, busy: Container[int] = ()) -> bool:
+        """Take one token of ``uid``'s bucket at monotonic time ``now``: False if empty."""
+        bucket = self._buckets.get(uid)
+        if bucket is None:
+            if len(self._buckets) >= self.max_buckets:
+                self._prune(now, busy)
+            self._buckets[uid] = [self.burst - 1.0, now]
+            return True
+        tokens = min(self.burst, bucket[0] + (now - bucket[1]) * self.rate)
+        bucket[1] = now
+        if tokens >= 1.0:
+            bucket[0] = tokens - 1.0
+            return True
+        bucket[0] = tokens
+        return False
+
+    def _prune(self, now: float, busy: Container[int]) -> None:
+        full = [uid for uid, (tokens, last) in self._buckets.items()
+                if uid not in busy and tokens + (now - last) * self.rate >= self.burst]
+        for uid in full:
+            del self._buckets[uid]
 
 
 @dataclass
@@ -62,8 +107,8 @@ class OpenThrottle:
         self._clock = clock
         self._wall = wall
         self._lock = threading.Lock()
-        #: uid -> [tokens, monotonic time of the last update]. Guarded by ``_lock``.
-        self._buckets: dict[int, list[float]] = {}
+        #: Guarded by ``_lock``.
+        self._buckets = TokenBuckets(self.rate, self.burst, max_buckets=MAX_BUCKETS)
         #: uid -> its refusals not recorded yet. Guarded by ``_lock``.
         self._windows: dict[int, _Window] = {}
 
@@ -79,18 +124,8 @@ class OpenThrottle:
         now = self._clock()
         due: _Window | None = None
         with self._lock:
-            bucket = self._buckets.get(caller.uid)
-            if bucket is None:
-                if len(self._buckets) >= MAX_BUCKETS:
-                    self._prune(now)
-                self._buckets[caller.uid] = [self.burst - 1.0, now]
+            if self._buckets.take(caller.uid, now, busy=self._windows):
                 return True
-            tokens = min(self.burst, bucket[0] + (now - bucket[1]) * self.rate)
-            bucket[1] = now
-            if tokens >= 1.0:
-                bucket[0] = tokens - 1.0
-                return True
-            bucket[0] = tokens
             wall = self._wall()
             window = self._windows.get(caller.uid)
             if window is None:
@@ -126,12 +161,42 @@ class OpenThrottle:
                 "first_ns": window.first_ns, "last_ns": window.last_ns,
                 "rate_limit": self.rate}
 
-    def _prune(self, now: float) -> None:
-        """Drop buckets that are full again and have no refusals waiting (lock held)."""
-        full = [uid for uid, (tokens, last) in self._buckets.items()
-                if uid not in self._windows and tokens + (now - last) * self.rate >= self.burst]
-        for uid in full:
-            del self._buckets[uid]
 
 
-__all__ = ["EXEMPT_UIDS", "MAX_BUCKETS", "WINDOW_S", "OpenThrottle"]
+class RequestLimiter:
+    """Per-uid token buckets for new deletion/retention/hold requests, and one refusal
+    record per uid and second.
+
+    In memory, under its own lock: a flood of requests is turned away before anything
+    is walked, read or written, and the refusals it causes are recorded aggregated
+    (``suppressed`` counts those since the last record), so the flood cannot grow the
+    audit log either.
+    """
+
+    def __init__(self, burst: int, interval_s: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._lock = threading.Lock()
+        #: Guarded by ``_lock``.
+        self._buckets = TokenBuckets(1.0 / interval_s, burst, max_buckets=65_536)
+        self._refused: dict[int, tuple[float, int]] = {}  # uid -> (last record, suppressed)
+
+    def take(self, uid: int) -> bool:
+        now = self.clock()
+        with self._lock:
+            return self._buckets.take(uid, now)
+
+    def should_record(self, uid: int) -> int | None:
+        """None: fold this refusal into the next record; else the refusals folded so far."""
+        now = self.clock()
+        with self._lock:
+            last, suppressed = self._refused.get(uid, (-1e18, 0))
+            if now - last < 1.0:
+                self._refused[uid] = (last, suppressed + 1)
+                return None
+            self._refused[uid] = (now, 0)
+            return suppressed
+
+
+__all__ = ["EXEMPT_UIDS", "MAX_BUCKETS", "WINDOW_S", "OpenThrottle", "RequestLimiter",
+           "TokenBuckets"]
