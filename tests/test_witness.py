@@ -24,9 +24,6 @@ from worm_fs.audit.checkpoint import (
 from worm_fs.audit.witness import Witness, request_body
 from worm_fs.store import u64
 
-pytestmark = pytest.mark.mount
-
-
 def wait_for(what, timeout: float = 20.0, step: float = 0.1):
     deadline = time.monotonic() + timeout
     while True:
@@ -194,6 +191,15 @@ def test_a_witness_holding_a_size_beyond_our_log_is_reported_and_the_store_works
     assert "rewound or forked" in w["last_error"]
     (witnessed.path / "still-works").write_bytes(b"ok")
     assert (witnessed.path / "still-works").read_bytes() == b"ok"
+
+
+def test_a_witness_with_another_history_at_a_size_rejects_our_proof_and_it_is_counted(
+        witnessed, witness) -> None:
+    write_files(witnessed, 3)
+    witness.set_state(2, "A" * 43 + "=")  # size 2 with a root our log never had
+    w = wait_for(lambda: (s := witness_stats(witnessed))["errors"] > 0 and s)
+    assert "422" in w["last_error"] and "consistency proof" in w["last_error"]
+    assert w["cosigned_size"] < max(stored_notes(witnessed))
 
 
 def test_witness_specs_are_checked_before_mounting(tmp_path: Path) -> None:
