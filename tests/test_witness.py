@@ -24,6 +24,7 @@ from worm_fs.audit.checkpoint import (
 from worm_fs.audit.witness import Witness, request_body
 from worm_fs.store import u64
 
+
 def wait_for(what, timeout: float = 20.0, step: float = 0.1):
     deadline = time.monotonic() + timeout
     while True:
@@ -210,3 +211,29 @@ def test_witness_specs_are_checked_before_mounting(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
     good = WitnessServer(tmp_path / "w.json").vkey
     assert Witness.parse(f"http://127.0.0.1:1/w/={good}").url == "http://127.0.0.1:1/w"
+
+
+def test_witnesses_come_from_repeated_flags_or_a_config_list(tmp_path: Path) -> None:
+    import argparse
+
+    from worm_fs.config import add_mount_flags, as_flags, resolve
+    from worm_fs.errors import UsageError
+
+    good = WitnessServer(tmp_path / "w.json").vkey
+    parser = argparse.ArgumentParser()
+    parser.add_argument("state_dir", nargs="?")
+    parser.add_argument("mountpoint", nargs="?")
+    parser.add_argument("--config")
+    add_mount_flags(parser)
+    config = tmp_path / "c.toml"
+    config.write_text(f'state_dir = "/s"\nmountpoint = "/m"\n'
+                      f'witness = ["http://a={good}", "http://b={good}"]\n')
+    args = resolve(parser.parse_args(["--config", str(config)]))
+    assert args.witness == [f"http://a={good}", f"http://b={good}"]
+    flags = as_flags(args)
+    assert flags.count("--witness") == 2
+    again = resolve(parser.parse_args(["/s", "/m", *flags]))
+    assert again.witness == args.witness
+    config.write_text('state_dir = "/s"\nmountpoint = "/m"\nwitness = [1]\n')
+    with pytest.raises(UsageError, match="list of strings"):
+        resolve(parser.parse_args(["--config", str(config)]))
