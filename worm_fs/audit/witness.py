@@ -129,7 +129,7 @@ def witness_status(rt: ReadTxn, now_ns: int) -> list[dict[str, Any]]:
     """Per configured witness: its cosigned size, how far (records and seconds) it lags
     the newest checkpoint, its error count and last error."""
     configured = json.loads(rt.get_meta(CONFIGURED_META) or b"[]")
-    newest = max((size for size, _ in rt.iter_checkpoints()), default=0)
+    newest = (rt.newest_checkpoint() or (0, b""))[0]
     out = []
     for witness_id in configured:
         state = WitnessState.load(rt, witness_id)
@@ -267,10 +267,8 @@ class Witnesser:
 
     def _newest(self, witness_id: str) -> tuple[int, str, WitnessState]:
         with self.store.read() as rt:
-            newest = 0
-            for size, _ in rt.iter_checkpoints():
-                newest = size
-            note = (rt.get_checkpoint(newest) or b"").decode()
+            newest, note_bytes = rt.newest_checkpoint() or (0, b"")
+            note = note_bytes.decode()
             state = WitnessState.load(rt, witness_id) or WitnessState(url="")
             for _, raw in rt.iter_records(len(self._leaves)):
                 self._leaves.append(leaf_hash(raw))
