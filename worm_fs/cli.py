@@ -180,12 +180,26 @@ def _mount_options(args: argparse.Namespace) -> Any:
         runtime_dir=Path(args.runtime_dir) if args.runtime_dir else None,
         read_ahead_kib=args.read_ahead_kib,
         open_rate_limit=args.open_rate_limit,
+        witnesses=_witnesses(args.witness),
         debug_fuse=args.debug_fuse,
     )
 
 
+def _witnesses(specs: list[str] | None) -> tuple[str, ...]:
+    """The ``--witness URL=VKEY`` values, each checked (UsageError, exit 2, if bad)."""
+    from worm_fs.audit.witness import Witness
+
+    for spec in specs or ():
+        try:
+            Witness.parse(spec)
+        except ValueError as exc:
+            raise UsageError(f"bad --witness: {exc}") from None
+    return tuple(specs or ())
+
+
 def cmd_mount(args: argparse.Namespace) -> int:
     state_dir, mountpoint = _check_mount_args(args)
+    _witnesses(args.witness)
     if args.foreground:
         from worm_fs.daemon import Daemon
 
@@ -355,6 +369,7 @@ def cmd_replication_status(args: argparse.Namespace) -> int:
 
 def cmd_stats(args: argparse.Namespace) -> int:
     from worm_fs.audit.log import usage_stats
+    from worm_fs.audit.witness import witness_status
     from worm_fs.core.fs import store_stats
 
     store = open_store(locate(args.path))
@@ -367,6 +382,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
         data = store_stats(store)
         with store.read() as rt:
             data.update(usage_stats(rt))
+            data["witnesses"] = witness_status(rt, time.time_ns())
     finally:
         store.close()
 
@@ -397,6 +413,9 @@ def cmd_stats(args: argparse.Namespace) -> int:
             f"several files; {d['commit_records']} audit records)",
             *(f"usage:          {_quota_line(q)} (sealed and quarantined files)"
               for q in d["quotas"]),
+            *(f"witness:        {printable(w['url'])} cosigned {w['cosigned_size']}, "
+              f"{w['lag_records']} records / {w['lag_seconds']} s behind, {w['errors']} "
+              f"errors (last: {printable(w['last_error']) or '-'})" for w in d["witnesses"]),
         ])
 
     emit(args, data, human)
@@ -574,6 +593,7 @@ def cmd_log_verify(args: argparse.Namespace) -> int:
 
     loc = locate(args.path)
     verifier = _verifier(loc, args.pubkey)
+    witness_keys = _witness_keys(args.witness or [], args.quorum)
     external = []
     for name in args.checkpoint or []:
         try:
@@ -583,8 +603,24 @@ def cmd_log_verify(args: argparse.Namespace) -> int:
     store = open_store(loc)
     try:
         report = verify_log(store, verifier, external)
+        with store.read() as rt:
+            notes = [(size, note.decode()) for size, note in rt.iter_checkpoints()]
     finally:
         store.close()
+    data = report.as_dict()
+    ok = report.ok
+    if witness_keys:
+        from worm_fs.audit.witness import check_cosignatures
+
+        quorum = args.quorum if args.quorum is not None else len(witness_keys)
+        witnessed = check_cosignatures(notes, witness_keys, quorum, int(time.time()))
+        data["witnesses"] = {"quorum": quorum, "witnessed_size": witnessed.witnessed_size,
+                             "cosigners": witnessed.cosigners,
+                             "unwitnessed_records": max(
+                                 0, report.records - witnessed.witnessed_size),
+                             "problems": witnessed.problems}
+        ok = ok and witnessed.ok
+        data["ok"] = ok
 
     def human(d: dict[str, Any]) -> str:
         lines = [f"TAMPERED {printable(p)}" for p in d["problems"]]
@@ -592,12 +628,38 @@ def cmd_log_verify(args: argparse.Namespace) -> int:
             f"{d['records']} records, root {d['root']}, {d['checkpoints_checked']} stored "
             f"checkpoint(s), {d['unanchored_records']} record(s) after the newest checkpoint"
         )
+        w = d.get("witnesses")
+        if w:
+            lines += [f"WITNESS {printable(p)}" for p in w["problems"]]
+            if w["witnessed_size"]:
+                lines.append(f"witnessed up to {w['witnessed_size']} records by "
+                             f"{', '.join(w['cosigners'])} (quorum {w['quorum']}); "
+                             f"{w['unwitnessed_records']} record(s) after it")
+        problems = len(d["problems"]) + len(w["problems"] if w else [])
         lines.append("log intact" if d["ok"] else f"log FAILED verification "
-                     f"({len(d['problems'])} problem(s))")
+                     f"({problems} problem(s))")
         return "\n".join(lines)
 
-    emit(args, report.as_dict(), human)
-    return errors.EXIT_OK if report.ok else errors.EXIT_CHECK_FAILED
+    emit(args, data, human)
+    return errors.EXIT_OK if ok else errors.EXIT_CHECK_FAILED
+
+
+def _witness_keys(texts: list[str], quorum: int | None) -> list[Any]:
+    """The ``--witness`` verifier keys (UsageError, exit 2, if one is bad or the quorum
+    is not between 1 and their number)."""
+    from worm_fs.audit.checkpoint import ALG_COSIGNATURE, VerifierKey
+
+    keys = []
+    for text in texts:
+        try:
+            keys.append(VerifierKey.parse(text, algorithms=(ALG_COSIGNATURE,)))
+        except ValueError as exc:
+            raise UsageError(f"bad --witness key: {exc}") from None
+    if quorum is not None and not keys:
+        raise UsageError("--quorum needs --witness")
+    if quorum is not None and not 1 <= quorum <= len(keys):
+        raise UsageError(f"--quorum must be between 1 and {len(keys)} (the witnesses given)")
+    return keys
 
 
 def _checkpoint_now(loc: Location) -> str:
@@ -1080,13 +1142,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = logsub.add_parser("verify", help="verify the whole log",
                           description="Recompute every leaf and the root, check sequence "
                           "continuity and every stored checkpoint; with --checkpoint, prove "
-                          "consistency with checkpoints kept elsewhere. Exit 0 intact, "
-                          "1 tampered, 2 usage or no such store.")
+                          "consistency with checkpoints kept elsewhere; with --witness, "
+                          "require witness cosignatures. Exit 0 intact, 1 tampered or "
+                          "not witnessed, 2 usage or no such store.")
     p.add_argument("path", metavar="PATH")
     p.add_argument("--checkpoint", action="append", metavar="FILE",
                    help="a signed checkpoint kept outside the host (repeatable)")
     p.add_argument("--pubkey", metavar="KEY|FILE",
                    help="verifier key kept outside the host (default: the store's own)")
+    p.add_argument("--witness", action="extend", nargs="+", metavar="VKEY",
+                   help="also require cosignatures (cosignature/v1) by these witness "
+                   "verifier keys: some stored checkpoint must carry valid ones from "
+                   "--quorum of them, and no cosignature of theirs may fail to verify; "
+                   "else exit 1")
+    p.add_argument("--quorum", type=int, metavar="N",
+                   help="how many of the --witness keys must cosign (default: all)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_log_verify)
 

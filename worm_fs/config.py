@@ -71,6 +71,9 @@ MOUNT_SETTINGS: tuple[Setting, ...] = (
             "(default 30)", "DAYS"),
     Setting("replicate", str, "async", "async: uploads never slow writers (default)",
             choices=("async", "sync")),
+    Setting("witness", list, None, "ask the witness at URL (C2SP tlog-witness) to cosign "
+            "each new checkpoint; VKEY is its cosignature/v1 verifier key (repeatable; in "
+            "--config a list of strings)", "URL=VKEY"),
     Setting("read_ahead_kib", int, 4096, "kernel read-ahead of the mount in KiB "
             "(default 4096)", "KIB"),
 )
@@ -83,6 +86,9 @@ def add_mount_flags(parser: argparse.ArgumentParser) -> None:
         flag = "--" + s.name.replace("_", "-")
         if s.type is bool:
             parser.add_argument(flag, action="store_true", default=None, help=s.help)
+        elif s.type is list:
+            parser.add_argument(flag, action="append", default=None, metavar=s.metavar,
+                                help=s.help)
         else:
             parser.add_argument(flag, type=s.type, default=None, metavar=s.metavar,
                                 choices=s.choices, help=s.help)
@@ -104,6 +110,8 @@ def load_config(path: Path) -> dict[str, Any]:
         want = str if key in PATHS else known[key].type
         ok = isinstance(value, want) or (want is float and isinstance(value, int)
                                          and not isinstance(value, bool))
+        if want is list and ok and not all(isinstance(v, str) for v in value):
+            raise UsageError(f"config file {path}: {key} must be a list of strings")
         if not ok or (want is int and isinstance(value, bool)):
             raise UsageError(f"config file {path}: {key} must be {want.__name__}")
         if key in known and known[key].choices and value not in known[key].choices:
@@ -137,6 +145,9 @@ def as_flags(args: argparse.Namespace) -> list[str]:
         flag = "--" + s.name.replace("_", "-")
         if s.type is bool:
             flags += [flag] if value else []
+        elif s.type is list:
+            for item in value or ():
+                flags += [flag, str(item)]
         elif value is not None:
             flags += [flag, str(value)]
     return flags

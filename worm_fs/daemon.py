@@ -82,6 +82,7 @@ class MountOptions:
     object_lock: str = "compliance"
     object_retention_days: float = 30.0
     replicate: str = "async"
+    witnesses: tuple[str, ...] = ()  # URL=VKEY of each witness asked to cosign
     debug_fuse: bool = False
 
 
@@ -233,6 +234,7 @@ class Daemon:
                      len(counted))
         self.core.start()  # from now on only the committer thread writes the store
         self.uploader = self._start_uploader()
+        self.witnesser = self._start_witnesser()
         self.core.root_xattrs[b"user.worm.pid"] = str(os.getpid()).encode()
         self.core.root_xattrs[b"user.worm.pubkey"] = self.key.verifier_key().encode()
         self.core.root_xattrs[b"user.worm.control"] = str(
@@ -278,9 +280,25 @@ class Daemon:
                 self._remove_sockets()
                 if self.uploader is not None:
                     self.uploader.stop()  # what it did not upload stays queued
+                if self.witnesser is not None:
+                    self.witnesser.stop()  # the last checkpoint is asked at the next mount
                 self.core.close()
                 self.store.close()
                 os.close(self.lock_fd)
+
+    def _start_witnesser(self) -> Any:
+        if not self.options.witnesses:
+            return None
+        from worm_fs.audit.witness import Witness, Witnesser
+
+        try:
+            witnesses = [Witness.parse(spec) for spec in self.options.witnesses]
+        except ValueError as exc:
+            raise UsageError(f"bad --witness: {exc}") from None
+        witnesser = Witnesser(self.store, lambda fn: self.core.commit(
+            lambda tx, batch: fn(tx)), witnesses)
+        witnesser.start()
+        return witnesser
 
     def _start_uploader(self) -> Any:
         if self.options.bucket is None:
@@ -324,6 +342,8 @@ class Daemon:
         note = self.core.commit(lambda tx, batch: write_checkpoint(
             tx, self.key, self.origin, batch.size, batch.root()))
         self._last_checkpoint_size = int(note.split("\n")[1])
+        if self.witnesser is not None:
+            self.witnesser.wake()
         return note
 
     async def _serve(self, ready_fd: int | None) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 
 from worm_fs.audit.anchor import CHECKPOINT_TIME_KEY
 from worm_fs.audit.log import REFUSALS_PREFIX, usage_stats
+from worm_fs.audit.witness import witness_status
 from worm_fs.core.clock import trusted_now
 from worm_fs.core.deletion import DeletionRequest
 from worm_fs.core.fs import store_stats
@@ -33,6 +34,7 @@ def collect(store: Store) -> list[Sample]:
                       if DeletionRequest.from_bytes(raw).shown_state(now) == "pending")
         checkpoint_ns = rt.get_counter(CHECKPOINT_TIME_KEY)
         usage = usage_stats(rt)
+        witnesses = witness_status(rt, time.time_ns())
     base = {"store": store_id}
 
     def one(value: float) -> list[tuple[dict[str, str], float]]:
@@ -108,6 +110,21 @@ def collect(store: Store) -> list[Sample]:
         samples.append(("worm_fs_replication_failing", "gauge",
                         "1 while the last upload attempt failed.",
                         [(labels, 1 if replication["last_error"] else 0)]))
+    for name, kind, help_text in (
+        ("cosigned_size", "gauge", "Tree size of the newest checkpoint the witness cosigned."),
+        ("lag_records", "gauge", "Records the witness's cosignature lags the newest "
+         "checkpoint."),
+        ("lag_seconds", "gauge", "Seconds since the witness was last in step (0 when it is)."),
+        ("errors", "counter", "Failed attempts to get the witness's cosignature."),
+    ):
+        samples.append((f"worm_fs_witness_{name}" + ("_total" if kind == "counter" else ""),
+                        kind, help_text,
+                        [(dict(base, witness=w["witness"]), w[name]) for w in witnesses]))
+    if witnesses:
+        samples.append(("worm_fs_witness_failing", "gauge",
+                        "1 while the last attempt to reach the witness failed.",
+                        [(dict(base, witness=w["witness"]), 1 if w["failing"] else 0)
+                         for w in witnesses]))
     if checkpoint_ns:
         samples.append(("worm_fs_audit_checkpoint_age_seconds", "gauge",
                         "Seconds since the newest signed checkpoint.",

@@ -13,6 +13,13 @@ key is written ``<name>+<8 hex digits of key hash>+<base64(0x01 || public key)>`
 A *checkpoint* (c2sp.org/tlog-checkpoint) is a note whose text is the origin line, the
 tree size in decimal, the base64 root hash, and optional non-empty extension lines.
 
+A *cosignature* (c2sp.org/tlog-cosignature, ``cosignature/v1``) is a witness's signature
+line on a checkpoint: key type byte 0x04 (so its key hash is
+``SHA-256(name || "\\n" || 0x04 || public key)[:4]``), and the line's base64 holds
+``key hash || 8-byte big-endian timestamp (Unix seconds) || Ed25519 signature`` of
+``"cosignature/v1\\ntime <timestamp>\\n" + checkpoint body``. A cosigned checkpoint is
+the log's note with the witnesses' lines appended to its signature block.
+
 All signing and verification is done by the ``cryptography`` package.
 """
 
@@ -34,20 +41,31 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 __all__ = [
+    "ALG_COSIGNATURE",
     "ALG_ED25519",
     "MAX_SIGNATURES",
     "Checkpoint",
     "CheckpointError",
     "SigningKey",
     "VerifierKey",
+    "add_signatures",
+    "cosign",
+    "note_signatures",
+    "parse_signature_lines",
     "open_checkpoint",
     "open_note",
     "sign_checkpoint",
     "sign_note",
+    "verify_cosignature",
 ]
 
 ALG_ED25519 = 0x01
 """Signature type byte of Ed25519 in the signed-note format."""
+
+ALG_COSIGNATURE = 0x04
+"""Signature type byte of a ``cosignature/v1`` witness key (c2sp.org/tlog-cosignature)."""
+
+COSIGNATURE_HEADER = "cosignature/v1\ntime {}\n"
 
 MAX_SIGNATURES = 100
 """A note with more signature lines than this is rejected as malformed."""
@@ -105,10 +123,10 @@ def _b64encode(raw: bytes) -> str:
     return base64.b64encode(raw).decode("ascii")
 
 
-def _key_hash(name: str, public_key: bytes) -> bytes:
+def _key_hash(name: str, public_key: bytes, alg: int = ALG_ED25519) -> bytes:
     h = hashlib.sha256(name.encode("utf-8"))
     h.update(b"\n")
-    h.update(bytes([ALG_ED25519]))
+    h.update(bytes([alg]))
     h.update(public_key)
     return h.digest()[:4]
 
@@ -257,10 +275,15 @@ class SigningKey:
 class VerifierKey:
     """An Ed25519 public key with its signed-note key name, able to check signatures."""
 
-    __slots__ = ("_key_hash", "_name", "_public", "_public_key")
+    __slots__ = ("_alg", "_key_hash", "_name", "_public", "_public_key")
 
-    def __init__(self, name: str, public_key: bytes) -> None:
-        """Build from a key name and a 32-byte raw Ed25519 public key."""
+    def __init__(self, name: str, public_key: bytes, alg: int = ALG_ED25519) -> None:
+        """Build from a key name and a 32-byte raw Ed25519 public key; ``alg`` is the
+        signature type: :data:`ALG_ED25519` (a log's key) or :data:`ALG_COSIGNATURE`
+        (a witness's ``cosignature/v1`` key)."""
+        if alg not in (ALG_ED25519, ALG_COSIGNATURE):
+            raise ValueError(f"signature type 0x{alg:02x} is not supported")
+        self._alg = alg
         self._name = _check_name(name)
         if not isinstance(public_key, (bytes, bytearray, memoryview)) or len(public_key) != 32:
             raise ValueError("an Ed25519 public key must be 32 raw bytes")
@@ -269,15 +292,17 @@ class VerifierKey:
             self._public_key = Ed25519PublicKey.from_public_bytes(self._public)
         except ValueError as e:
             raise ValueError(f"invalid Ed25519 public key: {e}") from None
-        self._key_hash = _key_hash(self._name, self._public)
+        self._key_hash = _key_hash(self._name, self._public, alg)
 
     @classmethod
-    def parse(cls, text: str) -> VerifierKey:
-        """Parse ``<name>+<8 hex digits>+<base64(0x01 || 32-byte public key)>``.
+    def parse(cls, text: str, algorithms: tuple[int, ...] = (ALG_ED25519,)) -> VerifierKey:
+        """Parse ``<name>+<8 hex digits>+<base64(type byte || 32-byte public key)>``.
 
+        ``algorithms`` are the type bytes accepted: by default only 0x01 (a log's
+        Ed25519 key); a witness key is parsed with ``(ALG_COSIGNATURE,)``.
         Surrounding whitespace is ignored. Raises :class:`ValueError` with a specific
-        message for: wrong shape, invalid name, bad hex or base64, an algorithm byte
-        other than 0x01, a key that is not 32 bytes, or a key hash that does not match
+        message for: wrong shape, invalid name, bad hex or base64, a type byte not in
+        ``algorithms``, a key that is not 32 bytes, or a key hash that does not match
         the name and key.
         """
         if not isinstance(text, str):
@@ -298,13 +323,14 @@ class VerifierKey:
             raise ValueError(f"verifier key: {e}") from None
         if not key:
             raise ValueError("verifier key data is empty")
-        if key[0] != ALG_ED25519:
+        if key[0] not in algorithms:
+            wanted = ", ".join(f"0x{a:02x}" for a in algorithms)
             raise ValueError(
-                f"verifier key algorithm 0x{key[0]:02x} is not supported (only 0x01, Ed25519)"
+                f"verifier key algorithm 0x{key[0]:02x} is not supported (only {wanted})"
             )
         if len(key) != 33:
             raise ValueError(f"verifier key is {len(key) - 1} bytes, expected 32 (Ed25519)")
-        verifier = cls(name, key[1:])
+        verifier = cls(name, key[1:], key[0])
         if verifier.key_hash != bytes.fromhex(hash_hex):
             raise ValueError(
                 f"verifier key hash {hash_hex} does not match name {name!r} and key "
@@ -322,6 +348,11 @@ class VerifierKey:
         """The 4-byte key hash that signatures start with."""
         return self._key_hash
 
+    @property
+    def alg(self) -> int:
+        """The signature type byte (0x01 a log's key, 0x04 a witness's cosignature key)."""
+        return self._alg
+
     def public_bytes(self) -> bytes:
         """The 32-byte raw Ed25519 public key."""
         return self._public
@@ -338,7 +369,7 @@ class VerifierKey:
 
     def __str__(self) -> str:
         """The verifier key text, as :meth:`parse` reads it."""
-        key_data = _b64encode(bytes([ALG_ED25519]) + self._public)
+        key_data = _b64encode(bytes([self._alg]) + self._public)
         return f"{self._name}+{self._key_hash.hex()}+{key_data}"
 
     def __repr__(self) -> str:
@@ -347,10 +378,10 @@ class VerifierKey:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, VerifierKey):
             return NotImplemented
-        return self._name == other._name and self._public == other._public
+        return (self._name, self._public, self._alg) == (other._name, other._public, other._alg)
 
     def __hash__(self) -> int:
-        return hash((self._name, self._public))
+        return hash((self._name, self._public, self._alg))
 
 
 @dataclass(frozen=True)
@@ -457,17 +488,14 @@ def sign_note(text: str, key: SigningKey) -> str:
     return f"{text}\n{_SIG_PREFIX}{key.name} {_b64encode(key.key_hash() + sig)}\n"
 
 
-def open_note(note: str | bytes, verifier: VerifierKey) -> str:
-    """Check ``note`` is signed by ``verifier`` and return its text (with final newline).
+def note_signatures(note: str | bytes) -> tuple[str, list[tuple[str, bytes]]]:
+    """Parse a signed note into its text (with final newline) and its signature lines,
+    each as (key name, decoded base64: key hash || signature data), without checking any.
 
-    The whole note is parsed first: valid UTF-8, no control characters but newline,
-    text separated from signatures by the *last* blank line, at most
-    :data:`MAX_SIGNATURES` well-formed signature lines. Lines from other keys (a
-    different name or key hash) are ignored, as the format requires. Every line that
-    carries the verifier's name and key hash must verify; at least one must exist.
-
-    Raises :class:`CheckpointError` starting with ``"malformed note"``,
-    ``"no signature"`` or ``"bad signature"``.
+    The note must be valid UTF-8, with no control characters but newline, the text
+    separated from the signatures by the *last* blank line, and at most
+    :data:`MAX_SIGNATURES` well-formed signature lines; otherwise
+    :class:`CheckpointError` starting with ``"malformed note"``.
     """
     if isinstance(note, (bytes, bytearray, memoryview)):
         try:
@@ -488,10 +516,17 @@ def open_note(note: str | bytes, verifier: VerifierKey) -> str:
     text, block = note[: split + 1], note[split + 2 :]
     if not block or not block.endswith("\n"):
         raise CheckpointError("malformed note: signature block missing or not newline-terminated")
+    return text, parse_signature_lines(block)
+
+
+def parse_signature_lines(block: str) -> list[tuple[str, bytes]]:
+    """Parse newline-terminated signature lines (``— <name> <base64>``) into (name, raw)
+    pairs; :class:`CheckpointError` starting with ``"malformed note"`` if one is not."""
+    if not block.endswith("\n"):
+        raise CheckpointError("malformed note: signature block not newline-terminated")
     lines = block[:-1].split("\n")
     if len(lines) > MAX_SIGNATURES:
         raise CheckpointError(f"malformed note: more than {MAX_SIGNATURES} signatures")
-
     parsed: list[tuple[str, bytes]] = []
     for number, line in enumerate(lines, 1):
         if not line.startswith(_SIG_PREFIX):
@@ -507,7 +542,20 @@ def open_note(note: str | bytes, verifier: VerifierKey) -> str:
         if len(raw) < 5:
             raise CheckpointError(f"malformed note: signature line {number} is too short")
         parsed.append((name, raw))
+    return parsed
 
+
+def open_note(note: str | bytes, verifier: VerifierKey) -> str:
+    """Check ``note`` is signed by ``verifier`` and return its text (with final newline).
+
+    The whole note is parsed first (:func:`note_signatures`). Lines from other keys (a
+    different name or key hash) are ignored, as the format requires. Every line that
+    carries the verifier's name and key hash must verify; at least one must exist.
+
+    Raises :class:`CheckpointError` starting with ``"malformed note"``,
+    ``"no signature"`` or ``"bad signature"``.
+    """
+    text, parsed = note_signatures(note)
     message = text.encode("utf-8")
     found = 0
     for name, raw in parsed:
@@ -524,6 +572,51 @@ def open_note(note: str | bytes, verifier: VerifierKey) -> str:
             f"no signature by key {verifier.name}+{verifier.key_hash.hex()} in the note"
         )
     return text
+
+
+def cosign(body: str, key: SigningKey, timestamp: int) -> str:
+    """Return ``key``'s ``cosignature/v1`` signature line (newline-terminated) on the
+    checkpoint ``body`` at ``timestamp`` (Unix seconds)."""
+    witness = VerifierKey(key.name, key.public_bytes(), ALG_COSIGNATURE)
+    message = (COSIGNATURE_HEADER.format(timestamp) + body).encode("utf-8")
+    raw = witness.key_hash + timestamp.to_bytes(8, "big") + key.sign(message)
+    return f"{_SIG_PREFIX}{key.name} {_b64encode(raw)}\n"
+
+
+def verify_cosignature(note: str | bytes, witness: VerifierKey) -> int | None:
+    """The timestamp of ``witness``'s valid cosignature on the checkpoint ``note``, or
+    None if the note has no line of that key.
+
+    Raises :class:`CheckpointError` starting with ``"malformed note"``, or with
+    ``"bad signature"`` if a line of the witness's name and key hash does not verify.
+    """
+    if witness.alg != ALG_COSIGNATURE:
+        raise ValueError("not a cosignature/v1 (type 0x04) witness key")
+    text, parsed = note_signatures(note)
+    newest = None
+    for name, raw in parsed:
+        if name != witness.name or raw[:4] != witness.key_hash:
+            continue
+        if len(raw) != 4 + 8 + 64:
+            raise CheckpointError(f"bad signature: the cosignature by {witness.name} is "
+                                  f"{len(raw)} bytes, expected 76")
+        timestamp = int.from_bytes(raw[4:12], "big")
+        message = (COSIGNATURE_HEADER.format(timestamp) + text).encode("utf-8")
+        if not witness.verify(message, raw[12:]):
+            raise CheckpointError(f"bad signature: the cosignature by {witness.name}+"
+                                  f"{witness.key_hash.hex()} does not verify")
+        newest = timestamp if newest is None else max(newest, timestamp)
+    return newest
+
+
+def add_signatures(note: str, lines: str) -> str:
+    """``note`` with the signature ``lines`` appended (lines it has already, and any
+    earlier line of the same key, replaced); :class:`CheckpointError` if malformed."""
+    text, kept = note_signatures(note)
+    added = parse_signature_lines(lines)
+    new_keys = {(name, raw[:4]) for name, raw in added}
+    merged = [(n, r) for n, r in kept if (n, r[:4]) not in new_keys] + added
+    return text + "\n" + "".join(f"{_SIG_PREFIX}{n} {_b64encode(r)}\n" for n, r in merged)
 
 
 def sign_checkpoint(cp: Checkpoint, key: SigningKey) -> str:

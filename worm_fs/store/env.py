@@ -168,6 +168,13 @@ class ReadTxn:
     def get_checkpoint(self, size: int) -> bytes | None:
         return self._txn.get(u64(size), db=self._db["checkpoints"])
 
+    def newest_checkpoint(self) -> tuple[int, bytes] | None:
+        """The checkpoint of the largest tree size kept, or None."""
+        with self._txn.cursor(db=self._db["checkpoints"]) as cur:
+            if not cur.last():
+                return None
+            return from_u64(cur.key()), cur.value()
+
     def iter_checkpoints(self) -> Iterator[tuple[int, bytes]]:
         with self._txn.cursor(db=self._db["checkpoints"]) as cur:
             for key, value in cur:
