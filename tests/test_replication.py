@@ -18,6 +18,7 @@ from botocore.exceptions import ClientError
 
 from tests.conftest import Mount, Rgw, run_cli, wait_sealed
 from worm_fs.audit.checkpoint import SigningKey
+from worm_fs.errors import EXIT_CHECK_FAILED
 
 MiB = 1 << 20
 
@@ -293,7 +294,7 @@ def test_restore_rebuilds_the_store_from_the_bucket_alone(
     again = tmp_path / "again"
     result = run_cli("restore", f"s3://{bucket}/store", str(again), "--s3-endpoint",
                      rgw.endpoint_url, "--pubkey", key)
-    assert result.returncode == 1
+    assert result.returncode == EXIT_CHECK_FAILED
     assert target.removeprefix("store/") in result.stderr
     assert not again.exists()
 
