@@ -360,3 +360,33 @@ def test_writers_keep_their_pace_while_the_bucket_is_down(
         m.stop()
     code, report = verify_bucket(rgw, bucket, key)
     assert code == 0, report
+
+
+def checkpoint_sizes(m: Mount) -> list[int]:
+    store = m.store()
+    try:
+        with store.read() as rt:
+            return [size for size, _ in rt.iter_checkpoints()]
+    finally:
+        store.close()
+
+
+def test_an_idle_log_makes_no_new_checkpoints_with_a_bucket(
+    tmp_path: Path, rgw: Rgw, bucket: str
+) -> None:
+    """The bucket's log follows within a second while records come in, but a log that
+    stopped growing keeps its last checkpoint: no new one per second."""
+    m = replicated(tmp_path, rgw, bucket)
+    try:
+        (m.path / "a.bin").write_bytes(b"x" * 1000)
+        wait_sealed(m.path / "a.bin")
+        wait_uploaded(m)
+        before = checkpoint_sizes(m)
+        time.sleep(4)
+        after = checkpoint_sizes(m)
+        records = json.loads(run_cli("stats", str(m.path), "--json", check=True).stdout)[
+            "audit_records"]
+    finally:
+        m.stop()
+    assert after == before, (before, after)
+    assert max(after) == records  # the newest covers the whole log
