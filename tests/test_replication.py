@@ -9,6 +9,7 @@ import datetime as dt
 import json
 import os
 import secrets
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -390,3 +391,51 @@ def test_an_idle_log_makes_no_new_checkpoints_with_a_bucket(
         m.stop()
     assert after == before, (before, after)
     assert max(after) == records  # the newest covers the whole log
+
+
+def test_verify_bucket_catches_a_forked_log_by_its_checkpoints(
+    tmp_path: Path, rgw: Rgw, bucket: str
+) -> None:
+    """A store copied and then written on both sides, into the same bucket: each
+    checkpoint of the first side (in the bucket, and one kept off it) conflicts with the
+    second side's newest one, and verify --bucket names them."""
+    m = replicated(tmp_path, rgw, bucket)
+    try:
+        (m.path / "base.bin").write_bytes(b"b" * 100)
+        wait_sealed(m.path / "base.bin")
+        wait_uploaded(m)
+        key = pubkey(m)
+    finally:
+        m.stop()
+    shutil.copytree(m.state, tmp_path / "q-state", symlinks=True)
+    m.start()
+    try:
+        (m.path / "a.bin").write_bytes(b"a" * 100)
+        wait_sealed(m.path / "a.bin")
+        wait_uploaded(m)
+    finally:
+        m.stop()
+    kept = tmp_path / "kept-checkpoint"
+    kept.write_bytes(rgw.client().get_object(Bucket=bucket, Key="store/checkpoint")["Body"]
+                     .read())
+    code, report = verify_bucket_kept(rgw, bucket, key, kept)
+    assert code == 0, report
+    fork = Mount(tmp_path / "q-state", tmp_path / "q-mnt", m.options).start()
+    try:
+        for n in range(4):  # more records than the first side wrote since the copy
+            (fork.path / f"f{n}.bin").write_bytes(b"f" * 100)
+        wait_sealed(fork.path / "f3.bin")
+        wait_uploaded(fork)
+    finally:
+        fork.stop()
+    code, report = verify_bucket_kept(rgw, bucket, key, kept)
+    assert code == 1
+    objects = [f["object"] for f in report["findings"]]
+    assert f"checkpoint file {kept}" in objects, objects
+    assert any(o.startswith("checkpoints/") for o in objects), objects
+
+
+def verify_bucket_kept(rgw: Rgw, bucket: str, key: str, kept: Path) -> tuple[int, dict]:
+    result = run_cli("verify", "--bucket", f"s3://{bucket}/store", "--s3-endpoint",
+                     rgw.endpoint_url, "--pubkey", key, "--checkpoint", str(kept), "--json")
+    return result.returncode, json.loads(result.stdout or "{}")

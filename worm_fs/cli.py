@@ -413,7 +413,14 @@ def cmd_verify_bucket(args: argparse.Namespace) -> int:
         raise UsageError("--bucket needs --pubkey: the bucket cannot vouch for its own key")
     bucket = Bucket(BucketUrl.parse(args.bucket), endpoint=args.s3_endpoint,
                     lock_mode="compliance", retention_days=1)
-    report = verify_bucket(bucket, _verifier(None, args.pubkey), progress=_progress)
+    kept = []
+    for name in args.checkpoint or []:
+        try:
+            kept.append((f"checkpoint file {name}", Path(name).read_bytes()))
+        except OSError as exc:
+            raise UsageError(f"cannot read {name}: {exc.strerror}") from None
+    report = verify_bucket(bucket, _verifier(None, args.pubkey), progress=_progress,
+                           kept=kept)
     if sys.stderr.isatty():
         print(file=sys.stderr)
     data = {"ok": report.ok, "bucket": str(bucket.url), "tree_size": report.size,
@@ -1039,6 +1046,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", metavar="PATH", nargs="?", help="a mount or state directory")
     p.add_argument("--bucket", metavar="URL", help="s3://BUCKET[/PREFIX] to check instead")
     p.add_argument("--s3-endpoint", metavar="URL", help="the S3 endpoint (with --bucket)")
+    p.add_argument("--checkpoint", action="append", metavar="FILE",
+                   help="with --bucket: a checkpoint kept elsewhere that the bucket's log "
+                        "must extend (repeatable); every checkpoints/<size> in the bucket "
+                        "is checked against the newest one either way")
     p.add_argument("--pubkey", metavar="KEY|FILE",
                    help="the store's verifier key (needed with --bucket)")
     p.add_argument("--json", action="store_true", help="print JSON")
