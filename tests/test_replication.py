@@ -65,9 +65,9 @@ def pubkey(m: Mount) -> str:
     return os.getxattr(m.path, "user.worm.pubkey").decode()
 
 
-def verify_bucket(rgw: Rgw, bucket: str, key: str) -> tuple[int, dict]:
+def verify_bucket(rgw: Rgw, bucket: str, key: str, *extra: str) -> tuple[int, dict]:
     result = run_cli("verify", "--bucket", f"s3://{bucket}/store", "--s3-endpoint",
-                     rgw.endpoint_url, "--pubkey", key, "--json")
+                     rgw.endpoint_url, "--pubkey", key, "--json", *extra)
     return result.returncode, json.loads(result.stdout or "{}")
 
 
@@ -363,6 +363,13 @@ def test_writers_keep_their_pace_while_the_bucket_is_down(
     assert code == 0, report
 
 
+def write_uploaded(m: Mount, name: str) -> None:
+    """Write a small file and wait until it and the log are in the bucket."""
+    (m.path / name).write_bytes(name.encode() * 100)
+    wait_sealed(m.path / name)
+    wait_uploaded(m)
+
+
 def checkpoint_sizes(m: Mount) -> list[int]:
     store = m.store()
     try:
@@ -379,9 +386,7 @@ def test_an_idle_log_makes_no_new_checkpoints_with_a_bucket(
     stopped growing keeps its last checkpoint: no new one per second."""
     m = replicated(tmp_path, rgw, bucket)
     try:
-        (m.path / "a.bin").write_bytes(b"x" * 1000)
-        wait_sealed(m.path / "a.bin")
-        wait_uploaded(m)
+        write_uploaded(m, "a.bin")
         before = checkpoint_sizes(m)
         time.sleep(4)
         after = checkpoint_sizes(m)
@@ -401,24 +406,20 @@ def test_verify_bucket_catches_a_forked_log_by_its_checkpoints(
     second side's newest one, and verify --bucket names them."""
     m = replicated(tmp_path, rgw, bucket)
     try:
-        (m.path / "base.bin").write_bytes(b"b" * 100)
-        wait_sealed(m.path / "base.bin")
-        wait_uploaded(m)
+        write_uploaded(m, "base.bin")
         key = pubkey(m)
     finally:
         m.stop()
     shutil.copytree(m.state, tmp_path / "q-state", symlinks=True)
     m.start()
     try:
-        (m.path / "a.bin").write_bytes(b"a" * 100)
-        wait_sealed(m.path / "a.bin")
-        wait_uploaded(m)
+        write_uploaded(m, "a.bin")
     finally:
         m.stop()
     kept = tmp_path / "kept-checkpoint"
     kept.write_bytes(rgw.client().get_object(Bucket=bucket, Key="store/checkpoint")["Body"]
                      .read())
-    code, report = verify_bucket_kept(rgw, bucket, key, kept)
+    code, report = verify_bucket(rgw, bucket, key, "--checkpoint", str(kept))
     assert code == 0, report
     fork = Mount(tmp_path / "q-state", tmp_path / "q-mnt", m.options).start()
     try:
@@ -428,14 +429,8 @@ def test_verify_bucket_catches_a_forked_log_by_its_checkpoints(
         wait_uploaded(fork)
     finally:
         fork.stop()
-    code, report = verify_bucket_kept(rgw, bucket, key, kept)
+    code, report = verify_bucket(rgw, bucket, key, "--checkpoint", str(kept))
     assert code == 1
     objects = [f["object"] for f in report["findings"]]
     assert f"checkpoint file {kept}" in objects, objects
     assert any(o.startswith("checkpoints/") for o in objects), objects
-
-
-def verify_bucket_kept(rgw: Rgw, bucket: str, key: str, kept: Path) -> tuple[int, dict]:
-    result = run_cli("verify", "--bucket", f"s3://{bucket}/store", "--s3-endpoint",
-                     rgw.endpoint_url, "--pubkey", key, "--checkpoint", str(kept), "--json")
-    return result.returncode, json.loads(result.stdout or "{}")

@@ -413,14 +413,8 @@ def cmd_verify_bucket(args: argparse.Namespace) -> int:
         raise UsageError("--bucket needs --pubkey: the bucket cannot vouch for its own key")
     bucket = Bucket(BucketUrl.parse(args.bucket), endpoint=args.s3_endpoint,
                     lock_mode="compliance", retention_days=1)
-    kept = []
-    for name in args.checkpoint or []:
-        try:
-            kept.append((f"checkpoint file {name}", Path(name).read_bytes()))
-        except OSError as exc:
-            raise UsageError(f"cannot read {name}: {exc.strerror}") from None
     report = verify_bucket(bucket, _verifier(None, args.pubkey), progress=_progress,
-                           kept=kept)
+                           kept=_checkpoint_files(args.checkpoint))
     if sys.stderr.isatty():
         print(file=sys.stderr)
     data = {"ok": report.ok, "bucket": str(bucket.url), "tree_size": report.size,
@@ -576,17 +570,24 @@ def cmd_log_show(args: argparse.Namespace) -> int:
         store.close()
 
 
+def _checkpoint_files(names: list[str] | None) -> list[tuple[str, str]]:
+    """``--checkpoint FILE`` arguments as (label, note text); an unreadable one is a
+    usage error."""
+    out = []
+    for name in names or []:
+        try:
+            out.append((f"checkpoint file {name}", Path(name).read_text()))
+        except OSError as exc:
+            raise UsageError(f"cannot read {name}: {exc.strerror}") from None
+    return out
+
+
 def cmd_log_verify(args: argparse.Namespace) -> int:
     from worm_fs.audit.verify import verify_log
 
     loc = locate(args.path)
     verifier = _verifier(loc, args.pubkey)
-    external = []
-    for name in args.checkpoint or []:
-        try:
-            external.append((f"checkpoint file {name}", Path(name).read_text()))
-        except OSError as exc:
-            raise UsageError(f"cannot read {name}: {exc.strerror}") from None
+    external = _checkpoint_files(args.checkpoint)
     store = open_store(loc)
     try:
         report = verify_log(store, verifier, external)

@@ -15,7 +15,7 @@ from worm_fs.audit.checkpoint import CheckpointError, VerifierKey, open_checkpoi
 from worm_fs.audit.merkle import Frontier
 
 
-def check_checkpoints(published: Sequence[tuple[str, bytes | None]], leaves: Sequence[bytes],
+def check_checkpoints(published: Sequence[tuple[str, str | bytes | None]], leaves: Sequence[bytes],
                       verifier: VerifierKey) -> list[tuple[str, str]]:
     """Findings ``(object, detail)`` for the checkpoints in ``published`` (a name and its
     note, None if it vanished) against ``leaves``, the leaf hashes of the newest tree.

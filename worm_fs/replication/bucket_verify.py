@@ -76,7 +76,7 @@ class BucketReport:
 
 def verify_bucket(bucket: Bucket, verifier: VerifierKey,
                   progress: Callable[[str, int, int], None] | None = None,
-                  kept: Sequence[tuple[str, bytes]] = ()) -> BucketReport:
+                  kept: Sequence[tuple[str, str]] = ()) -> BucketReport:
     """Check the bucket; ``kept`` adds checkpoints kept elsewhere (a label and the note)
     that the bucket's log must be consistent with."""
     report = BucketReport()
