@@ -9,6 +9,7 @@ import datetime as dt
 import json
 import os
 import secrets
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ from botocore.exceptions import ClientError
 
 from tests.conftest import Mount, Rgw, run_cli, wait_sealed
 from worm_fs.audit.checkpoint import SigningKey
+from worm_fs.errors import EXIT_CHECK_FAILED
 
 MiB = 1 << 20
 
@@ -63,9 +65,9 @@ def pubkey(m: Mount) -> str:
     return os.getxattr(m.path, "user.worm.pubkey").decode()
 
 
-def verify_bucket(rgw: Rgw, bucket: str, key: str) -> tuple[int, dict]:
+def verify_bucket(rgw: Rgw, bucket: str, key: str, *extra: str) -> tuple[int, dict]:
     result = run_cli("verify", "--bucket", f"s3://{bucket}/store", "--s3-endpoint",
-                     rgw.endpoint_url, "--pubkey", key, "--json")
+                     rgw.endpoint_url, "--pubkey", key, "--json", *extra)
     return result.returncode, json.loads(result.stdout or "{}")
 
 
@@ -293,7 +295,7 @@ def test_restore_rebuilds_the_store_from_the_bucket_alone(
     again = tmp_path / "again"
     result = run_cli("restore", f"s3://{bucket}/store", str(again), "--s3-endpoint",
                      rgw.endpoint_url, "--pubkey", key)
-    assert result.returncode == 1
+    assert result.returncode == EXIT_CHECK_FAILED
     assert target.removeprefix("store/") in result.stderr
     assert not again.exists()
 
@@ -359,3 +361,76 @@ def test_writers_keep_their_pace_while_the_bucket_is_down(
         m.stop()
     code, report = verify_bucket(rgw, bucket, key)
     assert code == 0, report
+
+
+def write_uploaded(m: Mount, name: str) -> None:
+    """Write a small file and wait until it and the log are in the bucket."""
+    (m.path / name).write_bytes(name.encode() * 100)
+    wait_sealed(m.path / name)
+    wait_uploaded(m)
+
+
+def checkpoint_sizes(m: Mount) -> list[int]:
+    store = m.store()
+    try:
+        with store.read() as rt:
+            return [size for size, _ in rt.iter_checkpoints()]
+    finally:
+        store.close()
+
+
+def test_an_idle_log_makes_no_new_checkpoints_with_a_bucket(
+    tmp_path: Path, rgw: Rgw, bucket: str
+) -> None:
+    """The bucket's log follows within a second while records come in, but a log that
+    stopped growing keeps its last checkpoint: no new one per second."""
+    m = replicated(tmp_path, rgw, bucket)
+    try:
+        write_uploaded(m, "a.bin")
+        before = checkpoint_sizes(m)
+        time.sleep(4)
+        after = checkpoint_sizes(m)
+        records = json.loads(run_cli("stats", str(m.path), "--json", check=True).stdout)[
+            "audit_records"]
+    finally:
+        m.stop()
+    assert after == before, (before, after)
+    assert max(after) == records  # the newest covers the whole log
+
+
+def test_verify_bucket_catches_a_forked_log_by_its_checkpoints(
+    tmp_path: Path, rgw: Rgw, bucket: str
+) -> None:
+    """A store copied and then written on both sides, into the same bucket: each
+    checkpoint of the first side (in the bucket, and one kept off it) conflicts with the
+    second side's newest one, and verify --bucket names them."""
+    m = replicated(tmp_path, rgw, bucket)
+    try:
+        write_uploaded(m, "base.bin")
+        key = pubkey(m)
+    finally:
+        m.stop()
+    shutil.copytree(m.state, tmp_path / "q-state", symlinks=True)
+    m.start()
+    try:
+        write_uploaded(m, "a.bin")
+    finally:
+        m.stop()
+    kept = tmp_path / "kept-checkpoint"
+    kept.write_bytes(rgw.client().get_object(Bucket=bucket, Key="store/checkpoint")["Body"]
+                     .read())
+    code, report = verify_bucket(rgw, bucket, key, "--checkpoint", str(kept))
+    assert code == 0, report
+    fork = Mount(tmp_path / "q-state", tmp_path / "q-mnt", m.options).start()
+    try:
+        for n in range(4):  # more records than the first side wrote since the copy
+            (fork.path / f"f{n}.bin").write_bytes(b"f" * 100)
+        wait_sealed(fork.path / "f3.bin")
+        wait_uploaded(fork)
+    finally:
+        fork.stop()
+    code, report = verify_bucket(rgw, bucket, key, "--checkpoint", str(kept))
+    assert code == 1
+    objects = [f["object"] for f in report["findings"]]
+    assert f"checkpoint file {kept}" in objects, objects
+    assert any(o.startswith("checkpoints/") for o in objects), objects

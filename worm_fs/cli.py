@@ -432,7 +432,8 @@ def cmd_verify_bucket(args: argparse.Namespace) -> int:
         raise UsageError("--bucket needs --pubkey: the bucket cannot vouch for its own key")
     bucket = Bucket(BucketUrl.parse(args.bucket), endpoint=args.s3_endpoint,
                     lock_mode="compliance", retention_days=1)
-    report = verify_bucket(bucket, _verifier(None, args.pubkey), progress=_progress)
+    report = verify_bucket(bucket, _verifier(None, args.pubkey), progress=_progress,
+                           kept=_checkpoint_files(args.checkpoint))
     if sys.stderr.isatty():
         print(file=sys.stderr)
     data = {"ok": report.ok, "bucket": str(bucket.url), "tree_size": report.size,
@@ -588,18 +589,25 @@ def cmd_log_show(args: argparse.Namespace) -> int:
         store.close()
 
 
+def _checkpoint_files(names: list[str] | None) -> list[tuple[str, str]]:
+    """``--checkpoint FILE`` arguments as (label, note text); an unreadable one is a
+    usage error."""
+    out = []
+    for name in names or []:
+        try:
+            out.append((f"checkpoint file {name}", Path(name).read_text()))
+        except OSError as exc:
+            raise UsageError(f"cannot read {name}: {exc.strerror}") from None
+    return out
+
+
 def cmd_log_verify(args: argparse.Namespace) -> int:
     from worm_fs.audit.verify import verify_log
 
     loc = locate(args.path)
     verifier = _verifier(loc, args.pubkey)
     witness_keys = _witness_keys(args.witness or [], args.quorum)
-    external = []
-    for name in args.checkpoint or []:
-        try:
-            external.append((f"checkpoint file {name}", Path(name).read_text()))
-        except OSError as exc:
-            raise UsageError(f"cannot read {name}: {exc.strerror}") from None
+    external = _checkpoint_files(args.checkpoint)
     store = open_store(loc)
     try:
         report = verify_log(store, verifier, external)
@@ -1101,6 +1109,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", metavar="PATH", nargs="?", help="a mount or state directory")
     p.add_argument("--bucket", metavar="URL", help="s3://BUCKET[/PREFIX] to check instead")
     p.add_argument("--s3-endpoint", metavar="URL", help="the S3 endpoint (with --bucket)")
+    p.add_argument("--checkpoint", action="append", metavar="FILE",
+                   help="with --bucket: a checkpoint kept elsewhere that the bucket's log "
+                        "must extend (repeatable); every checkpoints/<size> in the bucket "
+                        "is checked against the newest one either way")
     p.add_argument("--pubkey", metavar="KEY|FILE",
                    help="the store's verifier key (needed with --bucket)")
     p.add_argument("--json", action="store_true", help="print JSON")

@@ -23,7 +23,7 @@ import datetime as dt
 import hashlib
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -31,6 +31,7 @@ from worm_fs.audit.checkpoint import CheckpointError, VerifierKey, open_checkpoi
 from worm_fs.audit.merkle import leaf_hash, root_hash
 from worm_fs.core.layout import layout_digest
 from worm_fs.errors import Corruption
+from worm_fs.replication.bucket_checkpoints import check_checkpoints
 from worm_fs.replication.s3 import Bucket
 from worm_fs.replication.tiles import WIDTH, TileTree, parse_bundle, tile_path
 from worm_fs.replication.uploader import file_object
@@ -74,7 +75,10 @@ class BucketReport:
 
 
 def verify_bucket(bucket: Bucket, verifier: VerifierKey,
-                  progress: Callable[[str, int, int], None] | None = None) -> BucketReport:
+                  progress: Callable[[str, int, int], None] | None = None,
+                  kept: Sequence[tuple[str, str]] = ()) -> BucketReport:
+    """Check the bucket; ``kept`` adds checkpoints kept elsewhere (a label and the note)
+    that the bucket's log must be consistent with."""
     report = BucketReport()
     note = bucket.get("checkpoint")
     if note is None:
@@ -95,6 +99,9 @@ def verify_bucket(bucket: Bucket, verifier: VerifierKey,
                    f"(tree size {cp.size})")
         return report
     _check_tiles(bucket, leaves, cp.size, report)
+    published = [(n, bucket.get(n)) for n in bucket.names("checkpoints/")]
+    for name, detail in check_checkpoints([*published, *kept], leaves, verifier):
+        report.bad(name, detail)
     report.note, report.records = note, records
     sealed: dict[int, dict] = {}
     for raw in records:

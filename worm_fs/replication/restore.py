@@ -37,17 +37,16 @@ from worm_fs.core.fs import SCHEMA_VERSION
 from worm_fs.core.model import Inode, Kind, State
 from worm_fs.core.paths import ROOT_INO
 from worm_fs.core.sealing import LAYOUTS_META
-from worm_fs.errors import UsageError, WormError
+from worm_fs.errors import Corruption, UsageError
 from worm_fs.replication.bucket_verify import verify_bucket
 from worm_fs.replication.s3 import Bucket
 from worm_fs.replication.uploader import file_object
 from worm_fs.store import Store, put_chunk, u64
 
 
-class RestoreRefused(WormError):
-    """The bucket failed its checks: nothing was restored."""
-
-    exit_code = 1
+class RestoreRefused(Corruption):
+    """The bucket failed its checks: nothing was restored (errno and exit code of
+    :class:`Corruption`)."""
 
 
 @dataclass
