@@ -15,6 +15,7 @@ from tests.conftest import WORM_FS, Mount, run_cli, wait_sealed
 SUBCOMMANDS = [
     ["mount"], ["umount"], ["stat"], ["stats"], ["verify"], ["log"], ["log", "show"],
     ["log", "verify"], ["log", "checkpoint"], ["log", "pubkey"], ["log", "prove"],
+    ["log", "consistency"],
 ]
 
 
@@ -105,6 +106,35 @@ def test_log_pubkey_checkpoint_and_prove(mnt: Mount) -> None:
         bytes.fromhex(proof["leaf_hash"]), 1, proof["tree_size"],
         [bytes.fromhex(h) for h in proof["proof"]], open_checkpoint(proof["checkpoint"], key).root,
     )
+
+
+def test_log_consistency_proves_an_old_checkpoint_extends(mnt: Mount) -> None:
+    from worm_fs.audit.checkpoint import VerifierKey, open_checkpoint
+    from worm_fs.audit.merkle import verify_consistency
+
+    key = VerifierKey.parse(run_cli("log", "pubkey", str(mnt.path), check=True).stdout.strip())
+    (mnt.path / "a").write_bytes(b"a")
+    old = open_checkpoint(run_cli("log", "checkpoint", str(mnt.path), check=True).stdout, key)
+    for name in "bcd":
+        (mnt.path / name).write_bytes(name.encode())
+    out = json.loads(run_cli("log", "consistency", str(mnt.path), str(old.size), "--json",
+                             check=True).stdout)
+    new = open_checkpoint(out["new_checkpoint"], key)
+    assert open_checkpoint(out["old_checkpoint"], key) == old
+    assert new.size == out["new_size"] > old.size
+    proof = [bytes.fromhex(h) for h in out["proof"]]
+    assert proof and verify_consistency(old.size, new.size, old.root, new.root, proof)
+    assert not verify_consistency(old.size, new.size, old.root, new.root, proof[::-1])
+    # The human form lists the same hashes, one per line.
+    text = run_cli("log", "consistency", str(mnt.path), str(old.size), str(new.size),
+                   check=True).stdout
+    assert all(h in text.splitlines() for h in out["proof"])
+    one_line_error(run_cli("log", "consistency", str(mnt.path), str(new.size), str(old.size)),
+                   2, "larger than NEW_SIZE")
+    one_line_error(run_cli("log", "consistency", str(mnt.path), "0", str(new.size + 10**6)),
+                   2, "beyond the log")
+    one_line_error(run_cli("log", "consistency", str(mnt.path), str(old.size + 1)),
+                   2, "no signed checkpoint of size")
 
 
 def test_log_show_follow_streams_new_records(mnt: Mount) -> None:
