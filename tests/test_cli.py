@@ -137,6 +137,25 @@ def test_log_consistency_proves_an_old_checkpoint_extends(mnt: Mount) -> None:
                    2, "no signed checkpoint of size")
 
 
+def test_log_show_raw_gives_the_hashed_bytes(mnt: Mount) -> None:
+    from worm_fs.audit.merkle import leaf_hash
+
+    awkward = ["caf\u00e9", "\U0001f600", "q\"b\\s", "ctl\x01\x1b", os.fsdecode(b"bad\xff")]
+    for name in awkward:
+        (mnt.path / name).write_bytes(b"x")
+    raw = subprocess.run([*WORM_FS, "log", "show", str(mnt.path), "--raw"], check=True,
+                         capture_output=True).stdout
+    lines = raw.split(b"\n")
+    assert lines.pop() == b""
+    shown = [json.loads(line) for line in run_cli("log", "show", str(mnt.path), "--json",
+                                                  check=True).stdout.splitlines()]
+    assert len(lines) == len(shown)
+    assert [leaf_hash(line).hex() for line in lines] == [r["leaf_hash"] for r in shown]
+    assert all(line.isascii() for line in lines)
+    paths = {json.loads(line).get("path") for line in lines}
+    assert all("/" + name in paths for name in awkward)
+
+
 def test_log_show_follow_streams_new_records(mnt: Mount) -> None:
     proc = subprocess.Popen([*WORM_FS, "log", "show", str(mnt.path), "--json", "--follow"],
                             stdout=subprocess.PIPE, text=True)

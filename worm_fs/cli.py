@@ -553,6 +553,12 @@ def cmd_log_show(args: argparse.Namespace) -> int:
             with store.read() as rt:
                 batch = list(rt.iter_records(next_seq))
             for seq, raw in batch:
+                if args.raw:  # ASCII JSON without a raw newline: one record per line
+                    sys.stdout.buffer.write(raw + b"\n")
+                    if args.follow:
+                        sys.stdout.buffer.flush()
+                    next_seq = seq + 1
+                    continue
                 record = json.loads(raw)
                 if args.json:
                     record["leaf_hash"] = leaf_hash(raw).hex()
@@ -1132,7 +1138,12 @@ def build_parser() -> argparse.ArgumentParser:
                           "\\u202e), a backslash is \\\\, and a space in a path or process "
                           "name is \\x20.")
     p.add_argument("path", metavar="PATH")
-    p.add_argument("--json", action="store_true", help="JSON Lines")
+    form = p.add_mutually_exclusive_group()
+    form.add_argument("--json", action="store_true", help="JSON Lines")
+    form.add_argument("--raw", action="store_true",
+                      help="each record's canonical bytes, exactly as hashed into its "
+                      "leaf (SHA-256(0x00 || line)), one per line: ASCII JSON never "
+                      "contains a newline")
     p.add_argument("--since", type=_seq, default=0, metavar="SEQ", help="start at SEQ")
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new records")
     p.set_defaults(func=cmd_log_show)
