@@ -15,6 +15,7 @@ from tests.conftest import WORM_FS, Mount, run_cli, wait_sealed
 SUBCOMMANDS = [
     ["mount"], ["umount"], ["stat"], ["stats"], ["verify"], ["log"], ["log", "show"],
     ["log", "verify"], ["log", "checkpoint"], ["log", "pubkey"], ["log", "prove"],
+    ["log", "consistency"],
 ]
 
 
@@ -105,6 +106,54 @@ def test_log_pubkey_checkpoint_and_prove(mnt: Mount) -> None:
         bytes.fromhex(proof["leaf_hash"]), 1, proof["tree_size"],
         [bytes.fromhex(h) for h in proof["proof"]], open_checkpoint(proof["checkpoint"], key).root,
     )
+
+
+def test_log_consistency_proves_an_old_checkpoint_extends(mnt: Mount) -> None:
+    from worm_fs.audit.checkpoint import VerifierKey, open_checkpoint
+    from worm_fs.audit.merkle import verify_consistency
+
+    key = VerifierKey.parse(run_cli("log", "pubkey", str(mnt.path), check=True).stdout.strip())
+    (mnt.path / "a").write_bytes(b"a")
+    old = open_checkpoint(run_cli("log", "checkpoint", str(mnt.path), check=True).stdout, key)
+    for name in "bcd":
+        (mnt.path / name).write_bytes(name.encode())
+    out = json.loads(run_cli("log", "consistency", str(mnt.path), str(old.size), "--json",
+                             check=True).stdout)
+    new = open_checkpoint(out["new_checkpoint"], key)
+    assert open_checkpoint(out["old_checkpoint"], key) == old
+    assert new.size == out["new_size"] > old.size
+    proof = [bytes.fromhex(h) for h in out["proof"]]
+    assert proof and verify_consistency(old.size, new.size, old.root, new.root, proof)
+    assert not verify_consistency(old.size, new.size, old.root, new.root, proof[::-1])
+    # The human form lists the same hashes, one per line.
+    text = run_cli("log", "consistency", str(mnt.path), str(old.size), str(new.size),
+                   check=True).stdout
+    assert all(h in text.splitlines() for h in out["proof"])
+    one_line_error(run_cli("log", "consistency", str(mnt.path), str(new.size), str(old.size)),
+                   2, "larger than NEW_SIZE")
+    one_line_error(run_cli("log", "consistency", str(mnt.path), "0", str(new.size + 10**6)),
+                   2, "beyond the log")
+    one_line_error(run_cli("log", "consistency", str(mnt.path), str(old.size + 1)),
+                   2, "no signed checkpoint of size")
+
+
+def test_log_show_raw_gives_the_hashed_bytes(mnt: Mount) -> None:
+    from worm_fs.audit.merkle import leaf_hash
+
+    awkward = ["caf\u00e9", "\U0001f600", "q\"b\\s", "ctl\x01\x1b", os.fsdecode(b"bad\xff")]
+    for name in awkward:
+        (mnt.path / name).write_bytes(b"x")
+    raw = subprocess.run([*WORM_FS, "log", "show", str(mnt.path), "--raw"], check=True,
+                         capture_output=True).stdout
+    lines = raw.split(b"\n")
+    assert lines.pop() == b""
+    shown = [json.loads(line) for line in run_cli("log", "show", str(mnt.path), "--json",
+                                                  check=True).stdout.splitlines()]
+    assert len(lines) == len(shown)
+    assert [leaf_hash(line).hex() for line in lines] == [r["leaf_hash"] for r in shown]
+    assert all(line.isascii() for line in lines)
+    paths = {json.loads(line).get("path") for line in lines}
+    assert all("/" + name in paths for name in awkward)
 
 
 def test_log_show_follow_streams_new_records(mnt: Mount) -> None:

@@ -573,6 +573,12 @@ def cmd_log_show(args: argparse.Namespace) -> int:
             with store.read() as rt:
                 batch = list(rt.iter_records(next_seq))
             for seq, raw in batch:
+                if args.raw:  # ASCII JSON without a raw newline: one record per line
+                    sys.stdout.buffer.write(raw + b"\n")
+                    if args.follow:
+                        sys.stdout.buffer.flush()
+                    next_seq = seq + 1
+                    continue
                 record = json.loads(raw)
                 if args.json:
                     record["leaf_hash"] = leaf_hash(raw).hex()
@@ -728,6 +734,66 @@ def cmd_log_prove(args: argparse.Namespace) -> int:
     }
     print(json.dumps(data, indent=2))
     return 0
+
+
+def cmd_log_consistency(args: argparse.Namespace) -> int:
+    """Print the RFC 9162 consistency proof between two signed checkpoints.
+
+    Both ends are stored checkpoints of exactly that size; NEW_SIZE left out (or equal
+    to the log's size) signs one of the current tree, as ``log checkpoint`` does. A size
+    with no stored checkpoint is a usage error (exit 2) naming the stored sizes.
+    """
+    from worm_fs.audit.checkpoint import CheckpointError, open_checkpoint
+    from worm_fs.audit.merkle import consistency_proof
+    from worm_fs.audit.verify import LogReport, load_leaves
+
+    loc = locate(args.path)
+    store = open_store(loc)
+    try:
+        leaves = load_leaves(store, LogReport())
+        with store.read() as rt:
+            stored = {size: n.decode() for size, n in rt.iter_checkpoints()}
+    finally:
+        store.close()
+    new_size = len(leaves) if args.new_size is None else args.new_size
+    if args.old_size > new_size:
+        raise UsageError(f"OLD_SIZE {args.old_size} is larger than NEW_SIZE {new_size}")
+    if new_size > len(leaves):
+        raise UsageError(f"NEW_SIZE {new_size} is beyond the log ({len(leaves)} records)")
+    if new_size == len(leaves) and new_size not in stored:
+        stored[new_size] = _checkpoint_now(loc)
+    notes = {}
+    for name, size in (("OLD_SIZE", args.old_size), ("NEW_SIZE", new_size)):
+        if size not in stored:
+            sizes = ", ".join(str(s) for s in sorted(stored)) or "none"
+            raise UsageError(f"no signed checkpoint of size {size} ({name}); stored "
+                             f"checkpoint sizes: {sizes}")
+        try:
+            cp = open_checkpoint(stored[size], _verifier(loc, None))
+        except CheckpointError as exc:
+            raise errors.LogTampered(f"the checkpoint of size {size}: {exc}") from None
+        notes[name] = (stored[size], cp)
+    proof = consistency_proof(leaves[:new_size], args.old_size)
+    data = {
+        "old_size": args.old_size,
+        "new_size": new_size,
+        "old_root": notes["OLD_SIZE"][1].root.hex(),
+        "new_root": notes["NEW_SIZE"][1].root.hex(),
+        "proof": [h.hex() for h in proof],
+        "old_checkpoint": notes["OLD_SIZE"][0],
+        "new_checkpoint": notes["NEW_SIZE"][0],
+    }
+
+    def human(d: dict[str, Any]) -> str:
+        lines = [f"consistency {d['old_size']} -> {d['new_size']} "
+                 f"({len(d['proof'])} hashes, RFC 9162 order)"]
+        lines += d["proof"]
+        lines += ["", "old checkpoint:", d["old_checkpoint"].rstrip("\n"),
+                  "", "new checkpoint:", d["new_checkpoint"].rstrip("\n")]
+        return "\n".join(lines)
+
+    emit(args, data, human)
+    return errors.EXIT_OK
 
 
 # ---------------------------------------------------------------------- deletion, holds
@@ -1146,7 +1212,12 @@ def build_parser() -> argparse.ArgumentParser:
                           "\\u202e), a backslash is \\\\, and a space in a path or process "
                           "name is \\x20.")
     p.add_argument("path", metavar="PATH")
-    p.add_argument("--json", action="store_true", help="JSON Lines")
+    form = p.add_mutually_exclusive_group()
+    form.add_argument("--json", action="store_true", help="JSON Lines")
+    form.add_argument("--raw", action="store_true",
+                      help="each record's canonical bytes, exactly as hashed into its "
+                      "leaf (SHA-256(0x00 || line)), one per line: ASCII JSON never "
+                      "contains a newline")
     p.add_argument("--since", type=_seq, default=0, metavar="SEQ", help="start at SEQ")
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new records")
     p.set_defaults(func=cmd_log_show)
@@ -1190,6 +1261,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", metavar="PATH")
     p.add_argument("seq", type=_seq, metavar="SEQ")
     p.set_defaults(func=cmd_log_prove)
+
+    p = logsub.add_parser("consistency", help="consistency proof between two checkpoints",
+                          description="Print the RFC 9162 consistency proof (the order "
+                          "tlog.CheckTree expects) from the signed checkpoint of OLD_SIZE "
+                          "records to the one of NEW_SIZE, and both checkpoints. Both must "
+                          "be stored checkpoints of exactly those sizes; NEW_SIZE left out "
+                          "means the whole log, signing a checkpoint of it if none is "
+                          "stored. Exit 0 printed, 1 a stored checkpoint fails its "
+                          "signature, 2 OLD_SIZE > NEW_SIZE, a size beyond the log or with "
+                          "no stored checkpoint.")
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("old_size", type=_seq, metavar="OLD_SIZE")
+    p.add_argument("new_size", type=_seq, nargs="?", metavar="NEW_SIZE")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_log_consistency)
 
     delp = sub.add_parser("delete", help="the two-person deletion procedure",
                           description="Nothing is deleted through the mount. A user requests "
