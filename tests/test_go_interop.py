@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from tests.conftest import WORM_FS, Mount, run_cli
+from tests.witness_server import WitnessServer
 
 GO_SOURCE = Path(__file__).parent / "go" / "verifier.go"
 GOPATH = Path("/usr/share/gocode")
@@ -150,3 +151,40 @@ def test_go_verifies_the_audit_log(mnt: Mount, go_verifier: Path, tmp_path: Path
                                           str(new_size + 1) + "\n", 1)
     cosigned.write_text(forged)
     rejects(v, "cosig", wkey, cosigned)
+
+
+def test_go_checks_the_cosignature_a_real_witness_made(
+        mount_factory, go_verifier: Path, tmp_path: Path) -> None:
+    """The witness on loopback cosigns through the daemon's tlog-witness client; Go
+    checks the stored cosigned note with the witness's key and refuses another key."""
+    witness = WitnessServer(tmp_path / "witness-state.json").start()
+    try:
+        mnt = mount_factory("--checkpoint-seconds", "1")
+        vkey = run_cli("log", "pubkey", str(mnt.path), check=True).stdout.strip()
+        origin = run_cli("log", "checkpoint", str(mnt.path), check=True).stdout.split("\n")[0]
+        witness.witness_log(origin, vkey)
+        mnt.options += ["--witness", f"{witness.url}={witness.vkey}"]
+        mnt.restart()
+        (mnt.path / AWKWARD[1]).write_bytes(b"model")
+        deadline = time.monotonic() + 20
+        while witness.state()[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        size = witness.state()[0]
+        assert size > 0, "the witness cosigned nothing within 20 s"
+        note = tmp_path / "cosigned.note"
+        note.write_text(_stored_note(mnt, size))
+        accepts(go_verifier, "cosig", witness.vkey, note)
+        accepts(go_verifier, "note", vkey, note)
+        _, stranger = witness_key(witness.name)
+        rejects(go_verifier, "cosig", stranger, note)
+    finally:
+        witness.stop()
+
+
+def _stored_note(mnt: Mount, size: int) -> str:
+    store = mnt.store()
+    try:
+        with store.read() as rt:
+            return dict(rt.iter_checkpoints())[size].decode()
+    finally:
+        store.close()

@@ -172,7 +172,7 @@ func consistency(vkey string, data []byte) error {
 
 // cosig checks a C2SP tlog-cosignature cosignature/v1 line (key type 0x04).
 func cosig(vkey string, text []byte) error {
-	parts := strings.Split(vkey, "+")
+	parts := strings.SplitN(vkey, "+", 3)
 	if len(parts) != 3 {
 		return errors.New("bad witness key")
 	}
