@@ -510,3 +510,26 @@ def test_signing_key_repr_hides_secret(key):
     text = repr(key)
     assert key.name in text
     assert base64.b64encode(key._private_bytes()).decode() not in text
+
+
+def test_a_chosen_log_origin_is_fixed_when_the_store_is_made(mount_factory, tmp_path) -> None:
+    from tests.conftest import run_cli
+
+    mnt = mount_factory("--log-origin", "models.example.com/worm")
+    (mnt.path / "f").write_bytes(b"x")
+    note = run_cli("log", "checkpoint", str(mnt.path), check=True).stdout
+    assert note.split("\n")[0] == "models.example.com/worm"
+    assert run_cli("log", "pubkey", str(mnt.path), check=True).stdout.startswith(
+        "models.example.com/worm+")
+    mnt.stop()
+    other = run_cli("mount", str(mnt.state), str(mnt.path), "--log-origin", "elsewhere/log")
+    assert other.returncode == 2 and "fixed when it was created" in other.stderr
+    assert "Traceback" not in other.stderr
+    mnt.options = []  # a later mount without the flag keeps the store's origin
+    mnt.start()
+    assert run_cli("log", "checkpoint", str(mnt.path), check=True).stdout.startswith(
+        "models.example.com/worm\n")
+    assert run_cli("log", "verify", str(mnt.path)).returncode == 0
+    (tmp_path / "n").mkdir()
+    bad = run_cli("mount", str(tmp_path / "s2"), str(tmp_path / "n"), "--log-origin", "a b")
+    assert bad.returncode == 2 and "printable" in bad.stderr

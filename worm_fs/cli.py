@@ -166,6 +166,7 @@ def _mount_options(args: argparse.Namespace) -> Any:
         audit_reads=args.audit_reads,
         checkpoint_records=args.checkpoint_records,
         checkpoint_seconds=args.checkpoint_seconds,
+        log_origin=args.log_origin,
         admin_group=args.admin_group,
         seal_read_mode=_seal_read_mode(args),
         seal_group=args.seal_group,
@@ -677,13 +678,13 @@ def _witness_keys(texts: list[str], quorum: int | None) -> list[Any]:
 
 
 def _checkpoint_now(loc: Location) -> str:
-    from worm_fs.audit.anchor import load_key, make_checkpoint, origin_for
+    from worm_fs.audit.anchor import load_key, make_checkpoint, stored_origin
 
     store = open_store(loc, write=True)
     try:
         with store.read() as rt:
-            store_id = (rt.get_meta("store_id") or b"").decode()
-        return make_checkpoint(store, load_key(loc.state_dir), origin_for(store_id))
+            origin = stored_origin(rt)
+        return make_checkpoint(store, load_key(loc.state_dir), origin)
     finally:
         store.close()
 

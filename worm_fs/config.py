@@ -54,6 +54,10 @@ MOUNT_SETTINGS: tuple[Setting, ...] = (
             "(default 10000)", "N"),
     Setting("checkpoint_seconds", float, 300.0, "or after T seconds with new records "
             "(default 300)", "T"),
+    Setting("log_origin", str, None, "the origin (and key name) of the log's checkpoints, "
+            "fixed when the store is first mounted; C2SP recommends a schema-less URL, e.g. "
+            "models.example.com/worm (default worm-fs/STORE_ID); another origin on a later "
+            "mount exits 2", "ORIGIN"),
     Setting("runtime_dir", str, None, "where the control sockets go (default "
             "/run/worm-fs/STORE_ID); it and its parents must be root's or the daemon's "
             "and not writable by group or others (sticky parents allowed), else exit 2",

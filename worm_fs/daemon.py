@@ -39,7 +39,7 @@ from typing import Any
 import trio
 
 from worm_fs import fuse_ops
-from worm_fs.audit.anchor import ensure_key, origin_for, write_checkpoint
+from worm_fs.audit.anchor import ensure_key, fix_origin, write_checkpoint
 from worm_fs.audit.log import AuditLog
 from worm_fs.control.runtime import RuntimeDir
 from worm_fs.control.server import ADMIN_SOCKET, REQUEST_SOCKET, ControlServer
@@ -68,6 +68,8 @@ class MountOptions:
     audit_reads: str = "handle"  # or "each"
     checkpoint_records: int = 10_000
     checkpoint_seconds: float = 300.0
+    #: The log's origin, fixed at the store's first mount (None: worm-fs/<store id>).
+    log_origin: str | None = None
     admin_group: str | None = None
     seal_read_mode: int = 0  # read bits added at seal (and mkdir); 0: none
     seal_group: str | None = None
@@ -215,8 +217,8 @@ class Daemon:
         self.control = ControlServer(self.deletions, on_removed=self._forget_removed,
                                      on_changed=fuse_ops.notify_changed,
                                      admin_gid=admin_gid)
-        self.key = ensure_key(state_dir, self.store_id)
-        self.origin = origin_for(self.store_id)
+        self.origin = fix_origin(self.store, state_dir, options.log_origin)
+        self.key = ensure_key(state_dir, self.origin)
         started = time.monotonic()
         recovered = self.core.recover()
         if recovered["sealed"] or recovered["quarantined"]:

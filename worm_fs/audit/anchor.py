@@ -1,7 +1,11 @@
 """Signed checkpoints of the audit log, made and kept in the store.
 
 The store's Ed25519 key lives in ``STATE_DIR/audit-signing.key`` (mode 0600), created
-with the store. The key name and the checkpoint origin are both ``worm-fs/<store id>``.
+with the store. The key name and the checkpoint origin are the same string: by default
+``worm-fs/<store id>``, or the ``--log-origin`` given when the store was first mounted
+(kept in the store's meta as ``log_origin``; C2SP recommends a schema-less URL such as
+``models.example.com/worm``). An origin is fixed for the life of the store: every
+checkpoint, cosignature and replica pins it.
 """
 
 from __future__ import annotations
@@ -11,27 +15,67 @@ from pathlib import Path
 
 from worm_fs.audit.checkpoint import Checkpoint, SigningKey, sign_checkpoint
 from worm_fs.audit.log import tree_head
-from worm_fs.errors import NotAStore
-from worm_fs.store import Store, WriteTxn, u64, uploads
+from worm_fs.errors import NotAStore, UsageError
+from worm_fs.store import ReadTxn, Store, WriteTxn, u64, uploads
 
 KEY_FILE = "audit-signing.key"
 CHECKPOINT_TIME_KEY = "checkpoint_time_ns"
+ORIGIN_KEY = "log_origin"
 
 
 def origin_for(store_id: str) -> str:
+    """The default origin of a store's log."""
     return f"worm-fs/{store_id}"
+
+
+def stored_origin(rt: ReadTxn) -> str:
+    """The origin of this store's log: the one fixed at its creation, else the default."""
+    kept = rt.get_meta(ORIGIN_KEY)
+    if kept is not None:
+        return kept.decode()
+    return origin_for((rt.get_meta("store_id") or b"").decode())
+
+
+def check_origin(origin: str) -> str:
+    """``origin`` if it can be a log origin and key name (non-empty, no spaces, no '+',
+    no control characters, C2SP tlog-checkpoint/signed-note), else :class:`UsageError`."""
+    if (not origin or len(origin) > 255 or "+" in origin
+            or any(c.isspace() or not c.isprintable() for c in origin)):
+        raise UsageError(f"--log-origin {origin!r}: an origin is one line of printable "
+                         "characters without spaces or '+', e.g. models.example.com/worm")
+    return origin
+
+
+def fix_origin(store: Store, state_dir: Path, requested: str | None) -> str:
+    """The origin this mount signs with, fixing ``requested`` on a store that has none
+    yet (no signing key made). Refuses (exit 2) another origin than the store's.
+
+    Runs at mount, before the committer starts: it writes through ``store`` directly.
+    """
+    with store.read() as rt:
+        current = stored_origin(rt)
+        kept = rt.get_meta(ORIGIN_KEY) is not None
+    if requested is None or requested == current:
+        return current
+    check_origin(requested)
+    if kept or key_path(state_dir).exists():
+        raise UsageError(f"--log-origin {requested}: this store's log has the origin "
+                         f"{current}, fixed when it was created")
+    with store.write() as tx:
+        tx.put_meta(ORIGIN_KEY, requested.encode())
+    return requested
 
 
 def key_path(state_dir: Path) -> Path:
     return Path(state_dir) / KEY_FILE
 
 
-def ensure_key(state_dir: Path, store_id: str) -> SigningKey:
-    """Load the store's signing key, creating it on first use."""
+def ensure_key(state_dir: Path, origin: str) -> SigningKey:
+    """Load the store's signing key, creating it on first use, named ``origin``."""
     path = key_path(state_dir)
     if path.exists():
         return SigningKey.load(path)
-    key = SigningKey.generate(origin_for(store_id))
+    key = SigningKey.generate(origin)
     key.save(path)
     return key
 

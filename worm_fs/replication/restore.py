@@ -24,12 +24,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import secrets
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from worm_fs.audit.anchor import KEY_FILE
+from worm_fs.audit.anchor import KEY_FILE, ORIGIN_KEY
 from worm_fs.audit.checkpoint import SigningKey, VerifierKey, open_checkpoint
 from worm_fs.audit.log import FRONTIER_KEY, NEXT_SEQ_KEY
 from worm_fs.audit.merkle import Frontier, leaf_hash
@@ -92,7 +93,13 @@ def restore(bucket: Bucket, verifier: VerifierKey, state_dir: Path, *,
             tx.put_meta(NEXT_SEQ_KEY, u64(len(records)))
             tx.put_checkpoint(cp.size, note)
             tx.put_meta("schema_version", str(SCHEMA_VERSION).encode())
-            tx.put_meta("store_id", cp.origin.removeprefix("worm-fs/").encode())
+            default = cp.origin.startswith("worm-fs/")
+            # A store id names the runtime directory: a chosen origin keeps its own meta
+            # and the restored store gets a fresh id.
+            tx.put_meta("store_id", cp.origin.removeprefix("worm-fs/").encode() if default
+                        else secrets.token_hex(8).encode())
+            if not default:
+                tx.put_meta(ORIGIN_KEY, cp.origin.encode())
             tx.put_meta(LAYOUTS_META, b"1")
             files = logical = 0
             for n, inode in enumerate(namespace.inodes.values(), 1):
