@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from tests.conftest import WORM_FS, Mount, run_cli
+from tests.test_witness import mount_witnessed
 from tests.witness_server import WitnessServer
 
 GO_SOURCE = Path(__file__).parent / "go" / "verifier.go"
@@ -159,12 +160,8 @@ def test_go_checks_the_cosignature_a_real_witness_made(
     checks the stored cosigned note with the witness's key and refuses another key."""
     witness = WitnessServer(tmp_path / "witness-state.json").start()
     try:
-        mnt = mount_factory("--checkpoint-seconds", "1")
+        mnt = mount_witnessed(mount_factory, witness)
         vkey = run_cli("log", "pubkey", str(mnt.path), check=True).stdout.strip()
-        origin = run_cli("log", "checkpoint", str(mnt.path), check=True).stdout.split("\n")[0]
-        witness.witness_log(origin, vkey)
-        mnt.options += ["--witness", f"{witness.url}={witness.vkey}"]
-        mnt.restart()
         (mnt.path / AWKWARD[1]).write_bytes(b"model")
         deadline = time.monotonic() + 20
         while witness.state()[0] == 0 and time.monotonic() < deadline:

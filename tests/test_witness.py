@@ -51,6 +51,10 @@ def witness(tmp_path: Path):
 
 @pytest.fixture
 def witnessed(mount_factory, witness):
+    return mount_witnessed(mount_factory, witness)
+
+
+def mount_witnessed(mount_factory, witness: WitnessServer):
     """A mount whose log the witness knows, asking it to cosign every second."""
     mnt = mount_factory("--checkpoint-seconds", "1")
     vkey = run_cli("log", "pubkey", str(mnt.path), check=True).stdout.strip()
