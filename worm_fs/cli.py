@@ -108,8 +108,17 @@ def _check_mount_args(args: argparse.Namespace) -> tuple[Path, Path]:
             raise UsageError("--replicate sync is not available yet; use --replicate async")
         if args.object_retention < 0:
             raise UsageError("--object-retention must be 0 or more days")
+    elif args.replica is not None:
+        from worm_fs.replication.s3 import BucketUrl
+
+        BucketUrl.parse(args.replica)
+        if not args.pubkey:
+            raise UsageError("--replica needs --pubkey KEY (worm-fs log pubkey on the "
+                             "primary)")
+        if args.cache_size <= 0 or args.poll <= 0:
+            raise UsageError("--cache-size and --poll must be more than 0")
     elif args.s3_endpoint is not None:
-        raise UsageError("--s3-endpoint needs --bucket")
+        raise UsageError("--s3-endpoint needs --bucket or --replica")
     if not 0 < args.max_retention <= 36_525 or args.retention > args.max_retention:
         raise UsageError("--max-retention must be more than 0 and at most 36525 days (100 "
                          "years), and at least --retention")
@@ -127,7 +136,8 @@ def _check_mount_args(args: argparse.Namespace) -> tuple[Path, Path]:
     if state_dir.exists():
         if not state_dir.is_dir():
             raise UsageError(f"state directory {state_dir} is not a directory")
-        ours = {"store", "daemon.log", "daemon.lock", "audit-signing.key", "space.reserve"}
+        ours = {"store", "daemon.log", "daemon.lock", "audit-signing.key", "space.reserve",
+                "cache", "replica-status.json"}
         if not (state_dir / "store").exists() and any(
             p.name not in ours for p in state_dir.iterdir()
         ):
@@ -182,6 +192,10 @@ def _mount_options(args: argparse.Namespace) -> Any:
         read_ahead_kib=args.read_ahead_kib,
         open_rate_limit=args.open_rate_limit,
         witnesses=_witnesses(args.witness),
+        replica=args.replica,
+        pubkey=args.pubkey,
+        cache_size_gib=args.cache_size,
+        poll_seconds=args.poll,
         debug_fuse=args.debug_fuse,
     )
 
@@ -340,14 +354,19 @@ STATS_TOP_UIDS = 10
 
 
 def cmd_replication_status(args: argparse.Namespace) -> int:
+    from worm_fs.replication.follower import SOURCE
     from worm_fs.replication.uploader import queue_status
 
-    store = open_store(locate(args.path))
+    loc = locate(args.path)
+    store = open_store(loc)
     try:
         with store.read() as rt:
             data = queue_status(rt, time.time_ns())
+            follows = rt.get_meta(SOURCE)
     finally:
         store.close()
+    if follows is not None:
+        return _replica_status(args, loc.state_dir, data)
     if data["bucket"] is None:
         raise UsageError(f"{args.path}: this store does not replicate to a bucket "
                          "(mount it with --bucket)")
@@ -366,6 +385,33 @@ def cmd_replication_status(args: argparse.Namespace) -> int:
 
     emit(args, data, human)
     return 0
+
+
+def _replica_status(args: argparse.Namespace, state_dir: Path, log_upload: dict) -> int:
+    """``replication status`` of a replica: what it follows, how far behind, its cache.
+    Exit 1 if it refused the bucket's log or a file (it serves what it verified)."""
+    from worm_fs.replication.follower import STATUS_FILE
+
+    try:
+        data = json.loads((state_dir / STATUS_FILE).read_text())
+    except (OSError, ValueError):
+        raise UsageError(f"{state_dir}: no replica status yet (is it mounted?)") from None
+    data["own_log_upload"] = log_upload
+
+    def human(d: dict[str, Any]) -> str:
+        return "\n".join([
+            f"replica of:       {d['bucket']}",
+            f"following:        tree size {d['followed_size']} (root {d['followed_root'][:16]}…)",
+            f"behind:           {d['behind_records']} records, {d['behind_seconds']} s",
+            f"cache:            {_human_bytes(d.get('cache_bytes', 0))} of "
+            f"{_human_bytes(d.get('cache_limit', 0))}, hit rate "
+            f"{d.get('cache_hit_rate', 0.0):.1%}",
+            f"refused:          {printable(d['refused']) or '-'}",
+            f"last error:       {printable(d['last_error']) or '-'}",
+        ])
+
+    emit(args, data, human)
+    return errors.EXIT_CHECK_FAILED if data["refused"] else 0
 
 
 def cmd_stats(args: argparse.Namespace) -> int:

@@ -75,6 +75,16 @@ MOUNT_SETTINGS: tuple[Setting, ...] = (
             "(default 30)", "DAYS"),
     Setting("replicate", str, "async", "async: uploads never slow writers (default)",
             choices=("async", "sync")),
+    Setting("replica", str, None, "mount a read-only replica of the primary that "
+            "replicates to this bucket (s3://BUCKET[/PREFIX]; needs --pubkey); STATE_DIR "
+            "then holds the replica's own store and chunk cache", "URL"),
+    Setting("pubkey", str, None, "a replica's pin: the primary's verifier key (worm-fs log "
+            "pubkey on the primary); nothing the bucket holds is served unless this key "
+            "signed it", "KEY"),
+    Setting("cache_size", float, 8.0, "a replica's chunk cache bound in GiB (default 8; "
+            "least recently used chunks are evicted)", "GIB"),
+    Setting("poll", float, 5.0, "how often a replica looks for a new checkpoint in the "
+            "bucket, in seconds (default 5)", "SECONDS"),
     Setting("witness", list, None, "ask the witness at URL (C2SP tlog-witness) to cosign "
             "each new checkpoint; VKEY is its cosignature/v1 verifier key (repeatable; in "
             "--config a list of strings)", "URL=VKEY"),

@@ -85,6 +85,11 @@ class MountOptions:
     object_retention_days: float = 30.0
     replicate: str = "async"
     witnesses: tuple[str, ...] = ()  # URL=VKEY of each witness asked to cosign
+    #: A read-only replica of the primary whose bucket this is (s3://BUCKET[/PREFIX]).
+    replica: str | None = None
+    pubkey: str | None = None  # the primary's verifier key (replicas)
+    cache_size_gib: float = 8.0
+    poll_seconds: float = 5.0
     debug_fuse: bool = False
 
 
@@ -198,7 +203,8 @@ class Daemon:
             seal_read_mode=options.seal_read_mode,
             seal_gid=resolve_group(options.seal_group),
         )
-        self.core.initialize()
+        created = self.core.initialize()
+        self.replica = self._replica_role(created)
         self.store_id = self.core.store_id()
         # Checked before recovery writes anything or the mount goes up: an unsafe
         # runtime directory refuses the start (UnsafeRuntimeDir, exit 2).
@@ -236,6 +242,7 @@ class Daemon:
                      len(counted))
         self.core.start()  # from now on only the committer thread writes the store
         self.uploader = self._start_uploader()
+        self.follower = self._start_follower()
         self.witnesser = self._start_witnesser()
         self.core.root_xattrs[b"user.worm.pid"] = str(os.getpid()).encode()
         self.core.root_xattrs[b"user.worm.pubkey"] = self.key.verifier_key().encode()
@@ -280,6 +287,9 @@ class Daemon:
             finally:
                 fuse_ops.unmount()
                 self._remove_sockets()
+                if self.follower is not None:
+                    self.follower.stop()
+                    self.core.chunk_source.close()  # type: ignore[union-attr]
                 if self.uploader is not None:
                     self.uploader.stop()  # what it did not upload stays queued
                 if self.witnesser is not None:
@@ -302,7 +312,68 @@ class Daemon:
         witnesser.start()
         return witnesser
 
+    def _replica_role(self, created: bool) -> str | None:
+        """The bucket URL this store follows (a replica), or None (a primary). A store
+        is one or the other for life."""
+        from worm_fs.replication.follower import SOURCE
+        from worm_fs.replication.s3 import BucketUrl
+
+        with self.store.read() as rt:
+            follows = (rt.get_meta(SOURCE) or b"").decode() or None
+        wanted = str(BucketUrl.parse(self.options.replica)) if self.options.replica else None
+        if wanted is None and follows is not None:
+            raise UsageError(f"{self.state_dir} is a replica of {follows}: mount it with "
+                             f"--replica {follows} --pubkey KEY")
+        if wanted is None:
+            return None
+        if follows is None and not created and not self._blank_replica():
+            raise UsageError(f"{self.state_dir} holds a primary's store: a replica needs "
+                             "a state directory of its own")
+        if follows is not None and follows != wanted:
+            raise UsageError(f"{self.state_dir} is a replica of {follows}, not {wanted}")
+        if self.options.bucket is not None:
+            raise UsageError("--replica and --bucket: a replica publishes its own log "
+                             "beside the primary's in the replica's bucket; drop --bucket")
+        if not self.options.pubkey:
+            raise UsageError("--replica needs --pubkey KEY: the primary's verifier key "
+                             "(worm-fs log pubkey on the primary)")
+        self.core.read_only = f"a replica of {wanted}"
+        self.store.replicating = True  # its own log goes to the bucket
+        return wanted
+
+    def _blank_replica(self) -> bool:
+        """A store made by a replica mount that stopped before its first follow."""
+        with self.store.read() as rt:
+            return next(iter(rt.iter_dirents(1)), None) is None and \
+                rt.get_counter("files") == 0
+
+    def _start_follower(self) -> Any:
+        if self.replica is None:
+            return None
+        from worm_fs.audit.checkpoint import CheckpointError, VerifierKey
+        from worm_fs.replication.chunk_cache import ChunkCache
+        from worm_fs.replication.follower import Follower
+        from worm_fs.replication.replica_reads import ReplicaChunks
+        from worm_fs.replication.s3 import Bucket, BucketUrl
+
+        try:
+            verifier = VerifierKey.parse(self.options.pubkey or "")
+        except CheckpointError as exc:
+            raise UsageError(f"bad --pubkey: {exc}") from None
+        bucket = Bucket(BucketUrl.parse(self.replica), endpoint=self.options.s3_endpoint,
+                        lock_mode=None)
+        cache = ChunkCache(self.state_dir / "cache", int(self.options.cache_size_gib * (1 << 30)))
+        chunks = ReplicaChunks(self.store, bucket, cache)
+        follower = Follower(self.core, bucket, verifier, chunks,
+                            poll_s=self.options.poll_seconds)
+        chunks.on_refused = follower.note_refused_file
+        self.core.chunk_source = chunks
+        follower.poll_safely()  # what the bucket holds now, before the mount goes up
+        return follower  # polling starts once the kernel knows the mount (_serve)
+
     def _start_uploader(self) -> Any:
+        if self.replica is not None:
+            return self._start_replica_log_upload()
         if self.options.bucket is None:
             from worm_fs.replication.uploader import forget_bucket
 
@@ -318,6 +389,22 @@ class Daemon:
         queued = queue_existing(self.core, str(url))
         if queued:
             log.info("replication to %s: queued %d objects already in the store", url, queued)
+        bucket = Bucket(url, endpoint=self.options.s3_endpoint,
+                        lock_mode=self.options.object_lock,
+                        retention_days=self.options.object_retention_days)
+        uploader = Uploader(self.core, bucket)
+        uploader.start()
+        return uploader
+
+    def _start_replica_log_upload(self) -> Any:
+        """A replica's own audit log goes to ``replicas/<store id>/`` beside the
+        primary's objects (log tiles and checkpoints only: it stores no chunks)."""
+        from worm_fs.replication.s3 import Bucket, BucketUrl
+        from worm_fs.replication.uploader import Uploader, queue_existing
+
+        primary = BucketUrl.parse(self.replica or "")
+        url = BucketUrl(primary.bucket, f"{primary.prefix}replicas/{self.store_id}/")
+        queue_existing(self.core, str(url), log_only=True)
         bucket = Bucket(url, endpoint=self.options.s3_endpoint,
                         lock_mode=self.options.object_lock,
                         retention_days=self.options.object_retention_days)
@@ -359,6 +446,10 @@ class Daemon:
             # The kernel's FUSE INIT sets the mount's read-ahead; raise it only after that.
             await self.ops.initialized.wait()
             set_read_ahead(self.mountpoint, self.options.read_ahead_kib)
+            if self.follower is not None:  # its changes reach the kernel's caches now
+                self.follower.on_removed = self._forget_removed
+                self.follower.on_changed = fuse_ops.notify_changed
+                self.follower.start()
             if ready_fd is not None:
                 os.write(ready_fd, b"ready\n")
                 os.close(ready_fd)

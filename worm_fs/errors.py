@@ -118,3 +118,12 @@ class LogTampered(WormError):
 
     errno = _errno.EIO
     exit_code = EXIT_CHECK_FAILED
+
+
+class UntrustedData(WormError):
+    """Bytes from outside the store (a replica's bucket) failed their check: refused,
+    never served; unlike :class:`Corruption` the store itself is not damaged, so the
+    daemon does not go failsafe."""
+
+    errno = _errno.EIO
+    exit_code = EXIT_CHECK_FAILED

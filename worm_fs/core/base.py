@@ -49,7 +49,7 @@ import logging
 import threading
 import time
 from dataclasses import replace
-from typing import Any
+from typing import Any, Protocol
 
 from worm_fs.audit.log import AuditBatch, AuditLog
 from worm_fs.core.committer import Committer, JobFn
@@ -57,7 +57,15 @@ from worm_fs.core.handles import Handle, WriteHandle
 from worm_fs.core.layout import SealPlan
 from worm_fs.core.model import Caller, Inode
 from worm_fs.core.paths import NAME_MAX, ROOT_INO, path_of
-from worm_fs.core.policy import FAILSAFE_ERRNO, Facts, Op, decide, name_errno, needs_settle
+from worm_fs.core.policy import (
+    FAILSAFE_ERRNO,
+    READ_ONLY_ERRNO,
+    Facts,
+    Op,
+    decide,
+    name_errno,
+    needs_settle,
+)
 from worm_fs.core.quota import Quotas
 from worm_fs.core.settle import Survey, Window, closed_itself, survey, window_open
 from worm_fs.errors import Corruption, NotFound, Refused, StorageError, WormError
@@ -75,6 +83,16 @@ BORN_GRACE_S = 10.0
 MAX_PENDING_RECORDS = 100_000
 
 _Name = tuple[int, bytes]
+
+
+class ChunkSource(Protocol):
+    """Chunks a store serves without holding them (a replica's). May block (network);
+    called with a read transaction open, never with a lock held."""
+
+    def chunk(self, ino: int, index: int, key: bytes) -> bytes:
+        """Chunk ``index`` (key ``key``) of sealed file ``ino``, checked against what
+        the signed log pins; :class:`~worm_fs.errors.UntrustedData` if it cannot be."""
+        ...
 
 
 class CoreState:
@@ -127,6 +145,12 @@ class CoreState:
         self.audit_failing = False
         #: Why the store stopped accepting changes (None while healthy).
         self.failsafe: str | None = None
+        #: What this mount is when it changes nothing at all (a replica), else None:
+        #: every change is refused (policy.READ_ONLY_ERRNO), reads go on.
+        self.read_only: str | None = None
+        #: Where chunks come from when the store does not hold them (a replica's cache
+        #: and bucket); None on a primary, which holds every chunk it serves.
+        self.chunk_source: ChunkSource | None = None
         self.root_xattrs: dict[bytes, bytes] = {}
 
     # ------------------------------------------------------------------ commits
@@ -259,7 +283,10 @@ class CoreState:
         self.log.note(self.log.stamp("failsafe", errno.EIO, reason=reason))
 
     def require_writable(self, op: str, caller: Caller, **fields: Any) -> None:
-        """Refuse a change while in failsafe mode (audited)."""
+        """Refuse a change on a read-only mount or while in failsafe mode (audited)."""
+        if self.read_only is not None:
+            raise self._refuse(op, READ_ONLY_ERRNO, caller,
+                               f"this mount is read-only ({self.read_only})", **fields)
         if self.failsafe is not None:
             raise self._refuse(op, FAILSAFE_ERRNO, caller,
                                f"the store is in failsafe mode ({self.failsafe})", **fields)
@@ -430,9 +457,13 @@ class CoreState:
         self, op: Op, audit_op: str, inode: Inode, facts: Facts, caller: Caller, path: str,
         **fields: Any,
     ) -> None:
+        if self.read_only is not None:
+            facts = replace(facts, read_only=True)
         err = decide(op, inode, facts)
         if err is not None:
             why = f"{op.value} refused on {inode.kind.value} ({inode.state.value})"
+            if facts.read_only and err == READ_ONLY_ERRNO:
+                why = f"{op.value} refused: this mount is read-only ({self.read_only})"
             if facts.is_creator and facts.closed and needs_settle(op, inode):
                 why += f": {facts.closed}"
             raise self._refuse(audit_op, err, caller, why, path=path, ino=inode.ino, **fields)

@@ -34,7 +34,7 @@ from worm_fs.core.policy import Op
 from worm_fs.core.quota import QuotaExceeded
 from worm_fs.core.storer import Chunk, ChunkStorer, retire_chunks, store_live_chunks
 from worm_fs.core.throttle import OpenThrottle
-from worm_fs.errors import Corruption, Refused, WormError
+from worm_fs.errors import Corruption, Refused, UntrustedData, WormError
 from worm_fs.store import (
     CHUNK_SIZE,
     ReadTxn,
@@ -157,6 +157,9 @@ class FileOps(CoreState):
                             off, size, lambda i: load_file_chunk(rt, handle.ino, i))
                 else:
                     data = self._read_chunks(rt, handle, off, size)
+        except UntrustedData as exc:  # refused bytes from outside: the store is fine
+            self._report_corruption(handle, str(exc))
+            raise
         except Corruption as exc:
             self._report_corruption(handle, str(exc))
             self.enter_failsafe(f"corrupt data detected: {exc}")
@@ -190,7 +193,8 @@ class FileOps(CoreState):
             elif key == cached_key:
                 data = cached_data
             else:
-                stored = rt.get_chunk(key)
+                stored = rt.get_chunk(key) if self.chunk_source is None else \
+                    self.chunk_source.chunk(handle.ino, index, key)
                 if stored is None and rt.get_inode(handle.ino) is None:
                     raise WormError("the file was deleted", errno=errno.ESTALE)
                 data = check_chunk(key, stored)

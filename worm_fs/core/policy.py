@@ -129,11 +129,20 @@ class Facts:
     not_empty: bool = False
     #: Why the settle window is closed, for the refusal's message.
     closed: str = ""
+    #: The mount is read-only (a replica): see :data:`READ_ONLY_OPS`.
+    read_only: bool = False
 
 
 #: After detected corruption or a storage I/O error the store goes failsafe: reads go on,
 #: every change is refused with this errno until an admin has checked and remounted it.
 FAILSAFE_ERRNO = errno.EROFS
+
+#: A read-only mount (a replica following a primary's bucket) allows only the rows
+#: below; every other operation, on every column, is refused with ``READ_ONLY_ERRNO``
+#: (checked before the table: "this mount changes nothing" comes before "not allowed
+#: on this entry"), and so is every change asked for through the control channel.
+READ_ONLY_OPS = frozenset({Op.OPEN_READ})
+READ_ONLY_ERRNO = errno.EROFS
 
 
 def column_of(inode: Inode) -> Column:
@@ -160,6 +169,8 @@ def needs_settle(op: Op, inode: Inode) -> bool:
 
 def decide(op: Op, inode: Inode, facts: Facts) -> int | None:
     """``None`` if ``op`` on ``inode`` is allowed, else the errno to refuse it with."""
+    if facts.read_only and op not in READ_ONLY_OPS:
+        return READ_ONLY_ERRNO
     rule = rule_for(op, column_of(inode))
     if rule.not_empty is not None and facts.not_empty:
         return rule.not_empty

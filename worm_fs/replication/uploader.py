@@ -391,17 +391,18 @@ def queue_status(rt: ReadTxn, now_ns: int, scan: int = 100_000) -> dict[str, Any
     }
 
 
-def queue_existing(core: WormCore, url: str) -> int:
+def queue_existing(core: WormCore, url: str, *, log_only: bool = False) -> int:
     """When a store starts replicating to ``url`` (a bucket it did not replicate to
-    before): queue everything already stored, in one committer job. Returns how many
-    names were queued."""
+    before): queue everything already stored, in one committer job (``log_only``: the
+    log alone, a replica's). Returns how many names were queued."""
     with core.store.read() as rt:
         if (rt.get_meta(BUCKET_META) or b"").decode() == url:
             return 0
-        chunks = [(key, len(data)) for key, data in rt.iter_chunks()]
-        files = [(inode.ino, inode.layout) for inode in
-                 (Inode.from_bytes(raw) for _, raw in rt.iter_inodes())
-                 if inode.state is State.SEALED and inode.layout]
+        chunks = [] if log_only else [(key, len(data)) for key, data in rt.iter_chunks()]
+        files = [] if log_only else [
+            (inode.ino, inode.layout) for inode in
+            (Inode.from_bytes(raw) for _, raw in rt.iter_inodes())
+            if inode.state is State.SEALED and inode.layout]
         newest = max((size for size, _ in rt.iter_checkpoints()), default=None)
     now = time.time_ns()
 

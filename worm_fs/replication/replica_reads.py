@@ -1,0 +1,186 @@
+"""A replica's file bytes: fetched from the bucket, verified, cached.
+
+Chunk keys are XXH3 digests: good against damage, not against someone who can put a
+new version of ``chunks/<key>`` in the bucket and chooses its bytes. The only
+cryptographic binding of a file's content is the SHA-256 in its seal record, which the
+replica took from the signed log. So before the first byte of a file is served, the
+whole file is fetched (parallel GETs, in order), its SHA-256 compared with the sealed
+one, and the SHA-256 of each of its chunks remembered (:mod:`.chunk_cache`); a chunk
+fetched again later (evicted meanwhile) must match its remembered SHA-256. A file that
+fails is refused with EIO (:class:`~worm_fs.errors.UntrustedData`) and reported; other
+files are served as before. Time to first byte is therefore the time to fetch the
+whole file; later reads come from the cache.
+
+Reads that find their chunk missing fetch it and read ahead on the same file.
+Concurrent readers of the same chunk share one fetch; concurrent first readers of a
+file share one verification.
+
+Concurrency: :meth:`ReplicaChunks.chunk` blocks (network) and is called from the core's
+read path in worker threads; one lock guards the in-flight tables, never held while
+fetching.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from worm_fs.core.model import Inode, Kind, State
+from worm_fs.errors import NotFound, UntrustedData
+from worm_fs.replication.chunk_cache import ChunkCache
+from worm_fs.replication.s3 import Bucket
+from worm_fs.store import Store
+from worm_fs.store.chunks import DIGEST_LEN, digest
+
+log = logging.getLogger(__name__)
+
+#: Chunk GETs in flight at once (each at most 1 MiB).
+PARALLEL = 16
+#: Chunks fetched ahead of a reader that found its chunk missing.
+READ_AHEAD = 8
+
+
+def chunk_object(key: bytes) -> str:
+    return f"chunks/{key.hex()}"
+
+
+class ReplicaChunks:
+    """The :class:`~worm_fs.core.base.ChunkSource` of a replica."""
+
+    def __init__(self, store: Store, bucket: Bucket, cache: ChunkCache, *,
+                 on_refused: Callable[[str, str], None] | None = None,
+                 parallel: int = PARALLEL) -> None:
+        self.store = store
+        self.bucket = bucket
+        self.cache = cache
+        self.on_refused = on_refused
+        self._pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="fetch")
+        self._lock = threading.Lock()
+        self._fetches: dict[bytes, Future[bytes]] = {}
+        self._verifying: dict[tuple[int, str], Future[list[bytes]]] = {}
+        self.fetched_bytes = 0
+        self.refused_files = 0
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # ------------------------------------------------------------------ the read path
+    def chunk(self, ino: int, index: int, key: bytes) -> bytes:
+        inode, keys = self._file(ino)
+        shas = self._verified(inode, keys)
+        data = self.cache.get(key)
+        if data is None:
+            data = self._fetch(key, shas[index]).result()
+            self._read_ahead(keys, shas, index + 1)
+        return data
+
+    def _file(self, ino: int) -> tuple[Inode, list[bytes]]:
+        with self.store.read() as rt:
+            raw = rt.get_inode(ino)
+            if raw is None:
+                raise NotFound(f"inode {ino} does not exist")
+            inode = Inode.from_bytes(raw)
+            keys = [key for _, key in rt.iter_manifest(ino)]
+        if inode.kind is not Kind.FILE or inode.state is not State.SEALED:
+            raise UntrustedData(f"inode {ino} is not a sealed file")
+        return inode, keys
+
+    def _verified(self, inode: Inode, keys: list[bytes]) -> list[bytes]:
+        """The per-chunk SHA-256s of a file whose bytes matched its sealed SHA-256,
+        verifying it first (once, shared by concurrent callers)."""
+        shas = self.cache.verified(inode.ino, inode.layout)
+        if shas is not None and len(shas) == len(keys):
+            return shas
+        ident = (inode.ino, inode.layout)
+        with self._lock:
+            future = self._verifying.get(ident)
+            mine = future is None
+            if mine:
+                future = self._verifying[ident] = Future()
+        assert future is not None
+        if not mine:
+            return future.result()
+        try:
+            shas = self._verify(inode, keys)
+            self.cache.set_verified(inode.ino, inode.layout, shas)
+            future.set_result(shas)
+            return shas
+        except BaseException as exc:
+            future.set_exception(exc)
+            raise
+        finally:
+            with self._lock:
+                self._verifying.pop(ident, None)
+
+    def _verify(self, inode: Inode, keys: list[bytes]) -> list[bytes]:
+        whole = hashlib.sha256()
+        shas: list[bytes] = []
+        window: list[Future[bytes]] = []
+        ahead = 0
+        for index, _key in enumerate(keys):
+            while ahead < len(keys) and ahead < index + 2 * PARALLEL:
+                window.append(self._pool.submit(self._load, keys[ahead]))
+                ahead += 1
+            data = window.pop(0).result()
+            whole.update(data)
+            shas.append(hashlib.sha256(data).digest())
+        if whole.hexdigest() != inode.sha256:
+            self.refused_files += 1
+            detail = (f"the chunks of inode {inode.ino} do not give its sealed SHA-256: "
+                      "a chunk object in the bucket was replaced")
+            if self.on_refused:
+                self.on_refused(f"files/{inode.ino}-{inode.layout}.json", detail)
+            raise UntrustedData(detail)
+        return shas
+
+    def _load(self, key: bytes) -> bytes:
+        """A chunk from the cache, else fetched (checked against its key) and cached."""
+        data = self.cache.get(key)
+        if data is None:
+            data = self._get(key)
+            self.cache.put(key, data)
+        return data
+
+    def _get(self, key: bytes) -> bytes:
+        name = chunk_object(key)
+        data = self.bucket.get(name)
+        if data is None:
+            raise UntrustedData(f"{name} is missing from the bucket")
+        if digest(data) != key[:DIGEST_LEN]:
+            raise UntrustedData(f"{name} does not match its key")
+        with self._lock:
+            self.fetched_bytes += len(data)
+        return data
+
+    def _fetch(self, key: bytes, sha: bytes) -> Future[bytes]:
+        """One fetch of a chunk of a verified file, shared by concurrent readers."""
+        with self._lock:
+            future = self._fetches.get(key)
+            if future is not None:
+                return future
+            future = self._fetches[key] = self._pool.submit(self._fetch_checked, key, sha)
+        return future
+
+    def _fetch_checked(self, key: bytes, sha: bytes) -> bytes:
+        try:
+            data = self._get(key)
+            if hashlib.sha256(data).digest() != sha:
+                raise UntrustedData(f"{chunk_object(key)} does not match the chunk the "
+                                    "file was verified with")
+            self.cache.put(key, data)
+            return data
+        finally:
+            with self._lock:
+                self._fetches.pop(key, None)
+
+    def _read_ahead(self, keys: list[bytes], shas: list[bytes], start: int) -> None:
+        for index in range(start, min(start + READ_AHEAD, len(keys))):
+            if not self.cache.holds(keys[index]):
+                self._fetch(keys[index], shas[index])
+
+    def stats(self) -> dict[str, int | float]:
+        return {**self.cache.stats(), "fetched_bytes": self.fetched_bytes,
+                "refused_files": self.refused_files}
