@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -304,3 +305,15 @@ def rgw() -> Iterator[Rgw]:
     )
     if not was_running:
         ceph_dev("stop")
+
+
+@pytest.fixture
+def bucket(rgw: Rgw, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A new bucket with Object Lock; the daemon and the CLI get the credentials the way
+    every S3 tool takes them."""
+    name = f"worm-{secrets.token_hex(5)}"
+    rgw.client().create_bucket(Bucket=name, ObjectLockEnabledForBucket=True)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", rgw.access_key_id)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", rgw.secret_access_key)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", rgw.region)
+    return name

@@ -8,7 +8,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import secrets
 import shutil
 import signal
 import time
@@ -22,18 +21,6 @@ from worm_fs.audit.checkpoint import SigningKey
 from worm_fs.errors import EXIT_CHECK_FAILED
 
 MiB = 1 << 20
-
-
-@pytest.fixture
-def bucket(rgw: Rgw, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A new bucket with Object Lock; the daemon and the CLI get the credentials the way
-    every S3 tool takes them."""
-    name = f"worm-{secrets.token_hex(5)}"
-    rgw.client().create_bucket(Bucket=name, ObjectLockEnabledForBucket=True)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", rgw.access_key_id)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", rgw.secret_access_key)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", rgw.region)
-    return name
 
 
 def replicated(tmp_path: Path, rgw: Rgw, bucket: str, *extra: str,

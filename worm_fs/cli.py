@@ -538,9 +538,22 @@ def cmd_verify(args: argparse.Namespace) -> int:
         return cmd_verify_bucket(args)
     if args.path is None:
         raise UsageError("give PATH (a mount or state directory), or --bucket")
-    store = open_store(locate(args.path))
+    from worm_fs.replication.follower import SOURCE
+
+    loc = locate(args.path)
+    store = open_store(loc)
     try:
-        report = scrub(store, progress=_progress)
+        with store.read() as rt:
+            replica = rt.get_meta(SOURCE) is not None
+        cache = loc.state_dir / "cache" / "c"
+
+        def cached(key: bytes) -> bytes | None:
+            try:
+                return (cache / key.hex()).read_bytes()
+            except FileNotFoundError:
+                return None
+
+        report = scrub(store, progress=_progress, cached=cached if replica else None)
     finally:
         store.close()
     if sys.stderr.isatty():
@@ -552,6 +565,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         "files": report.files,
         "findings": [f.__dict__ for f in report.findings],
     }
+    if replica:
+        data["files_not_cached"] = report.uncached
 
     def human(d: dict[str, Any]) -> str:
         lines = [printable(f"corrupt {f['kind']}: {f['path'] + ': ' if f['path'] else ''}"

@@ -104,6 +104,9 @@ def write_checkpoint(tx: WriteTxn, key: SigningKey, origin: str, size: int, root
     checkpoint of that size kept already)."""
     kept = tx.get_checkpoint(size)
     if kept is not None:
+        # Queued again: one signed by the CLI (``log checkpoint``, ``manifest create``)
+        # in a process of its own was not queued for the bucket there.
+        tx.queue_upload(uploads.log_name(size), 0, time.time_ns())
         return kept.decode()
     note_text = sign_checkpoint(Checkpoint(origin=origin, size=size, root=root), key)
     tx.put_checkpoint(size, note_text.encode())

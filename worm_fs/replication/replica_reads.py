@@ -129,12 +129,16 @@ class ReplicaChunks:
             shas.append(hashlib.sha256(data).digest())
         if whole.hexdigest() != inode.sha256:
             self.refused_files += 1
-            detail = (f"the chunks of inode {inode.ino} do not give its sealed SHA-256: "
-                      "a chunk object in the bucket was replaced")
-            if self.on_refused:
-                self.on_refused(f"files/{inode.ino}-{inode.layout}.json", detail)
-            raise UntrustedData(detail)
+            raise self._refuse(f"files/{inode.ino}-{inode.layout}.json",
+                               f"the chunks of inode {inode.ino} do not give its sealed "
+                               "SHA-256: a chunk object in the bucket was replaced")
         return shas
+
+    def _refuse(self, name: str, detail: str) -> UntrustedData:
+        """Report bytes from the bucket that failed their check; the error to raise."""
+        if self.on_refused:
+            self.on_refused(name, detail)
+        return UntrustedData(f"{name}: {detail}")
 
     def _load(self, key: bytes) -> bytes:
         """A chunk from the cache, else fetched (checked against its key) and cached."""
@@ -148,9 +152,9 @@ class ReplicaChunks:
         name = chunk_object(key)
         data = self.bucket.get(name)
         if data is None:
-            raise UntrustedData(f"{name} is missing from the bucket")
+            raise self._refuse(name, "missing from the bucket")
         if digest(data) != key[:DIGEST_LEN]:
-            raise UntrustedData(f"{name} does not match its key")
+            raise self._refuse(name, "does not match its key (a replaced object)")
         with self._lock:
             self.fetched_bytes += len(data)
         return data
@@ -168,8 +172,8 @@ class ReplicaChunks:
         try:
             data = self._get(key)
             if hashlib.sha256(data).digest() != sha:
-                raise UntrustedData(f"{chunk_object(key)} does not match the chunk the "
-                                    "file was verified with")
+                raise self._refuse(chunk_object(key), "does not match the chunk its file "
+                                   "was verified with (a replaced object)")
             self.cache.put(key, data)
             return data
         finally:

@@ -1,0 +1,268 @@
+"""Read-only replicas: a second daemon mounts a primary's store from its bucket alone,
+against the real Ceph RGW of ``scripts/ceph-dev``. Primary and replica are two daemons
+with separate state directories on this machine."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Mount, Rgw, run_cli, wait_sealed
+from tests.test_replication import (
+    pubkey,
+    replicated,
+    tree_facts,
+    wait_uploaded,
+)
+
+MiB = 1 << 20
+DEAD_ENDPOINT = "http://127.0.0.1:9"  # nothing listens: the bucket is unreachable
+
+
+def replica(tmp_path: Path, rgw: Rgw, bucket: str, key: str, *extra: str,
+            name: str = "r", endpoint: str | None = None) -> Mount:
+    return Mount(tmp_path / f"{name}-state", tmp_path / f"{name}-mnt", [
+        "--replica", f"s3://{bucket}/store", "--s3-endpoint", endpoint or rgw.endpoint_url,
+        "--pubkey", key, "--poll", "1", "--object-retention", "0.01", *extra]).start()
+
+
+def replica_status(r: Mount) -> tuple[int, dict]:
+    result = run_cli("replication", "status", str(r.path), "--json")
+    return result.returncode, json.loads(result.stdout or "{}")
+
+
+def wait_for(what, timeout: float = 30.0, step: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = what()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s")
+        time.sleep(step)
+
+
+def wait_refused(r: Mount, timeout: float = 30.0) -> dict:
+    return wait_for(lambda: (s := replica_status(r))[0] == 1 and s[1]["refused"] and s[1],
+                    timeout)
+
+
+def records(m: Mount) -> list[dict]:
+    out = run_cli("log", "show", str(m.path), "--json", check=True).stdout
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def test_a_replica_serves_the_primarys_tree_byte_for_byte_and_changes_nothing(
+    tmp_path: Path, rgw: Rgw, bucket: str
+) -> None:
+    p = replicated(tmp_path, rgw, bucket, "--settle", "60")  # renames in the window
+    try:
+        ckpt = p.path / "tmp-checkpoint-10"
+        ckpt.mkdir()
+        (ckpt / "model.safetensors").write_bytes(os.urandom(5 * MiB + 17))
+        (ckpt / "config.json").write_bytes(b'{"layers": 2}')
+        os.rename(ckpt, p.path / "checkpoint-10")  # as the Trainer saves
+        (p.path / "notes é.txt").write_bytes(b"non-ASCII names survive")
+        os.chmod(p.path / "notes é.txt", 0o444)
+        os.symlink("checkpoint-10/model.safetensors", p.path / "latest")
+        (p.path / "empty").write_bytes(b"")
+        for name in ("checkpoint-10/model.safetensors", "notes é.txt", "empty"):
+            wait_sealed(p.path / name)
+        manifest = tmp_path / "tree.manifest"
+        run_cli("manifest", "create", str(p.path), "-o", str(manifest), check=True)
+        wait_uploaded(p)
+        original = tree_facts(p.path)
+        key = pubkey(p)
+        r = replica(tmp_path, rgw, bucket, key)
+        try:
+            wait_for(lambda: (r.path / "notes é.txt").exists() and
+                     (r.path / "empty").exists())
+            assert tree_facts(r.path) == original
+            for name in ("checkpoint-10/model.safetensors", "empty"):
+                facts = [json.loads(run_cli("stat", str(m.path / name), "--json",
+                                            check=True).stdout) for m in (p, r)]
+                for field in ("state", "sha256", "size", "mode"):
+                    assert facts[0].get(field) == facts[1].get(field), (field, facts)
+            result = run_cli("manifest", "verify", str(manifest), str(r.path), "--pubkey", key)
+            assert result.returncode == 0, result.stdout + result.stderr
+            # Nothing through the replica changes anything: EROFS, and audited there.
+            attempts = [
+                lambda: open(r.path / "checkpoint-10" / "config.json", "ab"),
+                lambda: open(r.path / "new.bin", "wb"),
+                lambda: os.mkdir(r.path / "newdir"),
+                lambda: os.rename(r.path / "checkpoint-10", r.path / "moved"),
+                lambda: os.unlink(r.path / "empty"),
+                lambda: os.chmod(r.path / "empty", 0o400),
+                lambda: os.setxattr(r.path / "empty", "user.tag", b"x"),
+                lambda: os.symlink("empty", r.path / "link2"),
+            ]
+            for attempt in attempts:
+                with pytest.raises(OSError) as exc:
+                    attempt()
+                assert exc.value.errno == errno.EROFS, attempt
+            refused = [rec for rec in records(r) if rec["result"] == "EROFS"]
+            assert {rec["op"] for rec in refused} >= {"open", "create", "mkdir", "rename",
+                                                      "unlink", "setattr", "symlink"}
+            assert any(rec["op"] == "replica_follow" for rec in records(r))
+            assert run_cli("log", "verify", str(r.path)).returncode == 0
+            scrub = json.loads(run_cli("verify", str(r.path), "--json").stdout)
+            assert scrub["ok"] and scrub["files"] == 4 and scrub["files_not_cached"] == 0
+            code, st = replica_status(r)
+            assert code == 0 and st["behind_records"] == 0 and st["refused"] == ""
+            assert st["cache_bytes"] >= 5 * MiB and st["cache_hit_rate"] > 0
+            assert json.loads(run_cli("stats", str(r.path), "--json", check=True).stdout
+                              )["files"] == 4
+            # The replica's own log is published beside the primary's, signed by its key.
+            replica_key = os.getxattr(r.path, "user.worm.pubkey").decode()
+            assert replica_key != key
+            store_id = replica_key.split("+")[0].removeprefix("worm-fs/")
+            wait_for(lambda: rgw.client().list_objects_v2(
+                Bucket=bucket, Prefix=f"store/replicas/{store_id}/checkpoint").get("KeyCount"))
+        finally:
+            r.stop()
+    finally:
+        p.stop()
+    result = run_cli("verify", "--bucket", f"s3://{bucket}/store/replicas/{store_id}",
+                     "--s3-endpoint", rgw.endpoint_url, "--pubkey", replica_key)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_files_are_readable_on_the_replica_within_seconds_of_close(
+    tmp_path: Path, rgw: Rgw, bucket: str
+) -> None:
+    """Under a steady load of new files on the primary, the time from close() there to
+    the file being readable, byte-identical, on the replica (--poll 1)."""
+    p = replicated(tmp_path, rgw, bucket)
+    try:
+        (p.path / "warmup").write_bytes(b"w")
+        wait_uploaded(p)
+        r = replica(tmp_path, rgw, bucket, pubkey(p))
+        try:
+            closed: dict[str, tuple[float, bytes]] = {}
+            stop = threading.Event()
+
+            def writer() -> None:
+                n = 0
+                while not stop.is_set() and os.path.ismount(p.path):
+                    name = f"f{n:04d}.bin"
+                    data = os.urandom(64 << 10) + name.encode()
+                    (p.path / name).write_bytes(data)
+                    closed[name] = (time.monotonic(), data)
+                    n += 1
+                    time.sleep(0.2)
+
+            thread = threading.Thread(target=writer)
+            thread.start()
+            latencies = []
+            seen: set[str] = set()
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                for name, (at, data) in list(closed.items()):
+                    if name not in seen and (r.path / name).exists():
+                        assert (r.path / name).read_bytes() == data
+                        latencies.append(time.monotonic() - at)
+                        seen.add(name)
+                time.sleep(0.05)
+            stop.set()
+            thread.join()
+        finally:
+            r.stop()
+    finally:
+        p.stop()
+    latencies.sort()
+    assert len(latencies) >= 40, len(latencies)
+    p50, p99 = latencies[len(latencies) // 2], latencies[int(len(latencies) * 0.99)]
+    print(f"close on the primary to readable on the replica: p50 {p50:.2f} s, "
+          f"p99 {p99:.2f} s over {len(latencies)} files")
+    assert p99 <= 5.0, latencies
+
+
+def test_an_approved_deletion_leaves_the_replica_and_its_cache(
+    tmp_path: Path, rgw: Rgw, bucket: str, public_base: Path
+) -> None:
+    from tests.conftest import as_user
+    from tests.test_deletion import ADMIN_GID, ALICE, CAROL, request
+
+    p = Mount(public_base / "state", public_base / "mnt", [
+        "--allow-other", "--admin-group", str(ADMIN_GID), "--runtime-dir",
+        str(public_base / "run"), "--settle", "0", "--bucket", f"s3://{bucket}/store",
+        "--s3-endpoint", rgw.endpoint_url, "--object-retention", "0.01"]).start()
+    try:
+        (p.path / "runs").mkdir(mode=0o777)
+        (p.path / "runs" / "old.bin").write_bytes(os.urandom(3 * MiB))
+        (p.path / "keep.bin").write_bytes(os.urandom(MiB))
+        for name in ("runs/old.bin", "keep.bin"):
+            wait_sealed(p.path / name)
+        wait_uploaded(p)
+        r = replica(tmp_path, rgw, bucket, pubkey(p))
+        try:
+            wait_for(lambda: (r.path / "runs" / "old.bin").exists())
+            old = (r.path / "runs" / "old.bin").read_bytes()
+            assert old == (p.path / "runs" / "old.bin").read_bytes()
+            cache = r.state / "cache" / "c"
+            assert len(os.listdir(cache)) == 3
+            rid = request(p, ALICE)
+            code, _, err = as_user(CAROL, "delete", "approve", str(p.path), rid)
+            assert code == 0, err
+            wait_for(lambda: not (r.path / "runs").exists(), timeout=15)
+            assert "runs" not in os.listdir(r.path)
+            assert len(os.listdir(cache)) == 0  # its chunks went with it
+            assert (r.path / "keep.bin").read_bytes() == (p.path / "keep.bin").read_bytes()
+            assert len(os.listdir(cache)) == 1
+        finally:
+            r.stop()
+    finally:
+        p.stop()
+
+
+def put_version(rgw: Rgw, bucket: str, key: str, body: bytes) -> None:
+    rgw.client().put_object(Bucket=bucket, Key=key, Body=body)
+
+
+def newest(rgw: Rgw, bucket: str, prefix: str) -> tuple[str, bytes]:
+    """The object below ``prefix`` with the longest name (the widest partial tile)."""
+    client = rgw.client()
+    names = [o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix=prefix)
+             ["Contents"]]
+    name = max(names, key=lambda n: (n.count("/"), n))
+    return name, client.get_object(Bucket=bucket, Key=name)["Body"].read()
+
+
+def test_a_tampered_chunk_is_never_served(tmp_path: Path, rgw: Rgw, bucket: str) -> None:
+    p = replicated(tmp_path, rgw, bucket)
+    try:
+        good, bad = os.urandom(2 * MiB), os.urandom(2 * MiB)
+        (p.path / "good.bin").write_bytes(good)
+        (p.path / "bad.bin").write_bytes(bad)
+        wait_sealed(p.path / "bad.bin")
+        sha_bad = os.getxattr(p.path / "bad.bin", "user.worm.sha256").decode()
+        wait_uploaded(p)
+        key = pubkey(p)
+    finally:
+        p.stop()
+    client = rgw.client()
+    layouts = [json.loads(client.get_object(Bucket=bucket, Key=o["Key"])["Body"].read())
+               for o in client.list_objects_v2(Bucket=bucket, Prefix="store/files/")
+               ["Contents"]]
+    target = next(doc["chunks"][1] for doc in layouts if doc["sha256"] == sha_bad)
+    r = replica(tmp_path, rgw, bucket, key)
+    try:
+        wait_for(lambda: (r.path / "bad.bin").exists())
+        # S3 cannot refuse a new version of a key: a reader must catch it.
+        put_version(rgw, bucket, f"store/chunks/{target}", b"x" * MiB)
+        with pytest.raises(OSError) as exc:
+            (r.path / "bad.bin").read_bytes()
+        assert exc.value.errno == errno.EIO  # not one byte of it
+        assert (r.path / "good.bin").read_bytes() == good  # the rest is served
+        code, st = wait_for(lambda: (s := replica_status(r))[0] == 1 and s)
+        assert f"chunks/{target}" in st["refused"], st
+        assert any(rec["op"] == "corruption" and target in rec.get("detail", "")
+                   for rec in records(r))
+    finally:
+        r.stop()
