@@ -226,11 +226,16 @@ def put_version(rgw: Rgw, bucket: str, key: str, body: bytes) -> None:
 
 
 def newest(rgw: Rgw, bucket: str, prefix: str) -> tuple[str, bytes]:
-    """The object below ``prefix`` with the longest name (the widest partial tile)."""
+    """The newest tile below ``prefix``: the last index, and of it the widest."""
     client = rgw.client()
     names = [o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix=prefix)
              ["Contents"]]
-    name = max(names, key=lambda n: (n.count("/"), n))
+
+    def order(name: str) -> tuple[str, int]:
+        base, _, width = name.partition(".p/")
+        return base, int(width or 256)
+
+    name = max(names, key=order)
     return name, client.get_object(Bucket=bucket, Key=name)["Body"].read()
 
 
@@ -264,5 +269,109 @@ def test_a_tampered_chunk_is_never_served(tmp_path: Path, rgw: Rgw, bucket: str)
         assert f"chunks/{target}" in st["refused"], st
         assert any(rec["op"] == "corruption" and target in rec.get("detail", "")
                    for rec in records(r))
+    finally:
+        r.stop()
+
+
+def test_a_tampered_tile_or_a_forked_log_is_refused_and_the_replica_keeps_serving(
+    tmp_path: Path, rgw: Rgw, bucket: str
+) -> None:
+    import shutil
+
+    p = replicated(tmp_path, rgw, bucket)
+    try:
+        (p.path / "f1.bin").write_bytes(b"one" * 1000)
+        wait_sealed(p.path / "f1.bin")
+        wait_uploaded(p)
+        key = pubkey(p)
+    finally:
+        p.stop()
+    shutil.copytree(p.state, tmp_path / "q-state", symlinks=True)  # the fork's start
+    r = replica(tmp_path, rgw, bucket, key)
+    r.stop()
+    client = rgw.client()
+    for prefix in ("store/tile/entries/", "store/tile/0/"):
+        p.start()
+        try:
+            name = f"{prefix.split('/')[-2]}.bin"
+            (p.path / name).write_bytes(b"two" * 1000)
+            wait_sealed(p.path / name)
+            wait_uploaded(p)
+        finally:
+            p.stop()
+        target, original = newest(rgw, bucket, prefix)
+        put_version(rgw, bucket, target, original[:-40] + b"\0" * 40)  # a new version
+        r.start()
+        try:
+            st = wait_refused(r)
+            assert target.removeprefix("store/") in st["refused"], st
+            assert (r.path / "f1.bin").read_bytes() == b"one" * 1000  # still served
+            assert not (r.path / name).exists()  # nothing of the refused log shown
+            assert any(rec["op"] == "replica_refused" for rec in records(r))
+            put_version(rgw, bucket, target, original)  # mended: followed again
+            wait_for(lambda: (r.path / name).exists())
+            assert replica_status(r)[0] == 0
+        finally:
+            r.stop()
+    # A fork: the copy, written on, uploads a longer log signed by the same key.
+    fork = Mount(tmp_path / "q-state", tmp_path / "q-mnt", p.options).start()
+    try:
+        for n in range(8):
+            (fork.path / f"fork{n}.bin").write_bytes(b"f" * 100)
+        wait_sealed(fork.path / "fork7.bin")
+        wait_uploaded(fork)
+    finally:
+        fork.stop()
+    r.start()
+    try:
+        st = wait_refused(r)
+        assert "tile/entries" in st["refused"] or "checkpoint" in st["refused"], st
+        assert not (r.path / "fork0.bin").exists()
+        assert (r.path / "entries.bin").read_bytes() == b"two" * 1000
+    finally:
+        r.stop()
+
+
+def test_the_cache_stays_within_its_bound_and_serves_a_restart_without_the_bucket(
+    tmp_path: Path, rgw: Rgw, bucket: str
+) -> None:
+    p = replicated(tmp_path, rgw, bucket)
+    files = {f"m{n}.bin": os.urandom(3 * MiB) for n in range(3)}
+    files["big.bin"] = os.urandom(9 * MiB)  # larger than the whole cache
+    try:
+        for name, data in files.items():
+            (p.path / name).write_bytes(data)
+        wait_sealed(p.path / "big.bin")
+        wait_uploaded(p)
+        key = pubkey(p)
+    finally:
+        p.stop()
+    limit = 7 * MiB
+    r = replica(tmp_path, rgw, bucket, key, "--cache-size", str(limit / (1 << 30)))
+    cache = r.state / "cache" / "c"
+
+    def cached_bytes() -> int:
+        return sum(f.stat().st_size for f in cache.iterdir() if not f.name.endswith(".tmp"))
+
+    try:
+        wait_for(lambda: (r.path / "big.bin").exists())
+        for name in ("big.bin", "m2.bin", "m0.bin", "m1.bin"):  # m0 and m1 stay cached
+            data = files[name]
+            assert (r.path / name).read_bytes() == data
+            assert cached_bytes() <= limit
+        st = wait_for(lambda: (s := replica_status(r)[1])["cache_evicted"] > 0 and s)
+        assert 0 < st["cache_bytes"] <= limit and st["cache_hit_rate"] > 0
+    finally:
+        r.stop()
+    # Restarted against a bucket nobody answers: what is cached and verified is served.
+    r.options[r.options.index("--s3-endpoint") + 1] = DEAD_ENDPOINT
+    r.start()
+    try:
+        assert (r.path / "m0.bin").read_bytes() == files["m0.bin"]
+        assert (r.path / "m1.bin").read_bytes() == files["m1.bin"]
+        with pytest.raises(OSError) as exc:
+            (r.path / "big.bin").read_bytes()  # evicted: needs the bucket
+        assert exc.value.errno == errno.EIO
+        assert replica_status(r)[1]["last_error"]
     finally:
         r.stop()

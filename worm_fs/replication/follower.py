@@ -202,13 +202,14 @@ class Follower:
             return False
         if not self.status.unapplied_since_ns:
             self.status.unapplied_since_ns = time.time_ns()
-        raws, leaves = self._new_records(cp.size)
+        raws, leaves, bundles = self._new_records(cp.size)
         frontier = self.frontier.copy()
         frontier.extend(leaves)
         if frontier.root() != cp.root:
-            raise Refusal("tile/entries", f"the records from {self.frontier.size} to "
-                          f"{cp.size} do not extend the accepted log to the checkpoint's "
-                          "root (a forked log or a tampered entry bundle)")
+            raise Refusal(" .. ".join(dict.fromkeys([bundles[0], bundles[-1]])),
+                          f"the records from {self.frontier.size} to {cp.size} do not "
+                          "extend the accepted log to the checkpoint's root (a forked log "
+                          "or a tampered entry bundle)")
         self._check_hash_tiles(self.frontier.size, leaves)
         records = [json.loads(raw) for raw in raws]
         layouts = self._layouts(records)
@@ -222,13 +223,16 @@ class Follower:
         self._after(applied)
         return True
 
-    def _new_records(self, size: int) -> tuple[list[bytes], list[bytes]]:
-        """The records from the accepted size to ``size`` and their leaf hashes."""
+    def _new_records(self, size: int) -> tuple[list[bytes], list[bytes], list[str]]:
+        """The records from the accepted size to ``size``, their leaf hashes and the
+        names of the bundles that held them."""
         done = self.frontier.size
         raws: list[bytes] = []
+        names: list[str] = []
         for index in range(done // WIDTH, -(-size // WIDTH)):
             width = min(WIDTH, size - index * WIDTH)
             name = tile_path("entries", index, width)
+            names.append(name)
             body = self.bucket.get(name)
             if body is None:
                 raise Refusal(name, "missing")
@@ -245,7 +249,7 @@ class Follower:
                     raise Refusal(name, "changes records accepted before (a forked log)")
                 group = group[done - first :]
             raws += group
-        return raws, [leaf_hash(r) for r in raws]
+        return raws, [leaf_hash(r) for r in raws], names
 
     def _check_hash_tiles(self, done: int, leaves: list[bytes]) -> None:
         """The level-0 tiles the new records touch must hold their leaf hashes."""
