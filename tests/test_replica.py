@@ -289,7 +289,6 @@ def test_a_tampered_tile_or_a_forked_log_is_refused_and_the_replica_keeps_servin
     shutil.copytree(p.state, tmp_path / "q-state", symlinks=True)  # the fork's start
     r = replica(tmp_path, rgw, bucket, key)
     r.stop()
-    client = rgw.client()
     for prefix in ("store/tile/entries/", "store/tile/0/"):
         p.start()
         try:
@@ -309,7 +308,7 @@ def test_a_tampered_tile_or_a_forked_log_is_refused_and_the_replica_keeps_servin
             assert not (r.path / name).exists()  # nothing of the refused log shown
             assert any(rec["op"] == "replica_refused" for rec in records(r))
             put_version(rgw, bucket, target, original)  # mended: followed again
-            wait_for(lambda: (r.path / name).exists())
+            wait_for(lambda name=name: (r.path / name).exists())
             assert replica_status(r)[0] == 0
         finally:
             r.stop()

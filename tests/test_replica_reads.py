@@ -1,0 +1,115 @@
+"""The replica's read path with a fake bucket (a dict): a file's bytes are served only
+after they gave its sealed SHA-256, and a chunk fetched again must match the SHA-256 it
+was verified with. (XXH3 keys cannot be made to collide here; these checks are what
+stands when they can.)"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from worm_fs.core.layout import layout_digest
+from worm_fs.core.model import Inode, Kind, State
+from worm_fs.errors import UntrustedData
+from worm_fs.replication.chunk_cache import ChunkCache
+from worm_fs.replication.replica_reads import ReplicaChunks, chunk_object
+from worm_fs.store import CHUNK_SIZE, Store
+from worm_fs.store.chunks import digest
+
+MiB = 1 << 20
+
+
+class FakeBucket:
+    """Objects by name; counts GETs."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, bytes] = {}
+        self.gets = 0
+
+    def get(self, name: str, version_id: str | None = None) -> bytes | None:
+        self.gets += 1
+        return self.objects.get(name)
+
+
+def sealed_file(store: Store, bucket: FakeBucket, ino: int, data: bytes,
+                sha256: str | None = None) -> list[bytes]:
+    """A sealed file in the replica's store, its chunks in the bucket only."""
+    pieces = [data[i : i + CHUNK_SIZE] for i in range(0, len(data), CHUNK_SIZE)]
+    keys = [digest(p) + b"\0" for p in pieces]
+    for key, piece in zip(keys, pieces, strict=True):
+        bucket.objects[chunk_object(key)] = piece
+    inode = Inode(ino, Kind.FILE, 0o444, 0, 0, 1, f"f{ino}".encode(), state=State.SEALED,
+                  size=len(data), sha256=sha256 or hashlib.sha256(data).hexdigest(),
+                  layout=layout_digest(len(data), keys))
+    with store.write() as tx:
+        tx.put_inode(ino, inode.to_bytes())
+        for index, key in enumerate(keys):
+            tx.put_manifest(ino, index, key)
+    return keys
+
+
+@pytest.fixture
+def parts(tmp_path: Path):
+    (tmp_path / "state").mkdir()
+    store = Store(tmp_path / "state")
+    bucket = FakeBucket()
+    refused: list[tuple[str, str]] = []
+    cache = ChunkCache(tmp_path / "cache", 64 * MiB)
+    chunks = ReplicaChunks(store, bucket, cache, on_refused=lambda o, d: refused.append((o, d)))
+    yield store, bucket, cache, chunks, refused
+    chunks.close()
+    store.close()
+
+
+def test_a_file_is_served_once_its_bytes_give_its_sealed_sha256(parts) -> None:
+    store, bucket, cache, chunks, refused = parts
+    data = bytes(range(256)) * (3 * MiB // 256) + b"tail"
+    keys = sealed_file(store, bucket, 5, data)
+    served = b"".join(chunks.chunk(5, i, k) for i, k in enumerate(keys))
+    assert served == data and refused == []
+    assert cache.verified(5, layout_digest(len(data), keys)) is not None
+    gets = bucket.gets
+    assert chunks.chunk(5, 0, keys[0]) == data[:CHUNK_SIZE]  # from the cache now
+    assert bucket.gets == gets
+
+
+def test_a_file_whose_bytes_do_not_give_its_sealed_sha256_is_refused(parts) -> None:
+    store, bucket, cache, chunks, refused = parts
+    keys = sealed_file(store, bucket, 6, b"a" * (2 * MiB), sha256="0" * 64)
+    with pytest.raises(UntrustedData):
+        chunks.chunk(6, 0, keys[0])
+    assert refused and "sealed SHA-256" in refused[0][1]
+    assert cache.verified(6, layout_digest(2 * MiB, keys)) is None
+
+
+def test_a_chunk_fetched_again_must_match_what_its_file_was_verified_with(parts) -> None:
+    store, bucket, cache, chunks, refused = parts
+    data = b"b" * MiB + b"c" * MiB
+    keys = sealed_file(store, bucket, 7, data)
+    assert chunks.chunk(7, 1, keys[1]) == b"c" * MiB
+    layout = layout_digest(len(data), keys)
+    shas = cache.verified(7, layout)
+    assert shas is not None
+    cache.drop(keys)  # evicted; then the remembered SHA-256 is all that vouches
+    cache.set_verified(7, layout, [shas[0], hashlib.sha256(b"other").digest()])
+    with pytest.raises(UntrustedData):
+        chunks.chunk(7, 1, keys[1])
+    assert any(obj == chunk_object(keys[1]) for obj, _ in refused)
+
+
+def test_the_cache_evicts_the_least_recently_used_within_its_bound(tmp_path: Path) -> None:
+    cache = ChunkCache(tmp_path / "cache", 3 * MiB)
+    blobs = {digest(bytes([n]) * MiB) + b"\0": bytes([n]) * MiB for n in range(4)}
+    keys = list(blobs)
+    for key in keys[:3]:
+        assert cache.put(key, blobs[key])
+    assert cache.get(keys[0]) == blobs[keys[0]]  # now the most recently used
+    cache.put(keys[3], blobs[keys[3]])
+    assert cache.bytes <= 3 * MiB and not cache.holds(keys[1]) and cache.holds(keys[0])
+    assert not cache.put(b"x" * 17, b"x" * (4 * MiB))  # larger than the cache
+    (tmp_path / "cache" / "c" / keys[0].hex()).write_bytes(b"damaged")
+    assert cache.get(keys[0]) is None and not cache.holds(keys[0])  # dropped, not served
+    reopened = ChunkCache(tmp_path / "cache", 1 * MiB)  # a lower bound at the next start
+    assert reopened.bytes <= 1 * MiB
