@@ -116,8 +116,12 @@ def test_a_replica_serves_the_primarys_tree_byte_for_byte_and_changes_nothing(
             code, st = replica_status(r)
             assert code == 0 and st["behind_records"] == 0 and st["refused"] == ""
             assert st["cache_bytes"] >= 5 * MiB and st["cache_hit_rate"] > 0
-            assert json.loads(run_cli("stats", str(r.path), "--json", check=True).stdout
-                              )["files"] == 4
+            stats = json.loads(run_cli("stats", str(r.path), "--json", check=True).stdout)
+            assert stats["files"] == 4 and stats["replica"]["followed_size"] == st[
+                "followed_size"]
+            prom = run_cli("stats", str(r.path), "--prometheus", check=True).stdout
+            assert f'worm_fs_replica_refused{{bucket="s3://{bucket}/store/"' in prom
+            assert "worm_fs_replica_cache_hits_total{" in prom
             # The replica's own log is published beside the primary's, signed by its key.
             replica_key = os.getxattr(r.path, "user.worm.pubkey").decode()
             assert replica_key != key
@@ -267,6 +271,10 @@ def test_a_tampered_chunk_is_never_served(tmp_path: Path, rgw: Rgw, bucket: str)
         assert (r.path / "good.bin").read_bytes() == good  # the rest is served
         code, st = wait_for(lambda: (s := replica_status(r))[0] == 1 and s)
         assert f"chunks/{target}" in st["refused"], st
+        prom = run_cli("stats", str(r.path), "--prometheus", check=True).stdout
+        assert f'worm_fs_replica_refused{{bucket="s3://{bucket}/store/",' in prom and \
+            [line for line in prom.splitlines()
+             if line.startswith("worm_fs_replica_refused{")][0].endswith(" 1")
         assert any(rec["op"] == "corruption" and target in rec.get("detail", "")
                    for rec in records(r))
     finally:

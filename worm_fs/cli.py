@@ -390,12 +390,11 @@ def cmd_replication_status(args: argparse.Namespace) -> int:
 def _replica_status(args: argparse.Namespace, state_dir: Path, log_upload: dict) -> int:
     """``replication status`` of a replica: what it follows, how far behind, its cache.
     Exit 1 if it refused the bucket's log or a file (it serves what it verified)."""
-    from worm_fs.replication.follower import STATUS_FILE
+    from worm_fs.replication.follower import read_status
 
-    try:
-        data = json.loads((state_dir / STATUS_FILE).read_text())
-    except (OSError, ValueError):
-        raise UsageError(f"{state_dir}: no replica status yet (is it mounted?)") from None
+    data = read_status(state_dir)
+    if data is None:
+        raise UsageError(f"{state_dir}: no replica status yet (is it mounted?)")
     data["own_log_upload"] = log_upload
 
     def human(d: dict[str, Any]) -> str:
@@ -432,6 +431,9 @@ def cmd_stats(args: argparse.Namespace) -> int:
             data["witnesses"] = witness_status(rt, time.time_ns())
     finally:
         store.close()
+    from worm_fs.replication.follower import read_status
+
+    data["replica"] = read_status(store.path)
 
     def by_uid(d: dict[str, Any]) -> list[str]:
         rows = sorted(d["audit_by_uid"].items(), key=lambda kv: -kv[1]["bytes"])
@@ -463,6 +465,11 @@ def cmd_stats(args: argparse.Namespace) -> int:
             *(f"witness:        {printable(w['url'])} cosigned {w['cosigned_size']}, "
               f"{w['lag_records']} records / {w['lag_seconds']} s behind, {w['errors']} "
               f"errors (last: {printable(w['last_error']) or '-'})" for w in d["witnesses"]),
+            *([f"replica of:     {r['bucket']} at tree size {r['followed_size']}, "
+               f"{r['behind_records']} records / {r['behind_seconds']} s behind; cache "
+               f"{_human_bytes(r['cache_bytes'])} of {_human_bytes(r['cache_limit'])}; "
+               f"refused: {printable(r['refused']) or '-'}"]
+              if (r := d["replica"]) else []),
         ])
 
     emit(args, data, human)

@@ -16,6 +16,7 @@ from worm_fs.audit.witness import witness_status
 from worm_fs.core.clock import trusted_now
 from worm_fs.core.deletion import DeletionRequest
 from worm_fs.core.fs import store_stats
+from worm_fs.replication.follower import read_status
 from worm_fs.replication.uploader import BUCKET_META, queue_status
 from worm_fs.store import Store, from_u64
 
@@ -125,11 +126,49 @@ def collect(store: Store) -> list[Sample]:
                         "1 while the last attempt to reach the witness failed.",
                         [(dict(base, witness=w["witness"]), 1 if w["failing"] else 0)
                          for w in witnesses]))
+    samples += _replica_samples(store, base)
     if checkpoint_ns:
         samples.append(("worm_fs_audit_checkpoint_age_seconds", "gauge",
                         "Seconds since the newest signed checkpoint.",
                         one(round(max(0, time.time_ns() - checkpoint_ns) / 1e9, 3))))
     return samples
+
+
+def _replica_samples(store: Store, base: dict[str, str]) -> list[Sample]:
+    """A replica's view of the primary it follows and of its cache."""
+    status = read_status(store.path)
+    if status is None:
+        return []
+    labels = dict(base, bucket=str(status["bucket"]))
+    out: list[Sample] = []
+    for name, kind, help_text, value in (
+        ("followed_size", "gauge", "Tree size of the primary's newest verified checkpoint.",
+         status["followed_size"]),
+        ("behind_records", "gauge", "Records in the bucket's checkpoint not applied yet.",
+         status["behind_records"]),
+        ("behind_seconds", "gauge", "Seconds a newer checkpoint has waited to be applied.",
+         status["behind_seconds"]),
+        ("refused", "gauge", "1 while the replica refuses the bucket's log or a file.",
+         1 if status["refused"] else 0),
+        ("refusals_total", "counter", "Polls and reads refused by the replica's checks.",
+         status["refusals"]),
+        ("failing", "gauge", "1 while the last poll of the bucket failed.",
+         1 if status["last_error"] else 0),
+        ("status_age_seconds", "gauge", "Seconds since the replica last wrote its status.",
+         status["age_seconds"]),
+        ("cache_bytes", "gauge", "Bytes of chunks in the replica's cache.",
+         status.get("cache_bytes", 0)),
+        ("cache_limit_bytes", "gauge", "The cache bound (--cache-size).",
+         status.get("cache_limit", 0)),
+        ("cache_hits_total", "counter", "Chunk reads the cache answered.",
+         status.get("cache_hits", 0)),
+        ("cache_misses_total", "counter", "Chunk reads the cache could not answer.",
+         status.get("cache_misses", 0)),
+        ("fetched_bytes_total", "counter", "Bytes fetched from the bucket.",
+         status.get("fetched_bytes", 0)),
+    ):
+        out.append((f"worm_fs_replica_{name}", kind, help_text, [(labels, value)]))
+    return out
 
 
 def _quota_labels(q: dict[str, Any]) -> dict[str, str]:

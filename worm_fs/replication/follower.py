@@ -63,6 +63,18 @@ STATUS_FILE = "replica-status.json"
 PARALLEL = 16
 
 
+def read_status(state_dir: Path) -> dict[str, Any] | None:
+    """What the replica daemon last wrote about itself (None: not a replica, or never
+    mounted). ``age_seconds`` says how old it is."""
+    path = Path(state_dir) / STATUS_FILE
+    try:
+        data = json.loads(path.read_text())
+        data["age_seconds"] = round(time.time() - path.stat().st_mtime, 3)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 class Refusal(Exception):
     """The bucket's log or an object failed a check: nothing of it is applied."""
 
