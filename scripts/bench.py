@@ -46,6 +46,7 @@ SMALL_FILE_SIZE = 4 * KiB
 SEAL_TIMEOUT = 600.0  # seconds a closed worm-fs file may take to report "sealed"
 RECORD_OPENS_PER_FILE = 10  # records phase: opens per --small-files
 REPL_FILE = 8 * MiB  # replication phase: the size of each file written
+REPLICA_GETTERS = 16  # replica phase: parallel ranged GETs of the baseline (= the replica's)
 # Fragmentation phase: a second store is filled with FRAG_FILL_FACTOR x --size of files
 # (a quarter log-uniform 4 KiB..1 MiB, the rest uniform 1..8 MiB, sizes from a fixed seed
 # so runs are comparable), every other one is deleted, then --size is written.
@@ -88,6 +89,7 @@ PHASES = {
     "frag": "write after deleting half of a store, vs a fresh store",
     "records": "stored bytes per audit record: an open/close loop on its own store",
     "replication": "upload to scripts/ceph-dev's RGW vs plain S3 PUTs; writes with a bucket",
+    "replica": "reads through a --replica mount vs ranged S3 GETs and a primary's cold read",
 }
 
 DEFAULTS = {"size": GiB, "big_size": 4 * GiB, "small_files": 2000, "reps": 3,
@@ -199,6 +201,14 @@ METRICS = (
            Target(">=", 0.8, True), native=False, baseline="s3_put", phase="replication"),
     Metric("write_with_bucket", "write + fsync, --bucket (async)", "MB/s", 1,
            Target(">=", 0.9, True), native=False, baseline="no_bucket", phase="replication"),
+    Metric("replica_cold_read", "cold sequential read, --replica mount (nothing cached)",
+           "MB/s", 1, Target(">=", 0.7, True), native=False, baseline="s3_get",
+           phase="replica"),
+    Metric("replica_cached_read", "re-read from a replica's chunk cache (page cache dropped)",
+           "MB/s", 1, Target(">=", 0.8, True), native=False, baseline="primary_cold",
+           phase="replica"),
+    Metric("replica_ttfb", "time to first byte of a --size file, --replica mount", "s", 2,
+           None, native=False, phase="replica"),
 )
 METRIC_BY_KEY = {m.key: m for m in METRICS}
 
@@ -308,6 +318,22 @@ def mount_of(path: Path) -> tuple[str, str, str]:
         if (real == mp or real.startswith(mp.rstrip("/") + "/")) and len(mp) >= len(best[1]):
             best = (dev, mp, fstype)
     return best
+
+
+def remove_bucket(client: Any, bucket: str) -> None:
+    """Delete every version in ``bucket`` and the bucket (objects were put unlocked);
+    best effort: a bucket left behind only takes space on the dev cluster."""
+    try:
+        paginator = client.get_paginator("list_object_versions")
+        for page in paginator.paginate(Bucket=bucket):
+            items = [{"Key": v["Key"], "VersionId": v["VersionId"]}
+                     for v in page.get("Versions", []) + page.get("DeleteMarkers", [])]
+            for start in range(0, len(items), 1000):
+                client.delete_objects(Bucket=bucket, Delete={
+                    "Objects": items[start:start + 1000], "Quiet": True})
+        client.delete_bucket(Bucket=bucket)
+    except Exception as exc:  # noqa: BLE001 - cleanup must not hide the run's result
+        print(f"bench: could not remove bucket {bucket}: {exc}", file=sys.stderr)
 
 
 def drop_caches() -> None:
@@ -1175,6 +1201,8 @@ class Bench:
             # fill and the --size written after the deletion (if no freed space is reused)
             fill = frag_sizes(FRAG_FILL_FACTOR * cfg.size)
             store += (sum(fill) + cfg.size) * big + len(fill) * small
+        if "replica" in phases:
+            store += cfg.size * (big + 1.25)  # the primary's store and the replica's cache
         return (int(native + max(256 * MiB, native // 10)),
                 int(store + max(256 * MiB, store // 10)))
 
@@ -1307,6 +1335,12 @@ class Bench:
             except NotMeasured as exc:
                 self.results.notes["upload"] = self.results.notes["write_with_bucket"] = \
                     exc.reason
+        if "replica" in phases:
+            try:
+                self.phase_replica()
+            except NotMeasured as exc:
+                for key in ("replica_cold_read", "replica_cached_read", "replica_ttfb"):
+                    self.results.notes[key] = exc.reason
         self.duration = time.monotonic() - started
         self.machine["load_at_end"] = os.getloadavg()[0]
 
@@ -1778,28 +1812,8 @@ class Bench:
         throughput. Fresh random bytes everywhere (nothing deduplicates)."""
         assert self.work is not None
         import concurrent.futures
-        import secrets
 
-        ceph = Path(__file__).resolve().parent / "ceph-dev"
-        started = subprocess.run([str(ceph), "start"], capture_output=True, text=True,
-                                 timeout=600)
-        if started.returncode != 0:
-            raise NotMeasured("upload", f"scripts/ceph-dev start failed: "
-                              f"{(started.stderr or started.stdout).strip()[-200:]}")
-        env = dict(os.environ)
-        for line in subprocess.run([str(ceph), "env"], capture_output=True, text=True,
-                                   check=True).stdout.splitlines():
-            key, _, value = line.removeprefix("export ").partition("=")
-            env[key] = value
-        os.environ.update(env)  # the daemon and the boto3 client below take them from here
-        import boto3
-        from botocore.config import Config
-
-        endpoint = env["AWS_ENDPOINT_URL"]
-        client = boto3.client("s3", endpoint_url=endpoint, config=Config(
-            s3={"addressing_style": "path"}, max_pool_connections=16))
-        bucket = f"bench-{secrets.token_hex(4)}"
-        client.create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
+        client, endpoint, bucket = self.rgw_bucket("upload")
         total = min(self.cfg.size, 256 * MiB)
         files = [os.urandom(REPL_FILE) for _ in range(max(1, total // REPL_FILE))]
         total = sum(map(len, files))
@@ -1869,8 +1883,149 @@ class Bench:
             "bytes": total, "files": len(files), "plain_put_mb_s": round(plain, 1),
             "upload_mb_s": round(upload, 1), "uploaded": status}
 
-    def wait_drained(self, state: Path, total: int, what: str) -> dict[str, Any]:
-        """Poll `replication status` until the queue is empty and ``total`` bytes are up."""
+    def rgw_bucket(self, key: str) -> tuple[Any, str, str]:
+        """Start scripts/ceph-dev's RGW (if needed), take its credentials into this
+        process's environment (the daemons started later inherit them) and create a
+        fresh Object Lock bucket; returns (boto3 client, endpoint, bucket name).
+        NotMeasured(key) when the RGW cannot be started."""
+        import secrets
+
+        ceph = Path(__file__).resolve().parent / "ceph-dev"
+        started = subprocess.run([str(ceph), "start"], capture_output=True, text=True,
+                                 timeout=600)
+        if started.returncode != 0:
+            raise NotMeasured(key, f"scripts/ceph-dev start failed: "
+                              f"{(started.stderr or started.stdout).strip()[-200:]}")
+        for line in subprocess.run([str(ceph), "env"], capture_output=True, text=True,
+                                   check=True).stdout.splitlines():
+            name, _, value = line.removeprefix("export ").partition("=")
+            os.environ[name] = value
+        import boto3
+        from botocore.config import Config
+
+        endpoint = os.environ["AWS_ENDPOINT_URL"]
+        client = boto3.client("s3", endpoint_url=endpoint, config=Config(
+            s3={"addressing_style": "path"}, max_pool_connections=REPLICA_GETTERS + 4))
+        bucket = f"bench-{secrets.token_hex(4)}"
+        client.create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
+        return client, endpoint, bucket
+
+    def phase_replica(self) -> None:
+        """Against the real RGW of scripts/ceph-dev, once per run, on stores of its own:
+        a primary mounted with --bucket (objects unlocked, so the bucket can be removed
+        afterwards) writes one --size file and uploads it; its cold read is timed. The
+        same bytes are put as one plain object and fetched with REPLICA_GETTERS parallel
+        ranged GETs (1 MiB and 8 MiB ranges; the faster is the baseline). The primary is
+        stopped and a --replica mount of the bucket reads the file cold (page cache
+        dropped, nothing cached: time to first byte, then MB/s to the last byte) and
+        again with the page cache dropped (from its chunk cache)."""
+        assert self.work is not None
+        import concurrent.futures
+
+        from boto3.s3.transfer import TransferConfig
+
+        size = self.cfg.size
+        client, endpoint, bucket = self.rgw_bucket("replica_cold_read")
+        base = self.work / "replica"
+        base.mkdir()
+        primary_state, primary_mnt = base / "primary-state", base / "primary"
+        url = f"s3://{bucket}/store"
+        details: dict[str, Any] = {"bytes": size, "getters": REPLICA_GETTERS}
+        try:
+            self.start_mount("handle", primary_state, primary_mnt, (
+                "--settle", "0", "--runtime-dir", str(base / "primary-run"), "--bucket", url,
+                "--s3-endpoint", endpoint, "--object-retention", "0"), "a primary")
+            try:
+                path = primary_mnt / "model.bin"
+                with self.step(f"[replica] write {human_bytes(size)} on the primary") as out:
+                    t0 = time.perf_counter()
+                    self.write_file(str(path), size)
+                    wait_sealed(str(path), time.monotonic() + SEAL_TIMEOUT)
+                    out.append(f"{size / (time.perf_counter() - t0) / 1e6:.1f} MB/s")
+                self.wait_drained(primary_state, size, "[replica] until the primary's "
+                                  "upload queue is empty", key="replica_cold_read")
+                drop_caches()
+                with self.step("[replica] cold read on the primary") as out:
+                    primary_cold = self.read_file(str(path), size)
+                    out.append(f"{primary_cold:.1f} MB/s")
+                self.results.add("replica_cached_read", "primary_cold", primary_cold)
+                with self.step("[replica] the same bytes as one plain object"):
+                    client.upload_file(str(path), bucket, "plain/model.bin", Config=(
+                        TransferConfig(multipart_chunksize=8 * MiB, max_concurrency=8)))
+                pubkey = os.getxattr(primary_mnt, "user.worm.pubkey").decode()
+            finally:
+                self.stop_mount()
+
+            def ranged_get(span: tuple[int, int]) -> int:
+                start, end = span
+                reply = client.get_object(Bucket=bucket, Key="plain/model.bin",
+                                          Range=f"bytes={start}-{end - 1}")
+                return len(reply["Body"].read())
+
+            gets: dict[str, float] = {}
+            for part in (MiB, 8 * MiB):
+                spans = [(off, min(off + part, size)) for off in range(0, size, part)]
+                drop_caches()
+                with self.step(f"[replica] {REPLICA_GETTERS} parallel ranged S3 GETs of "
+                               f"{human_bytes(part)}") as out:
+                    t0 = time.perf_counter()
+                    with concurrent.futures.ThreadPoolExecutor(REPLICA_GETTERS) as pool:
+                        got = sum(pool.map(ranged_get, spans))
+                    gets[human_bytes(part)] = got / (time.perf_counter() - t0) / 1e6
+                    out.append(f"{gets[human_bytes(part)]:.1f} MB/s")
+                if got != size:
+                    raise BenchError(f"ranged GETs returned {got} bytes, expected {size}")
+            self.results.add("replica_cold_read", "s3_get", max(gets.values()))
+            details["s3_get_mb_s"] = {k: round(v, 1) for k, v in gets.items()}
+
+            cache_gib = (size * 5 // 4 + 64 * MiB) / GiB
+            replica_mnt = base / "replica"
+            self.start_mount("handle", base / "replica-state", replica_mnt, (
+                "--replica", url, "--s3-endpoint", endpoint, "--pubkey", pubkey,
+                "--cache-size", f"{cache_gib:.3f}", "--poll", "1", "--object-retention", "0",
+                "--runtime-dir", str(base / "replica-run")), "a replica")
+            try:
+                path = replica_mnt / "model.bin"
+                drop_caches()
+                with self.step("[replica] cold read on the replica") as out:
+                    ttfb, mb_s = self.read_first_byte(path, size)
+                    out.append(f"first byte after {ttfb:.2f} s, {mb_s:.1f} MB/s")
+                self.results.add("replica_ttfb", "worm", ttfb)
+                self.results.add("replica_cold_read", "worm", mb_s)
+                drop_caches()
+                with self.step("[replica] re-read from the chunk cache") as out:
+                    cached = self.read_file(str(path), size)
+                    out.append(f"{cached:.1f} MB/s")
+                self.results.add("replica_cached_read", "worm", cached)
+                code, text, _ = run_cli(["replication", "status", str(replica_mnt), "--json"])
+                if code == 0:
+                    details["replica_status"] = json.loads(text)
+            finally:
+                self.stop_mount()
+            self.results.details["replica"] = details
+        finally:
+            remove_bucket(client, bucket)
+            shutil.rmtree(base, ignore_errors=True)
+
+    def read_first_byte(self, path: Path, expected: int) -> tuple[float, float]:
+        """Open ``path`` and read it front to back in BLOCK-byte read() calls; returns
+        (seconds from open to the first byte, MB/s from open to the last byte)."""
+        buf = bytearray(BLOCK)
+        t0 = time.perf_counter()
+        with open(path, "rb", buffering=0) as f:
+            total = f.readinto(buf) or 0
+            first = time.perf_counter() - t0
+            while n := f.readinto(buf):
+                total += n
+        elapsed = time.perf_counter() - t0
+        if total != expected:
+            raise BenchError(f"read {total} bytes of {path}, expected {expected}")
+        return first, expected / elapsed / 1e6
+
+    def wait_drained(self, state: Path, total: int, what: str,
+                     key: str = "upload") -> dict[str, Any]:
+        """Poll `replication status` until the queue is empty and ``total`` bytes are up;
+        NotMeasured(key) after 600 s."""
         with self.step(what) as out:
             t0 = time.perf_counter()
             deadline = time.monotonic() + 600
@@ -1881,7 +2036,7 @@ class Bench:
                         "uploaded_bytes", 0) >= total:
                     break
                 if time.monotonic() > deadline:
-                    raise NotMeasured("upload", f"not uploaded in 600 s: {status}")
+                    raise NotMeasured(key, f"not uploaded in 600 s: {status}")
                 time.sleep(0.05)
             out.append(f"{status['uploaded_bytes'] / (time.perf_counter() - t0) / 1e6:.1f} "
                        f"MB/s ({status['uploaded_objects']} objects)")
@@ -2244,9 +2399,21 @@ start to the last end):
      and LMDB's page overhead not included), their canonical JSON size, stored bytes
      per record over the whole store, and opens/s.
 
+Object-store phases, once per run, against the Ceph RGW of scripts/ceph-dev (started if
+it is not running; each on a fresh Object Lock bucket, removed at the end):
+
+ 15. replication: plain S3 PUTs of up to 256 MiB in 1 MiB objects from 8 threads, the
+     same bytes written into a store mounted with --bucket and into one without, then
+     the second mounted with --bucket and timed until its upload queue is empty -> MB/s.
+ 16. replica: one --size file written on a primary with --bucket and uploaded; the
+     primary's cold read; ranged S3 GETs of the same bytes by 16 threads in 1 MiB and
+     in 8 MiB ranges (the faster is the baseline); then the primary stopped and the
+     bucket mounted with --replica on an empty cache: time to first byte, cold
+     sequential read (1 MiB read()s) and, after drop_caches, the cached re-read -> MB/s.
+
 --only picks phases (comma-separated): rss (7), sequential (1-3, 6), small (4, 5, 10),
 large (11), reads (12), latency (13), audit (8; runs sequential too), frag (9),
-records (14).
+records (14), replication (15), replica (16).
 Native files of the concurrency phases are removed after each repetition.
 
 worm-fs files are write-once: a file is sealed (read-only) when its writer closes it
@@ -2264,7 +2431,9 @@ targets (ratio = worm-fs / native):
   small files by 1 / 4 / 16 writer processes >= 0.35x / 0.5x / 0.5x;
   large files by 4 writer processes >= 0.6x; daemon peak RssAnon with 8 <= 300 MiB;
   cold read in 128 KiB read()s >= 0.7x; 8 cold readers >= 0.5x;
-  p99 of open+close and of stat with 2 writers running <= 5 ms.
+  p99 of open+close and of stat with 2 writers running <= 5 ms;
+  replica cold read >= 0.7x of ranged S3 GETs; replica cached re-read >= 0.8x of a
+  primary's cold read (time to first byte is reported, no target).
 
 requirements: root (to drop the page cache), /dev/fuse and fusermount3, and free space
 in --dir for both sides: about reps x --size + the small files natively, plus
