@@ -32,6 +32,11 @@ class FakeBucket:
         self.gets += 1
         return self.objects.get(name)
 
+    fetch = get
+
+    def close(self) -> None:
+        pass
+
 
 def sealed_file(store: Store, bucket: FakeBucket, ino: int, data: bytes,
                 sha256: str | None = None) -> list[bytes]:
@@ -94,13 +99,18 @@ def test_a_chunk_fetched_again_must_match_what_its_file_was_verified_with(parts)
     assert shas is not None
     cache.drop(keys)  # evicted; then the remembered SHA-256 is all that vouches
     cache.set_verified(7, layout, [shas[0], hashlib.sha256(b"other").digest()])
-    with pytest.raises(UntrustedData):
-        chunks.chunk(7, 1, keys[1])
+    restarted = ReplicaChunks(store, bucket, cache,
+                              on_refused=lambda o, d: refused.append((o, d)))
+    try:
+        with pytest.raises(UntrustedData):
+            restarted.chunk(7, 1, keys[1])
+    finally:
+        restarted.close()
     assert any(obj == chunk_object(keys[1]) for obj, _ in refused)
 
 
 def test_the_cache_evicts_the_least_recently_used_within_its_bound(tmp_path: Path) -> None:
-    cache = ChunkCache(tmp_path / "cache", 3 * MiB)
+    cache = ChunkCache(tmp_path / "cache", 3 * MiB, memory=0)
     blobs = {digest(bytes([n]) * MiB) + b"\0": bytes([n]) * MiB for n in range(4)}
     keys = list(blobs)
     for key in keys[:3]:
@@ -113,3 +123,17 @@ def test_the_cache_evicts_the_least_recently_used_within_its_bound(tmp_path: Pat
     assert cache.get(keys[0]) is None and not cache.holds(keys[0])  # dropped, not served
     reopened = ChunkCache(tmp_path / "cache", 1 * MiB)  # a lower bound at the next start
     assert reopened.bytes <= 1 * MiB
+
+
+def test_recent_chunks_are_served_from_memory_as_checked(tmp_path: Path) -> None:
+    cache = ChunkCache(tmp_path / "cache", 8 * MiB, memory=2 * MiB)
+    blobs = {digest(bytes([n]) * MiB) + b"\0": bytes([n]) * MiB for n in range(3)}
+    keys = list(blobs)
+    for key in keys:
+        cache.put(key, blobs[key])
+    for key in keys:  # damaged on disk after they were put
+        (tmp_path / "cache" / "c" / key.hex()).write_bytes(b"damaged")
+    assert cache.get(keys[2]) == blobs[keys[2]]  # in memory: checked when it came in
+    assert cache.get(keys[0]) is None and not cache.holds(keys[0])  # out of memory: disk
+    cache.drop([keys[2]])
+    assert cache.get(keys[2]) is None  # dropped from memory too

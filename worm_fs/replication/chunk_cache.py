@@ -11,8 +11,10 @@ Layout under ``STATE_DIR/cache/``:
 
 The bytes of cached chunks never exceed ``limit``: an insert first evicts the least
 recently used chunks (the order is kept in memory, rebuilt from the files' modification
-times at start). Every load re-hashes the chunk against its key (XXH3, as the store
-does), so a damaged cache file is dropped, never served.
+times at start). Every load from disk re-hashes the chunk against its key (XXH3, as
+the store does), so a damaged cache file is dropped, never served. The chunks used
+last, up to ``memory`` bytes, are also kept in memory as checked: concurrent readers
+and the kernel's parallel read-ahead of the same file do not re-read and re-hash them.
 
 Concurrency: one lock guards the index (the order and the byte count); file I/O runs
 outside it. Safe to call from any thread.
@@ -28,12 +30,17 @@ from pathlib import Path
 from worm_fs.store.chunks import DIGEST_LEN, digest
 
 SHA_LEN = 32
+#: Bytes of recently used chunks kept in memory.
+MEMORY = 32 * 1024 * 1024
 
 
 class ChunkCache:
-    def __init__(self, root: Path, limit: int) -> None:
+    def __init__(self, root: Path, limit: int, memory: int = MEMORY) -> None:
         self.root = root
         self.limit = limit
+        self.memory = min(memory, limit)
+        self._recent: OrderedDict[str, bytes] = OrderedDict()  # key hex -> bytes
+        self._recent_bytes = 0
         self._chunks = root / "c"
         self._verified = root / "v"
         for d in (self._chunks, self._verified):
@@ -67,6 +74,11 @@ class ChunkCache:
             known = name in self._order
             if known:
                 self._order.move_to_end(name)
+                data = self._recent.get(name)
+                if data is not None:
+                    self._recent.move_to_end(name)
+                    self.hits += 1
+                    return data
         data = None
         if known:
             try:
@@ -81,7 +93,24 @@ class ChunkCache:
                 self.misses += 1
             else:
                 self.hits += 1
+                if name in self._order:
+                    self._keep(name, data)
         return data
+
+    def _keep(self, name: str, data: bytes) -> None:
+        """Under the lock: hold ``data`` in memory, dropping the oldest held."""
+        if name in self._recent or len(data) > self.memory:
+            return
+        self._recent[name] = data
+        self._recent_bytes += len(data)
+        while self._recent_bytes > self.memory:
+            _, old = self._recent.popitem(last=False)
+            self._recent_bytes -= len(old)
+
+    def _unkeep(self, name: str) -> None:
+        old = self._recent.pop(name, None)
+        if old is not None:
+            self._recent_bytes -= len(old)
 
     def put(self, key: bytes, data: bytes) -> bool:
         """Keep ``data`` under ``key`` if it fits the bound (evicting older chunks);
@@ -96,6 +125,7 @@ class ChunkCache:
             self._evict_to(self.limit - len(data))
             self._order[name] = len(data)
             self.bytes += len(data)
+            self._keep(name, data)
         tmp = self._chunks / f"{name}.{threading.get_ident()}.tmp"
         tmp.write_bytes(data)
         os.replace(tmp, self._chunks / name)
@@ -110,6 +140,7 @@ class ChunkCache:
                 if size is not None:
                     self.bytes -= size
                     freed += size
+                    self._unkeep(key.hex())
                     _unlink(self._chunks / key.hex())
         return freed
 
@@ -124,6 +155,7 @@ class ChunkCache:
             name, size = self._order.popitem(last=False)
             self.bytes -= size
             self.evicted += 1
+            self._unkeep(name)
             _unlink(self._chunks / name)
 
     # ------------------------------------------------------------------ verified files

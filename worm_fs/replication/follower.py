@@ -329,7 +329,7 @@ class Follower:
         """After the commit: drop what no file needs from the cache, tell the kernel."""
         self.chunks.cache.drop(applied.freed_keys)
         for ino, layout in applied.forgotten:
-            self.chunks.cache.forget_file(ino, layout)
+            self.chunks.forget(ino, layout)
         if self.on_removed and applied.removed:
             self.on_removed(applied.removed)
         if self.on_changed and applied.changed:

@@ -17,7 +17,8 @@ file share one verification.
 
 Concurrency: :meth:`ReplicaChunks.chunk` blocks (network) and is called from the core's
 read path in worker threads; one lock guards the in-flight tables, never held while
-fetching.
+fetching. The chunk keys and verified SHA-256s of the files read last are kept in
+memory (a read looks up one inode, not the whole manifest).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -38,7 +40,9 @@ from worm_fs.store.chunks import DIGEST_LEN, digest
 log = logging.getLogger(__name__)
 
 #: Chunk GETs in flight at once (each at most 1 MiB).
-PARALLEL = 16
+PARALLEL = 32
+#: Files whose chunk keys and SHA-256s stay in memory (about 50 bytes per chunk).
+FILES_REMEMBERED = 256
 #: Chunks fetched ahead of a reader that found its chunk missing.
 READ_AHEAD = 8
 
@@ -61,40 +65,70 @@ class ReplicaChunks:
         self._lock = threading.Lock()
         self._fetches: dict[bytes, Future[bytes]] = {}
         self._verifying: dict[tuple[int, str], Future[list[bytes]]] = {}
+        # (ino, layout) -> (chunk keys, verified SHA-256s or None), most recent last
+        self._files: OrderedDict[tuple[int, str], tuple[list[bytes], list[bytes] | None]] = \
+            OrderedDict()
         self.fetched_bytes = 0
         self.refused_files = 0
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self.bucket.close()
 
     # ------------------------------------------------------------------ the read path
     def chunk(self, ino: int, index: int, key: bytes) -> bytes:
-        inode, keys = self._file(ino)
-        shas = self._verified(inode, keys)
+        inode, keys, shas = self._file(ino)
+        if shas is None:
+            shas = self._verified(inode, keys)
+        if index >= len(keys) or keys[index] != key:
+            raise UntrustedData(f"inode {ino}: chunk {index} is not in its verified layout")
         data = self.cache.get(key)
         if data is None:
             data = self._fetch(key, shas[index]).result()
             self._read_ahead(keys, shas, index + 1)
         return data
 
-    def _file(self, ino: int) -> tuple[Inode, list[bytes]]:
+    def _file(self, ino: int) -> tuple[Inode, list[bytes], list[bytes] | None]:
+        """The sealed inode, its chunk keys and, if known, its verified SHA-256s."""
         with self.store.read() as rt:
             raw = rt.get_inode(ino)
             if raw is None:
                 raise NotFound(f"inode {ino} does not exist")
             inode = Inode.from_bytes(raw)
-            keys = [key for _, key in rt.iter_manifest(ino)]
-        if inode.kind is not Kind.FILE or inode.state is not State.SEALED:
-            raise UntrustedData(f"inode {ino} is not a sealed file")
-        return inode, keys
+            if inode.kind is not Kind.FILE or inode.state is not State.SEALED:
+                raise UntrustedData(f"inode {ino} is not a sealed file")
+            ident = (ino, inode.layout)
+            with self._lock:
+                known = self._files.get(ident)
+                if known is not None:
+                    self._files.move_to_end(ident)
+            if known is None:
+                known = ([key for _, key in rt.iter_manifest(ino)], None)
+                self._remember(ident, *known)
+        return inode, known[0], known[1]
+
+    def _remember(self, ident: tuple[int, str], keys: list[bytes],
+                  shas: list[bytes] | None) -> None:
+        with self._lock:
+            self._files[ident] = (keys, shas)
+            self._files.move_to_end(ident)
+            while len(self._files) > FILES_REMEMBERED:
+                self._files.popitem(last=False)
+
+    def forget(self, ino: int, layout: str) -> None:
+        """A deleted file: its keys and SHA-256s leave memory and the cache."""
+        with self._lock:
+            self._files.pop((ino, layout), None)
+        self.cache.forget_file(ino, layout)
 
     def _verified(self, inode: Inode, keys: list[bytes]) -> list[bytes]:
         """The per-chunk SHA-256s of a file whose bytes matched its sealed SHA-256,
         verifying it first (once, shared by concurrent callers)."""
+        ident = (inode.ino, inode.layout)
         shas = self.cache.verified(inode.ino, inode.layout)
         if shas is not None and len(shas) == len(keys):
+            self._remember(ident, keys, shas)
             return shas
-        ident = (inode.ino, inode.layout)
         with self._lock:
             future = self._verifying.get(ident)
             mine = future is None
@@ -106,6 +140,7 @@ class ReplicaChunks:
         try:
             shas = self._verify(inode, keys)
             self.cache.set_verified(inode.ino, inode.layout, shas)
+            self._remember(ident, keys, shas)
             future.set_result(shas)
             return shas
         except BaseException as exc:
@@ -150,7 +185,7 @@ class ReplicaChunks:
 
     def _get(self, key: bytes) -> bytes:
         name = chunk_object(key)
-        data = self.bucket.get(name)
+        data = self.bucket.fetch(name)
         if data is None:
             raise self._refuse(name, "missing from the bucket")
         if digest(data) != key[:DIGEST_LEN]:
