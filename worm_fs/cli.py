@@ -1454,7 +1454,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_share)
 
-    replp = sub.add_parser("replication", help="the upload of a store to its bucket",
+    replp = sub.add_parser("replication", help="the upload of a store to its bucket, or "
+                           "what a replica follows",
                            description="How far the bucket is behind the store.")
     replsub = replp.add_subparsers(dest="replication_command", metavar="ACTION",
                                    required=True)
@@ -1464,7 +1465,10 @@ def build_parser() -> argparse.ArgumentParser:
                            "uploaded_objects (queue names done), uploaded_bytes, "
                            "log_uploaded_size (records in the bucket's newest checkpoint), "
                            "last_error; read from the store (the daemon need not run). "
-                           "Exit 2 if the store does not replicate.")
+                           "On a replica (mount --replica): the primary's checkpoint it "
+                           "follows, records and seconds behind, cache size and hit rate, "
+                           "and what it refused (exit 1 while it refuses the bucket's log "
+                           "or a file). Exit 2 if the store does not replicate.")
     p.add_argument("path", metavar="PATH", help="the mount, or its state directory")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_replication_status)
