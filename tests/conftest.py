@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -62,6 +63,19 @@ def run_cli(*args: str, check: bool = False, **kwargs) -> subprocess.CompletedPr
         raise AssertionError(f"worm-fs {' '.join(args)} failed ({result.returncode}):\n"
                              f"{result.stdout}\n{result.stderr}")
     return result
+
+
+def wait_for(what: Callable[[], Any], timeout: float = 30.0, step: float = 0.1) -> Any:
+    """Poll ``what()`` until it returns something true, and return that; fail the test
+    after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = what()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true within {timeout} s")
+        time.sleep(step)
 
 
 def wait_sealed(path: Path, timeout: float = 10.0) -> None:

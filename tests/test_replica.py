@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Mount, Rgw, ceph_dev, run_cli, wait_sealed
+from tests.conftest import Mount, Rgw, ceph_dev, run_cli, wait_for, wait_sealed
 from tests.test_replication import (
     pubkey,
     replicated,
@@ -34,17 +34,6 @@ def replica(tmp_path: Path, rgw: Rgw, bucket: str, key: str, *extra: str,
 def replica_status(r: Mount) -> tuple[int, dict]:
     result = run_cli("replication", "status", str(r.path), "--json")
     return result.returncode, json.loads(result.stdout or "{}")
-
-
-def wait_for(what, timeout: float = 30.0, step: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = what()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s")
-        time.sleep(step)
 
 
 def wait_refused(r: Mount, timeout: float = 30.0) -> dict:

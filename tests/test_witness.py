@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import run_cli, wait_for
 from tests.witness_server import WitnessServer
 from worm_fs.audit.checkpoint import (
     ALG_COSIGNATURE,
@@ -23,17 +23,6 @@ from worm_fs.audit.checkpoint import (
 )
 from worm_fs.audit.witness import Witness, request_body
 from worm_fs.store import u64
-
-
-def wait_for(what, timeout: float = 20.0, step: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = what()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true within {timeout} s")
-        time.sleep(step)
 
 
 def witness_stats(mnt) -> dict:

@@ -382,13 +382,20 @@ class Daemon:
                             "--bucket: nothing is uploaded now, and the next mount with a "
                             "bucket queues the whole store again")
             return None
-        from worm_fs.replication.s3 import Bucket, BucketUrl
-        from worm_fs.replication.uploader import Uploader, queue_existing
+        from worm_fs.replication.s3 import BucketUrl
+        from worm_fs.replication.uploader import queue_existing
 
         url = BucketUrl.parse(self.options.bucket)
         queued = queue_existing(self.core, str(url))
         if queued:
             log.info("replication to %s: queued %d objects already in the store", url, queued)
+        return self._uploader_to(url)
+
+    def _uploader_to(self, url: Any) -> Any:
+        """The uploader to ``url`` (a BucketUrl) with the mount's lock settings."""
+        from worm_fs.replication.s3 import Bucket
+        from worm_fs.replication.uploader import Uploader
+
         bucket = Bucket(url, endpoint=self.options.s3_endpoint,
                         lock_mode=self.options.object_lock,
                         retention_days=self.options.object_retention_days)
@@ -399,18 +406,13 @@ class Daemon:
     def _start_replica_log_upload(self) -> Any:
         """A replica's own audit log goes to ``replicas/<store id>/`` beside the
         primary's objects (log tiles and checkpoints only: it stores no chunks)."""
-        from worm_fs.replication.s3 import Bucket, BucketUrl
-        from worm_fs.replication.uploader import Uploader, queue_existing
+        from worm_fs.replication.s3 import BucketUrl
+        from worm_fs.replication.uploader import queue_existing
 
         primary = BucketUrl.parse(self.replica or "")
         url = BucketUrl(primary.bucket, f"{primary.prefix}replicas/{self.store_id}/")
         queue_existing(self.core, str(url), log_only=True)
-        bucket = Bucket(url, endpoint=self.options.s3_endpoint,
-                        lock_mode=self.options.object_lock,
-                        retention_days=self.options.object_retention_days)
-        uploader = Uploader(self.core, bucket)
-        uploader.start()
-        return uploader
+        return self._uploader_to(url)
 
     def _remove_sockets(self) -> None:
         for name in (REQUEST_SOCKET, ADMIN_SOCKET):
