@@ -22,17 +22,32 @@ MiB = 1 << 20
 
 
 class FakeBucket:
-    """Objects by name; counts GETs."""
+    """Objects by name (the newest version), with the versions they replaced; counts
+    GETs."""
 
     def __init__(self) -> None:
         self.objects: dict[str, bytes] = {}
+        self.replaced: dict[str, list[bytes]] = {}  # older versions, oldest first
         self.gets = 0
+
+    def replace(self, name: str, data: bytes) -> None:
+        """A new version of ``name`` (S3 cannot refuse one); the old one stays."""
+        self.replaced.setdefault(name, []).append(self.objects[name])
+        self.objects[name] = data
+
+    def versions(self, name: str) -> list[str]:
+        older = self.replaced.get(name, [])
+        return ["newest", *(f"v{n}" for n in reversed(range(len(older))))] \
+            if name in self.objects else []
 
     def get(self, name: str, version_id: str | None = None) -> bytes | None:
         self.gets += 1
-        return self.objects.get(name)
+        if version_id is None or version_id == "newest":
+            return self.objects.get(name)
+        return self.replaced[name][int(version_id[1:])]
 
-    fetch = get
+    def fetch(self, name: str) -> bytes | None:
+        return self.get(name)
 
     def close(self) -> None:
         pass
@@ -107,6 +122,37 @@ def test_a_chunk_fetched_again_must_match_what_its_file_was_verified_with(parts)
     finally:
         restarted.close()
     assert any(obj == chunk_object(keys[1]) for obj, _ in refused)
+
+
+def test_a_replaced_chunk_is_served_from_the_older_version_that_checks(parts) -> None:
+    store, bucket, cache, chunks, refused = parts
+    replaced: list[tuple[str, str]] = []
+    chunks.on_replaced = lambda o, d: replaced.append((o, d))
+    data = b"d" * MiB + b"e" * MiB
+    keys = sealed_file(store, bucket, 8, data)
+    bucket.replace(chunk_object(keys[1]), b"f" * MiB)  # fails its key
+    assert b"".join(chunks.chunk(8, i, k) for i, k in enumerate(keys)) == data
+    assert refused == [] and [o for o, _ in replaced] == [chunk_object(keys[1])]
+    assert chunks.stats()["replaced_chunks"] == 1
+    # Refetched after eviction: the newest version fails the remembered SHA-256 too.
+    cache.drop(keys)
+    chunks2 = ReplicaChunks(store, bucket, cache, on_replaced=lambda o, d: replaced.append(
+        (o, d)))
+    try:
+        assert chunks2.chunk(8, 1, keys[1]) == b"e" * MiB
+    finally:
+        chunks2.close()
+    assert len(replaced) == 2
+
+
+def test_a_chunk_no_version_of_which_checks_is_refused(parts) -> None:
+    store, bucket, cache, chunks, refused = parts
+    keys = sealed_file(store, bucket, 9, b"g" * MiB)
+    bucket.objects[chunk_object(keys[0])] = b"h" * MiB  # the only version, wrong
+    with pytest.raises(UntrustedData):
+        chunks.chunk(9, 0, keys[0])
+    assert refused and refused[0][0] == chunk_object(keys[0])
+    assert "no version" in refused[0][1]
 
 
 def test_the_cache_evicts_the_least_recently_used_within_its_bound(tmp_path: Path) -> None:

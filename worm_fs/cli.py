@@ -389,7 +389,8 @@ def cmd_replication_status(args: argparse.Namespace) -> int:
 
 def _replica_status(args: argparse.Namespace, state_dir: Path, log_upload: dict) -> int:
     """``replication status`` of a replica: what it follows, how far behind, its cache.
-    Exit 1 if it refused the bucket's log or a file (it serves what it verified)."""
+    Exit 1 if it refuses the bucket's log or a file (it serves what it verified), or
+    found a replaced object since it started (served from the version that checks)."""
     from worm_fs.replication.follower import read_status
 
     data = read_status(state_dir)
@@ -406,11 +407,13 @@ def _replica_status(args: argparse.Namespace, state_dir: Path, log_upload: dict)
             f"{_human_bytes(d.get('cache_limit', 0))}, hit rate "
             f"{d.get('cache_hit_rate', 0.0):.1%}",
             f"refused:          {printable(d['refused']) or '-'}",
+            f"replaced objects: {d.get('replaced_objects', 0)}"
+            + (f" (last: {printable(d['last_replaced'])})" if d.get("last_replaced") else ""),
             f"last error:       {printable(d['last_error']) or '-'}",
         ])
 
     emit(args, data, human)
-    return errors.EXIT_CHECK_FAILED if data["refused"] else 0
+    return errors.EXIT_CHECK_FAILED if data["refused"] or data.get("replaced_objects") else 0
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
@@ -1468,7 +1471,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "On a replica (mount --replica): the primary's checkpoint it "
                            "follows, records and seconds behind, cache size and hit rate, "
                            "and what it refused (exit 1 while it refuses the bucket's log "
-                           "or a file). Exit 2 if the store does not replicate.")
+                           "or a file, or after it found a replaced object). "
+                           "Exit 2 if the store does not replicate.")
     p.add_argument("path", metavar="PATH", help="the mount, or its state directory")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_replication_status)

@@ -367,6 +367,7 @@ class Daemon:
         follower = Follower(self.core, bucket, verifier, chunks,
                             poll_s=self.options.poll_seconds)
         chunks.on_refused = follower.note_refused_file
+        chunks.on_replaced = follower.note_replaced
         self.core.chunk_source = chunks
         follower.poll_safely()  # what the bucket holds now, before the mount goes up
         return follower  # polling starts once the kernel knows the mount (_serve)

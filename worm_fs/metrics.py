@@ -152,6 +152,9 @@ def _replica_samples(store: Store, base: dict[str, str]) -> list[Sample]:
          1 if status["refused"] else 0),
         ("refusals_total", "counter", "Polls and reads refused by the replica's checks.",
          status["refusals"]),
+        ("replaced_objects_total", "counter", "Objects whose newest version failed its "
+         "check, served from an older version that passed.",
+         status.get("replaced_objects", 0)),
         ("failing", "gauge", "1 while the last poll of the bucket failed.",
          1 if status["last_error"] else 0),
         ("status_age_seconds", "gauge", "Seconds since the replica last wrote its status.",

@@ -44,6 +44,7 @@ from worm_fs.audit.merkle import Frontier, leaf_hash
 from worm_fs.core.fs import WormCore
 from worm_fs.core.layout import layout_digest
 from worm_fs.errors import WormError
+from worm_fs.replication.pinned import get_pinned
 from worm_fs.replication.replica_apply import SEALS, Applied, Layout, apply_records
 from worm_fs.replication.replica_reads import ReplicaChunks
 from worm_fs.replication.s3 import Bucket
@@ -97,6 +98,8 @@ class FollowStatus:
     last_error: str = ""
     refused: str = ""
     refusals: int = 0
+    replaced: int = 0
+    last_replaced: str = ""
     polls: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -109,7 +112,8 @@ class FollowStatus:
                 "last_poll_age_seconds": round((now_ns - self.last_poll_ns) / 1e9, 3)
                 if self.last_poll_ns else None,
                 "last_error": self.last_error, "refused": self.refused,
-                "refusals": self.refusals, "polls": self.polls, **self.extra}
+                "refusals": self.refusals, "replaced_objects": self.replaced,
+                "last_replaced": self.last_replaced, "polls": self.polls, **self.extra}
 
 
 class Follower:
@@ -287,21 +291,31 @@ class Follower:
                 for r, layout in zip(seals, found, strict=True)}
 
     def _layout(self, rec: dict[str, Any]) -> Layout:
+        """The layout object of a seal record: the newest version whose size and chunk
+        keys give the record's layout digest (an older one if a newer one fails)."""
         name = file_object(int(rec["ino"]), str(rec["layout"]))
         body = self.bucket.get(name)
         if body is None:
             raise Refusal(name, f"missing (the layout of {rec.get('path')}, sealed at "
                           f"record {rec.get('seq')})")
         try:
-            doc = json.loads(body)
-            keys = [bytes.fromhex(k) for k in doc["chunks"]]
-            size = int(doc["size"])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise Refusal(name, f"malformed: {exc}") from None
-        if size != rec.get("size") or layout_digest(size, keys) != rec["layout"]:
-            raise Refusal(name, "its size and chunk list do not match the layout digest "
-                          f"of the seal record of {rec.get('path')}")
-        return Layout(size, keys)
+            return _parse_layout(body, rec)
+        except ValueError as exc:
+            problem = str(exc)
+        found: list[Layout] = []
+
+        def matches(data: bytes) -> bool:
+            try:
+                found.append(_parse_layout(data, rec))
+            except ValueError:
+                return False
+            return True
+
+        pinned = get_pinned(self.bucket, name, matches, newest=body)
+        if pinned.data is None:
+            raise Refusal(name, problem)
+        self.note_replaced(name, f"{problem}; took version {pinned.version_id}")
+        return found[-1]
 
     def _apply(self, records: list[dict[str, Any]], layouts: dict[tuple[int, str], Layout],
                frontier: Frontier, size: int, note: bytes, leaves: list[bytes]) -> Applied:
@@ -349,3 +363,27 @@ class Follower:
     def note_refused_file(self, obj: str, detail: str) -> None:
         """A file's bytes failed their check at read (from :mod:`.replica_reads`)."""
         self._refused(Refusal(obj, detail))
+
+    def note_replaced(self, obj: str, detail: str) -> None:
+        """An object whose newest version failed its check, read from an older version
+        that passed (:mod:`.pinned`): served, and reported."""
+        text = f"{obj}: {detail}"
+        self.status.replaced += 1
+        self.status.last_replaced = text
+        log.error("replica: the bucket's %s was replaced: %s", obj, detail)
+        self.core.log.note(self.core.log.stamp(
+            "replica_replaced", errno.EIO, bucket=self.source, object=obj, detail=detail))
+
+
+def _parse_layout(body: bytes, rec: dict[str, Any]) -> Layout:
+    """A layout object checked against its seal record; ValueError says what is wrong."""
+    try:
+        doc = json.loads(body)
+        keys = [bytes.fromhex(k) for k in doc["chunks"]]
+        size = int(doc["size"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"malformed: {exc}") from None
+    if size != rec.get("size") or layout_digest(size, keys) != rec["layout"]:
+        raise ValueError("its size and chunk list do not match the layout digest of the "
+                         f"seal record of {rec.get('path')}")
+    return Layout(size, keys)

@@ -9,7 +9,9 @@ one, and the SHA-256 of each of its chunks remembered (:mod:`.chunk_cache`); a c
 fetched again later (evicted meanwhile) must match its remembered SHA-256. A file that
 fails is refused with EIO (:class:`~worm_fs.errors.UntrustedData`) and reported; other
 files are served as before. Time to first byte is therefore the time to fetch the
-whole file; later reads come from the cache.
+whole file; later reads come from the cache. A chunk whose newest version fails its
+check is read from the newest older version that passes (:mod:`.pinned`; with Object
+Lock the original is still there) and reported through ``on_replaced``.
 
 Reads that find their chunk missing fetch it and read ahead on the same file.
 Concurrent readers of the same chunk share one fetch; concurrent first readers of a
@@ -33,6 +35,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from worm_fs.core.model import Inode, Kind, State
 from worm_fs.errors import NotFound, UntrustedData
 from worm_fs.replication.chunk_cache import ChunkCache
+from worm_fs.replication.pinned import get_pinned
 from worm_fs.replication.s3 import Bucket
 from worm_fs.store import Store
 from worm_fs.store.chunks import DIGEST_LEN, digest
@@ -56,11 +59,14 @@ class ReplicaChunks:
 
     def __init__(self, store: Store, bucket: Bucket, cache: ChunkCache, *,
                  on_refused: Callable[[str, str], None] | None = None,
+                 on_replaced: Callable[[str, str], None] | None = None,
                  parallel: int = PARALLEL) -> None:
         self.store = store
         self.bucket = bucket
         self.cache = cache
         self.on_refused = on_refused
+        self.on_replaced = on_replaced
+        self.replaced_objects = 0
         self._pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="fetch")
         self._lock = threading.Lock()
         self._fetches: dict[bytes, Future[bytes]] = {}
@@ -183,16 +189,32 @@ class ReplicaChunks:
             self.cache.put(key, data)
         return data
 
-    def _get(self, key: bytes) -> bytes:
+    def _get(self, key: bytes, sha: bytes | None = None) -> bytes:
+        """Chunk ``key`` from the bucket: the newest version that matches its key and,
+        if given, the SHA-256 its file was verified with (older versions are tried when
+        a newer one fails: :mod:`.pinned`)."""
         name = chunk_object(key)
-        data = self.bucket.fetch(name)
-        if data is None:
-            raise self._refuse(name, "missing from the bucket")
-        if digest(data) != key[:DIGEST_LEN]:
-            raise self._refuse(name, "does not match its key (a replaced object)")
+
+        def matches(data: bytes) -> bool:
+            return digest(data) == key[:DIGEST_LEN] and (
+                sha is None or hashlib.sha256(data).digest() == sha)
+
+        pinned = get_pinned(self.bucket, name, matches)
+        if pinned.data is None:
+            if not pinned.failed:
+                raise self._refuse(name, "missing from the bucket")
+            raise self._refuse(name, "no version of it matches its key" if sha is None
+                               else "no version of it matches the chunk its file was "
+                               "verified with (a replaced object)")
+        if pinned.failed:
+            with self._lock:
+                self.replaced_objects += 1
+            if self.on_replaced:
+                self.on_replaced(name, f"{pinned.failed} newer version(s) fail their "
+                                 f"check; served version {pinned.version_id}")
         with self._lock:
-            self.fetched_bytes += len(data)
-        return data
+            self.fetched_bytes += len(pinned.data)
+        return pinned.data
 
     def _fetch(self, key: bytes, sha: bytes) -> Future[bytes]:
         """One fetch of a chunk of a verified file, shared by concurrent readers."""
@@ -205,10 +227,7 @@ class ReplicaChunks:
 
     def _fetch_checked(self, key: bytes, sha: bytes) -> bytes:
         try:
-            data = self._get(key)
-            if hashlib.sha256(data).digest() != sha:
-                raise self._refuse(chunk_object(key), "does not match the chunk its file "
-                                   "was verified with (a replaced object)")
+            data = self._get(key, sha)
             self.cache.put(key, data)
             return data
         finally:
@@ -222,4 +241,5 @@ class ReplicaChunks:
 
     def stats(self) -> dict[str, int | float]:
         return {**self.cache.stats(), "fetched_bytes": self.fetched_bytes,
-                "refused_files": self.refused_files}
+                "refused_files": self.refused_files,
+                "replaced_chunks": self.replaced_objects}

@@ -152,6 +152,18 @@ class Bucket:
         return Stored(int(reply.get("ContentLength", 0)), reply.get("VersionId"),
                       reply.get("ObjectLockMode"), reply.get("ObjectLockRetainUntilDate"))
 
+    def versions(self, name: str) -> list[str]:
+        """The version ids of ``name``, newest first (as S3 lists them); [] if none."""
+        key = self.key(name)
+        out: list[str] = []
+        paginator = self.client.get_paginator("list_object_versions")
+        try:
+            for page in paginator.paginate(Bucket=self.url.bucket, Prefix=key):
+                out += [v["VersionId"] for v in page.get("Versions", []) if v["Key"] == key]
+        except (ClientError, BotoCoreError) as exc:
+            raise BucketError(f"list versions of {name}: {_message(exc)}") from None
+        return out
+
     def names(self, under: str = "") -> list[str]:
         """Every object name below ``under`` (relative to the prefix)."""
         out: list[str] = []
