@@ -175,6 +175,35 @@ def test_files_are_readable_on_the_replica_within_seconds_of_close(
     assert p99 <= 5.0, latencies
 
 
+def test_a_file_whose_chunk_hashes_are_logged_is_served_without_a_whole_file_fetch(
+    tmp_path: Path, rgw: Rgw, bucket: str
+) -> None:
+    p = replicated(tmp_path, rgw, bucket)
+    data = os.urandom(64 * MiB)
+    try:
+        (p.path / "big.bin").write_bytes(data)
+        wait_sealed(p.path / "big.bin")
+        wait_uploaded(p)
+        ino = os.stat(p.path / "big.bin").st_ino
+        hashes = [rec for rec in records(p) if rec["op"] == "chunk_hashes"]
+        assert [rec["ino"] for rec in hashes] == [ino], hashes
+        key = pubkey(p)
+    finally:
+        p.stop()
+    r = replica(tmp_path, rgw, bucket, key)
+    try:
+        wait_for(lambda: (r.path / "big.bin").exists())
+        with open(r.path / "big.bin", "rb") as f:
+            assert f.read(4096) == data[:4096]
+        fetched = wait_for(lambda: replica_status(r)[1].get("fetched_bytes"))
+        assert fetched <= 40 * MiB, fetched  # the first chunk and the read-ahead, not 64
+        assert (r.path / "big.bin").read_bytes() == data
+        code, st = replica_status(r)
+        assert code == 0 and st["refusals"] == 0, st
+    finally:
+        r.stop()
+
+
 def test_an_approved_deletion_leaves_the_replica_and_its_cache(
     tmp_path: Path, rgw: Rgw, bucket: str, public_base: Path
 ) -> None:

@@ -6,6 +6,7 @@ stands when they can.)"""
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from worm_fs.core.layout import layout_digest
 from worm_fs.core.model import Inode, Kind, State
 from worm_fs.errors import UntrustedData
 from worm_fs.replication.chunk_cache import ChunkCache
-from worm_fs.replication.replica_reads import ReplicaChunks, chunk_object
+from worm_fs.replication.replica_reads import READ_AHEAD, ReplicaChunks, chunk_object
 from worm_fs.store import CHUNK_SIZE, Store
 from worm_fs.store.chunks import digest
 
@@ -29,6 +30,7 @@ class FakeBucket:
         self.objects: dict[str, bytes] = {}
         self.replaced: dict[str, list[bytes]] = {}  # older versions, oldest first
         self.gets = 0
+        self.fetched: list[str] = []
 
     def replace(self, name: str, data: bytes) -> None:
         """A new version of ``name`` (S3 cannot refuse one); the old one stays."""
@@ -47,6 +49,7 @@ class FakeBucket:
         return self.replaced[name][int(version_id[1:])]
 
     def fetch(self, name: str) -> bytes | None:
+        self.fetched.append(name)
         return self.get(name)
 
     def close(self) -> None:
@@ -93,6 +96,25 @@ def test_a_file_is_served_once_its_bytes_give_its_sealed_sha256(parts) -> None:
     gets = bucket.gets
     assert chunks.chunk(5, 0, keys[0]) == data[:CHUNK_SIZE]  # from the cache now
     assert bucket.gets == gets
+
+
+def test_with_chunk_hashes_the_log_vouches_for_a_read_fetches_no_whole_file(parts) -> None:
+    store, bucket, cache, chunks, refused = parts
+    data = os.urandom(40 * MiB)
+    keys = sealed_file(store, bucket, 10, data)
+    shas = [hashlib.sha256(data[i : i + CHUNK_SIZE]).digest()
+            for i in range(0, len(data), CHUNK_SIZE)]
+    cache.set_verified(10, layout_digest(len(data), keys), shas)  # as the follower does
+    assert chunks.chunk(10, 2, keys[2]) == data[2 * MiB : 3 * MiB]
+    fetched = {name for name in bucket.fetched}
+    assert chunk_object(keys[0]) not in fetched and chunk_object(keys[1]) not in fetched
+    assert chunk_object(keys[2]) in fetched and len(fetched) <= 1 + READ_AHEAD
+    # a replaced chunk fails its own SHA-256 and is not served
+    bucket.objects[chunk_object(keys[39])] = data[: CHUNK_SIZE]
+    cache.drop([keys[39]])
+    with pytest.raises(UntrustedData):
+        chunks.chunk(10, 39, keys[39])
+    assert refused and refused[-1][0] == chunk_object(keys[39])
 
 
 def test_a_file_whose_bytes_do_not_give_its_sealed_sha256_is_refused(parts) -> None:

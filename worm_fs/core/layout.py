@@ -51,6 +51,21 @@ def layout_digest(size: int, keys: Iterable[bytes]) -> str:
     return sha.hexdigest()
 
 
+_CHUNK_HASHES_DOMAIN = b"worm-fs chunk sha256 v1\n"
+
+
+def chunk_hashes_digest(size: int, keys: Iterable[bytes], shas: Iterable[bytes]) -> str:
+    """The digest a ``chunk_hashes`` record gives for a file's per-chunk SHA-256s: it
+    binds them to the file's size and chunk keys, so a reader can check each chunk on
+    its own (SHA-256 over a domain tag, the size, then each key and its SHA-256)."""
+    sha = hashlib.sha256(_CHUNK_HASHES_DOMAIN)
+    sha.update(size.to_bytes(8, "big"))
+    for key, chunk_sha in zip(keys, shas, strict=True):
+        sha.update(key)
+        sha.update(chunk_sha)
+    return sha.hexdigest()
+
+
 def check_layout(size: int, manifest: Iterable[tuple[int, bytes]], expected: str) -> list[bytes]:
     """The chunk keys of a sealed file, in order, if its layout is canonical and matches
     ``expected`` (skipped when empty); else :class:`Corruption` saying what is wrong.

@@ -42,7 +42,8 @@ from typing import Any
 from worm_fs.audit.checkpoint import CheckpointError, VerifierKey, open_checkpoint
 from worm_fs.audit.merkle import Frontier, leaf_hash
 from worm_fs.core.fs import WormCore
-from worm_fs.core.layout import layout_digest
+from worm_fs.core.layout import chunk_hashes_digest, layout_digest
+from worm_fs.core.model import Inode
 from worm_fs.errors import WormError
 from worm_fs.replication.pinned import get_pinned
 from worm_fs.replication.replica_apply import SEALS, Applied, Layout, apply_records
@@ -229,6 +230,7 @@ class Follower:
         self._check_hash_tiles(self.frontier.size, leaves)
         records = [json.loads(raw) for raw in raws]
         layouts = self._layouts(records)
+        hashed, unhashed = self._chunk_hashes(records, layouts)
         applied = self._apply(records, layouts, frontier, cp.size, note, leaves)
         self.frontier = frontier
         self.origin = cp.origin
@@ -237,6 +239,9 @@ class Follower:
         self.status.last_applied_ns = time.time_ns()
         self.status.refused = ""
         self._after(applied)
+        self._trust_chunk_hashes(hashed)
+        for refusal in unhashed:  # reported; those files are checked whole at first read
+            self._refused(refusal)
         return True
 
     def _new_records(self, size: int) -> tuple[list[bytes], list[bytes], list[str]]:
@@ -317,6 +322,71 @@ class Follower:
         self.note_replaced(name, f"{problem}; took version {pinned.version_id}")
         return found[-1]
 
+    def _chunk_hashes(self, records: list[dict[str, Any]],
+                      layouts: dict[tuple[int, str], Layout],
+                      ) -> tuple[dict[tuple[int, str], list[bytes]], list[Refusal]]:
+        """The per-chunk SHA-256s that ``chunk_hashes`` records among ``records`` vouch
+        for, by (ino, layout); and a Refusal for each whose layout object's list does
+        not match (in no version). Seals in this batch have their layout in ``layouts``;
+        for earlier seals the layout object is read again."""
+        wanted = [r for r in records if r.get("op") == "chunk_hashes"
+                  and r.get("result") == "ok" and r.get("layout") and "ino" in r]
+        if not wanted:
+            return {}, []
+        with self.core.store.read() as rt:
+            sealed = {}
+            for r in wanted:
+                ident = (int(r["ino"]), str(r["layout"]))
+                raw = rt.get_inode(ident[0])
+                if ident in layouts or raw is not None:
+                    sealed[ident] = r
+        found: dict[tuple[int, str], list[bytes]] = {}
+        refused: list[Refusal] = []
+        for (ino, layout), rec in sealed.items():
+            name = file_object(ino, layout)
+            known = layouts.get((ino, layout))
+            if known is not None and self._vouched(known, rec):
+                assert known.shas is not None
+                found[(ino, layout)] = known.shas
+                continue
+            matched: list[Layout] = []
+
+            def matches(data: bytes, rec: dict[str, Any] = rec,
+                        matched: list[Layout] = matched) -> bool:
+                try:  # the layout digest in the record binds the size and keys
+                    candidate = _parse_layout(data, {**rec, "size": _doc_size(data)})
+                except ValueError:
+                    return False
+                if not self._vouched(candidate, rec):
+                    return False
+                matched.append(candidate)
+                return True
+
+            pinned = get_pinned(self.bucket, name, matches)
+            if pinned.data is None or not matched or matched[-1].shas is None:
+                refused.append(Refusal(name, "its chunk_sha256 list does not match the "
+                                       f"chunk_hashes record {rec.get('seq')}"))
+                continue
+            if pinned.failed:
+                self.note_replaced(name, f"its chunk_sha256 list failed; took version "
+                                   f"{pinned.version_id}")
+            found[(ino, layout)] = matched[-1].shas
+        return found, refused
+
+    @staticmethod
+    def _vouched(layout: Layout, rec: dict[str, Any]) -> bool:
+        return layout.shas is not None and chunk_hashes_digest(
+            layout.size, layout.keys, layout.shas) == rec.get("chunks_sha256")
+
+    def _trust_chunk_hashes(self, hashed: dict[tuple[int, str], list[bytes]]) -> None:
+        """After the commit: files whose chunk SHA-256s the log vouches for are read
+        chunk by chunk, each checked on its own, with no whole-file fetch first."""
+        with self.core.store.read() as rt:
+            for (ino, layout), shas in hashed.items():
+                raw = rt.get_inode(ino)
+                if raw is not None and Inode.from_bytes(raw).layout == layout:
+                    self.chunks.cache.set_verified(ino, layout, shas)
+
     def _apply(self, records: list[dict[str, Any]], layouts: dict[tuple[int, str], Layout],
                frontier: Frontier, size: int, note: bytes, leaves: list[bytes]) -> Applied:
         tail = (self.tail[: self.frontier.size % WIDTH] + leaves)
@@ -386,4 +456,17 @@ def _parse_layout(body: bytes, rec: dict[str, Any]) -> Layout:
     if size != rec.get("size") or layout_digest(size, keys) != rec["layout"]:
         raise ValueError("its size and chunk list do not match the layout digest of the "
                          f"seal record of {rec.get('path')}")
-    return Layout(size, keys)
+    try:
+        shas = [bytes.fromhex(h) for h in doc.get("chunk_sha256") or []]
+    except (ValueError, TypeError):
+        shas = []
+    good = len(shas) == len(keys) and all(len(h) == 32 for h in shas)
+    return Layout(size, keys, shas if good else None)
+
+
+def _doc_size(body: bytes) -> int | None:
+    """The ``size`` a layout object states (None if it cannot be read)."""
+    try:
+        return int(json.loads(body)["size"])
+    except (ValueError, KeyError, TypeError):
+        return None

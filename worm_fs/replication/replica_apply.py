@@ -32,6 +32,9 @@ class Layout:
 
     size: int
     keys: list[bytes]
+    #: The per-chunk SHA-256s the object lists (``chunk_sha256``); not trusted until a
+    #: ``chunk_hashes`` record vouches for them.
+    shas: list[bytes] | None = None
 
 
 @dataclass

@@ -1,19 +1,27 @@
 """A replica's file bytes: fetched from the bucket, verified, cached.
 
 Chunk keys are XXH3 digests: good against damage, not against someone who can put a
-new version of ``chunks/<key>`` in the bucket and chooses its bytes. The only
-cryptographic binding of a file's content is the SHA-256 in its seal record, which the
-replica took from the signed log. So before the first byte of a file is served, the
-whole file is fetched (parallel GETs, in order), its SHA-256 compared with the sealed
-one, and the SHA-256 of each of its chunks remembered (:mod:`.chunk_cache`); a chunk
-fetched again later (evicted meanwhile) must match its remembered SHA-256. A file that
+new version of ``chunks/<key>`` in the bucket and chooses its bytes. Each chunk is
+therefore checked against a SHA-256 the signed log vouches for, from one of two places:
+
+* the ``chunk_hashes`` record the primary logs once it has uploaded a file's layout
+  object, whose ``chunk_sha256`` list it binds (the follower checks it and stores the
+  list, :mod:`.chunk_cache`): then chunks are fetched and checked one by one as the
+  reader goes, and the first byte comes after one chunk;
+* else the file's sealed SHA-256: before the first byte is served the whole file is
+  fetched (parallel GETs, in order), its SHA-256 compared with the sealed one, and the
+  SHA-256 of each chunk remembered. Time to first byte is then the time to fetch the
+  whole file (files sealed before the primary logged chunk hashes, or whose record has
+  not reached the replica yet).
+
+A chunk fetched again later (evicted meanwhile) must match its SHA-256. A file that
 fails is refused with EIO (:class:`~worm_fs.errors.UntrustedData`) and reported; other
-files are served as before. Time to first byte is therefore the time to fetch the
-whole file; later reads come from the cache. A chunk whose newest version fails its
+files are served as before. A chunk whose newest version fails its
 check is read from the newest older version that passes (:mod:`.pinned`; with Object
 Lock the original is still there) and reported through ``on_replaced``.
 
-Reads that find their chunk missing fetch it and read ahead on the same file.
+Every read keeps up to READ_AHEAD chunks of the same file fetched ahead of it (at most
+a quarter of the cache).
 Concurrent readers of the same chunk share one fetch; concurrent first readers of a
 file share one verification.
 
@@ -37,7 +45,7 @@ from worm_fs.errors import NotFound, UntrustedData
 from worm_fs.replication.chunk_cache import ChunkCache
 from worm_fs.replication.pinned import get_pinned
 from worm_fs.replication.s3 import Bucket
-from worm_fs.store import Store
+from worm_fs.store import CHUNK_SIZE, Store
 from worm_fs.store.chunks import DIGEST_LEN, digest
 
 log = logging.getLogger(__name__)
@@ -46,8 +54,8 @@ log = logging.getLogger(__name__)
 PARALLEL = 32
 #: Files whose chunk keys and SHA-256s stay in memory (about 50 bytes per chunk).
 FILES_REMEMBERED = 256
-#: Chunks fetched ahead of a reader that found its chunk missing.
-READ_AHEAD = 8
+#: Chunks fetched ahead of a sequential reader.
+READ_AHEAD = 32
 
 
 def chunk_object(key: bytes) -> str:
@@ -90,8 +98,10 @@ class ReplicaChunks:
             raise UntrustedData(f"inode {ino}: chunk {index} is not in its verified layout")
         data = self.cache.get(key)
         if data is None:
-            data = self._fetch(key, shas[index]).result()
+            future = self._fetch(key, shas[index])
             self._read_ahead(keys, shas, index + 1)
+            return future.result()
+        self._read_ahead(keys, shas, index + 1)  # keeps the window full on hits too
         return data
 
     def _file(self, ino: int) -> tuple[Inode, list[bytes], list[bytes] | None]:
@@ -235,7 +245,9 @@ class ReplicaChunks:
                 self._fetches.pop(key, None)
 
     def _read_ahead(self, keys: list[bytes], shas: list[bytes], start: int) -> None:
-        for index in range(start, min(start + READ_AHEAD, len(keys))):
+        # never more ahead than a quarter of the cache: read-ahead must not evict itself
+        ahead = max(1, min(READ_AHEAD, self.cache.limit // (4 * CHUNK_SIZE)))
+        for index in range(start, min(start + ahead, len(keys))):
             if not self.cache.holds(keys[index]):
                 self._fetch(keys[index], shas[index])
 

@@ -28,6 +28,7 @@ the daemon's GIL.
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import json
 import logging
 import multiprocessing
@@ -44,6 +45,7 @@ from typing import Any
 
 from worm_fs.audit.merkle import leaf_hash
 from worm_fs.core.fs import WormCore
+from worm_fs.core.layout import chunk_hashes_digest
 from worm_fs.core.model import Inode, State
 from worm_fs.errors import WormError
 from worm_fs.replication.s3 import Bucket, BucketUrl
@@ -71,14 +73,29 @@ def file_object(ino: int, layout: str) -> str:
     return f"files/{ino}-{layout}.json"
 
 
-def file_layout_object(rt: ReadTxn, inode: Inode) -> bytes:
-    """The layout object of a sealed file: canonical JSON."""
-    keys = [key.hex() for _, key in rt.iter_manifest(inode.ino)]
+@dataclass(frozen=True)
+class ChunkHashes:
+    """What a ``chunk_hashes`` record says of one sealed file."""
+
+    ino: int
+    layout: str
+    digest: str  # chunk_hashes_digest(size, keys, per-chunk SHA-256s)
+
+
+def file_layout_object(rt: ReadTxn, inode: Inode) -> tuple[bytes, ChunkHashes]:
+    """The layout object of a sealed file (canonical JSON), with the SHA-256 of each of
+    its chunks (``chunk_sha256``, read and hashed here: off the FUSE path), and what the
+    ``chunk_hashes`` record that vouches for that list must say."""
+    keys = [key for _, key in rt.iter_manifest(inode.ino)]
+    shas = [hashlib.sha256(rt.get_chunk(key) or b"").digest() for key in keys]
     doc = {"ino": inode.ino, "size": inode.size, "sha256": inode.sha256,
-           "layout": inode.layout, "chunks": keys, "mode": inode.mode, "uid": inode.uid,
-           "gid": inode.gid, "sealed_ns": inode.sealed_ns,
+           "layout": inode.layout, "chunks": [key.hex() for key in keys],
+           "chunk_sha256": [sha.hex() for sha in shas], "mode": inode.mode,
+           "uid": inode.uid, "gid": inode.gid, "sealed_ns": inode.sealed_ns,
            "seal_seq": dict(inode.extra.get("provenance") or {}).get("seal_seq")}
-    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+    body = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+    return body, ChunkHashes(inode.ino, inode.layout,
+                             chunk_hashes_digest(inode.size, keys, shas))
 
 
 @dataclass
@@ -124,12 +141,12 @@ class UploadWorker:
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="upload")
         self.tree = TileTree()
 
-    def objects(self, names: list[bytes]) -> list[tuple[bytes, int]]:
+    def objects(self, names: list[bytes]) -> list[tuple[bytes, int, ChunkHashes | None]]:
         """Upload them all, or fail at the first error: the rest of the batch is not
         tried (an unreachable bucket costs one timeout per thread, not per object)."""
         failed = threading.Event()
 
-        def one(name: bytes) -> tuple[bytes, int] | None:
+        def one(name: bytes) -> tuple[bytes, int, ChunkHashes | None] | None:
             if failed.is_set():
                 return None
             try:
@@ -146,9 +163,11 @@ class UploadWorker:
                 results.append(done)
         return results
 
-    def _upload_one(self, name: bytes) -> tuple[bytes, int]:
+    def _upload_one(self, name: bytes) -> tuple[bytes, int, ChunkHashes | None]:
         """Upload the object a queued name stands for (nothing if it is gone: a chunk
-        freed or a file deleted since)."""
+        freed or a file deleted since). For a layout, also what its ``chunk_hashes``
+        record must say."""
+        hashes = None
         with self.store.read() as rt:
             if name.startswith(CHUNK_OBJECT):
                 data = rt.get_chunk(bytes.fromhex(name[len(CHUNK_OBJECT):].decode()))
@@ -159,12 +178,12 @@ class UploadWorker:
                 inode = Inode.from_bytes(raw) if raw else None
                 data = None
                 if inode is not None and inode.state is State.SEALED and inode.layout == layout:
-                    data = file_layout_object(rt, inode)
+                    data, hashes = file_layout_object(rt, inode)
                 target = file_object(int(ino_text), layout)
         if data is None:
-            return name, 0
+            return name, 0, None
         self.bucket.put(target, data)
-        return name, len(data)
+        return name, len(data), hashes
 
     def log(self, size: int) -> int:
         """Tiles and entry bundles up to tree ``size``, then its checkpoint."""
@@ -308,6 +327,7 @@ class Uploader:
         if not (chunks or files or logs):
             return False
         done: list[bytes] = []
+        hashes: list[ChunkHashes] = []
         nbytes = 0
         log_size = None
         pending_log = None
@@ -317,17 +337,23 @@ class Uploader:
         for group in (chunks, files):  # a file's chunks before its layout
             halves = [group[i::PROCESSES] for i in range(PROCESSES)]
             for future in [self._pool.submit(_upload_objects, h) for h in halves if h]:
-                for name, size in future.result():
+                for name, size, file_hashes in future.result():
                     done.append(name)
                     nbytes += size
+                    if file_hashes is not None:
+                        hashes.append(file_hashes)
         if pending_log is not None:
             nbytes += pending_log.result()
             done += logs
-        self._finish(done, nbytes, log_size)
+        self._finish(done, nbytes, log_size, hashes)
         return True
 
-    def _finish(self, names: list[bytes], nbytes: int, log_size: int | None) -> None:
+    def _finish(self, names: list[bytes], nbytes: int, log_size: int | None,
+                hashes: list[ChunkHashes]) -> None:
         def job(tx: WriteTxn, batch: Any) -> None:
+            for h in hashes:  # the per-chunk SHA-256s in the layouts just put, vouched for
+                batch.add(self.core.log.stamp("chunk_hashes", ino=h.ino, layout=h.layout,
+                                              chunks_sha256=h.digest))
             if tx.get_meta(LAST_ERROR) is not None:  # uploads work again
                 tx.raw_delete("meta", LAST_ERROR.encode())
             for name in names:
