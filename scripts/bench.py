@@ -1943,7 +1943,8 @@ class Bench:
                     wait_sealed(str(path), time.monotonic() + SEAL_TIMEOUT)
                     out.append(f"{size / (time.perf_counter() - t0) / 1e6:.1f} MB/s")
                 self.wait_drained(primary_state, size, "[replica] until the primary's "
-                                  "upload queue is empty", key="replica_cold_read")
+                                  "upload queue is empty", key="replica_cold_read",
+                                  whole_log=True)
                 drop_caches()
                 with self.step("[replica] cold read on the primary") as out:
                     primary_cold = self.read_file(str(path), size)
@@ -2022,10 +2023,11 @@ class Bench:
             raise BenchError(f"read {total} bytes of {path}, expected {expected}")
         return first, expected / elapsed / 1e6
 
-    def wait_drained(self, state: Path, total: int, what: str,
-                     key: str = "upload") -> dict[str, Any]:
-        """Poll `replication status` until the queue is empty and ``total`` bytes are up;
-        NotMeasured(key) after 600 s."""
+    def wait_drained(self, state: Path, total: int, what: str, key: str = "upload",
+                     whole_log: bool = False) -> dict[str, Any]:
+        """Poll `replication status` until the queue is empty and ``total`` bytes are up
+        (``whole_log``: and the bucket's log holds every record the store has, such as
+        the chunk_hashes records made after the uploads); NotMeasured(key) after 600 s."""
         with self.step(what) as out:
             t0 = time.perf_counter()
             deadline = time.monotonic() + 600
@@ -2033,7 +2035,9 @@ class Bench:
                 code, text, _ = run_cli(["replication", "status", str(state), "--json"])
                 status = json.loads(text) if code == 0 else {}
                 if status.get("pending_objects") == 0 and status.get(
-                        "uploaded_bytes", 0) >= total:
+                        "uploaded_bytes", 0) >= total and (
+                        not whole_log or status.get("log_uploaded_size", 0)
+                        >= self.audit_usage(state)["audit_records"]):
                     break
                 if time.monotonic() > deadline:
                     raise NotMeasured(key, f"not uploaded in 600 s: {status}")

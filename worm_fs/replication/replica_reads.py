@@ -98,10 +98,12 @@ class ReplicaChunks:
             raise UntrustedData(f"inode {ino}: chunk {index} is not in its verified layout")
         data = self.cache.get(key)
         if data is None:
-            future = self._fetch(key, shas[index])
-            self._read_ahead(keys, shas, index + 1)
-            return future.result()
-        self._read_ahead(keys, shas, index + 1)  # keeps the window full on hits too
+            # the chunk asked for first, alone: fetches started beside it would share
+            # the bandwidth and delay it (the first byte of a file)
+            data = self._fetch(key, shas[index]).result()
+        # Then keep the window ahead full (on hits too), from a fetch thread: starting
+        # fetches (and their threads) here would hold up the bytes this read waits for.
+        self._pool.submit(self._read_ahead, keys, shas, index + 1)
         return data
 
     def _file(self, ino: int) -> tuple[Inode, list[bytes], list[bytes] | None]:
