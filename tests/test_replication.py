@@ -118,6 +118,17 @@ def test_a_tampered_object_fails_verify_naming_it(tmp_path: Path, rgw: Rgw, buck
     code, report = verify_bucket(rgw, bucket, key)
     assert code == 1
     assert [f["object"] for f in report["findings"]] == [chunk.removeprefix("store/")]
+    # A layout object whose chunk SHA-256 list was rewritten (keys and size intact, so
+    # its layout digest still holds) fails against the file's chunk_hashes record.
+    layout_key = next(o["Key"] for o in client.list_objects_v2(
+        Bucket=bucket, Prefix="store/files/")["Contents"])
+    doc = json.loads(client.get_object(Bucket=bucket, Key=layout_key)["Body"].read())
+    doc["chunk_sha256"] = ["00" * 32 for _ in doc["chunk_sha256"]]
+    client.put_object(Bucket=bucket, Key=layout_key, Body=json.dumps(doc).encode())
+    code, report = verify_bucket(rgw, bucket, key)
+    assert code == 1
+    assert {f["object"] for f in report["findings"]} == {
+        chunk.removeprefix("store/"), layout_key.removeprefix("store/")}, report
     # Against another key, the checkpoint itself is refused.
     other = SigningKey.generate("worm-fs/0000000000000000").verifier_key()
     code, report = verify_bucket(rgw, bucket, other)

@@ -9,7 +9,9 @@ Trusts nothing in the bucket but what the signed checkpoint commits to:
    digest from its seal record;
 4. for each such file, ``files/<ino>-<layout>.json``: its size and chunk keys must give
    the layout digest of the seal record; every chunk must match its key (XXH3) and the
-   file's bytes its sealed SHA-256 (the strong check);
+   file's bytes its sealed SHA-256 (the strong check); where a ``chunk_hashes`` record
+   vouches for the object's ``chunk_sha256`` list, the list must give the record's
+   digest and each chunk its SHA-256 in it;
 5. every object of a sealed file must have been written under Object Lock (a retention
    that has run out since is counted, not reported: the bucket then no longer protects
    that object, by the retention chosen).
@@ -29,7 +31,7 @@ from dataclasses import dataclass, field
 
 from worm_fs.audit.checkpoint import CheckpointError, VerifierKey, open_checkpoint
 from worm_fs.audit.merkle import leaf_hash, root_hash
-from worm_fs.core.layout import layout_digest
+from worm_fs.core.layout import chunk_hashes_digest, layout_digest
 from worm_fs.errors import Corruption
 from worm_fs.replication.bucket_checkpoints import check_checkpoints
 from worm_fs.replication.s3 import Bucket
@@ -104,16 +106,20 @@ def verify_bucket(bucket: Bucket, verifier: VerifierKey,
         report.bad(name, detail)
     report.note, report.records = note, records
     sealed: dict[int, dict] = {}
+    hashes: dict[tuple[int, str], dict] = {}  # the chunk_hashes record of a seal
     for raw in records:
         rec = json.loads(raw)
         if rec.get("result") != "ok":
             continue
         if rec.get("op") in SEALS and rec.get("layout"):
             sealed[int(rec["ino"])] = rec
+        elif rec.get("op") == "chunk_hashes" and rec.get("layout"):
+            hashes[(int(rec["ino"]), str(rec["layout"]))] = rec
         elif rec.get("op") == "delete":
             sealed.pop(int(rec.get("ino", -1)), None)
     with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
-        futures = [pool.submit(_check_file, bucket, ino, rec, report)
+        futures = [pool.submit(_check_file, bucket, ino, rec, report,
+                               hashes.get((ino, str(rec["layout"]))))
                    for ino, rec in sorted(sealed.items())]
         for n, future in enumerate(futures, 1):
             future.result()
@@ -155,7 +161,12 @@ def _check_tiles(bucket: Bucket, leaves: list[bytes], size: int, report: BucketR
             report.bad(name, "does not hold the hashes of the records")
 
 
-def _check_file(bucket: Bucket, ino: int, rec: dict, report: BucketReport) -> None:
+def _check_file(bucket: Bucket, ino: int, rec: dict, report: BucketReport,
+                hashes: dict | None = None) -> None:
+    """One sealed file: its layout object against the seal record, every chunk against
+    its key, the chunks together against the sealed SHA-256; with a ``chunk_hashes``
+    record (``hashes``), the layout object's ``chunk_sha256`` list against it and each
+    chunk against its entry."""
     report.count("files")
     name = file_object(ino, rec["layout"])
     body = bucket.get(name)
@@ -175,8 +186,19 @@ def _check_file(bucket: Bucket, ino: int, rec: dict, report: BucketReport) -> No
                    f"seal record of {rec.get('path')}")
         return
     _check_locked(bucket, name, report)
+    listed: list[bytes] | None = None
+    if hashes is not None:
+        try:
+            listed = [bytes.fromhex(h) for h in doc.get("chunk_sha256") or []]
+        except (ValueError, TypeError):
+            listed = []
+        if len(listed) != len(keys) or chunk_hashes_digest(size, keys, listed) \
+                != hashes.get("chunks_sha256"):
+            report.bad(name, f"its chunk_sha256 list does not match the chunk_hashes "
+                       f"record {hashes.get('seq')} of {rec.get('path')}")
+            listed = None
     sha = hashlib.sha256()
-    for key in keys:
+    for index, key in enumerate(keys):
         chunk_name = f"chunks/{key.hex()}"
         data = bucket.get(chunk_name)
         report.count("chunks")
@@ -186,6 +208,10 @@ def _check_file(bucket: Bucket, ino: int, rec: dict, report: BucketReport) -> No
             report.bad(chunk_name, f"{exc} (a chunk of {rec.get('path')})")
             return
         assert data is not None
+        if listed is not None and hashlib.sha256(data).digest() != listed[index]:
+            report.bad(chunk_name, f"does not match its SHA-256 in the layout of "
+                       f"{rec.get('path')} (a replaced object)")
+            return
         sha.update(data)
         _check_locked(bucket, chunk_name, report)
     if sha.hexdigest() != rec.get("sha256"):
