@@ -389,7 +389,11 @@ def test_the_cache_stays_within_its_bound_and_serves_a_restart_without_the_bucke
             data = files[name]
             assert (r.path / name).read_bytes() == data
             assert cached_bytes() <= limit
-        st = wait_for(lambda: (s := replica_status(r)[1])["cache_evicted"] > 0 and s)
+        with open(r.path / "m1.bin", "rb") as f:  # again, past the kernel's page cache:
+            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)  # from our cache
+            assert f.read() == files["m1.bin"]
+        st = wait_for(lambda: (s := replica_status(r)[1])["cache_evicted"] > 0
+                      and s["cache_hits"] > 0 and s)
         assert 0 < st["cache_bytes"] <= limit and st["cache_hit_rate"] > 0
     finally:
         r.stop()
