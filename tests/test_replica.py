@@ -103,7 +103,8 @@ def test_a_replica_serves_the_primarys_tree_byte_for_byte_and_changes_nothing(
             assert scrub["ok"] and scrub["files"] == 4 and scrub["files_not_cached"] == 0
             code, st = replica_status(r)
             assert code == 0 and st["behind_records"] == 0 and st["refused"] == ""
-            assert st["cache_bytes"] >= 5 * MiB and st["cache_hit_rate"] > 0
+            # (hits are seen by the cache test: a streamed first read is all misses)
+            assert st["cache_bytes"] >= 5 * MiB and st["cache_misses"] > 0
             stats = json.loads(run_cli("stats", str(r.path), "--json", check=True).stdout)
             assert stats["files"] == 4 and stats["replica"]["followed_size"] == st[
                 "followed_size"]

@@ -254,6 +254,12 @@ def test_restore_rebuilds_the_store_from_the_bucket_alone(
         os.symlink("checkpoint-10/model.safetensors", m.path / "latest")
         (m.path / "dup.bin").write_bytes((m.path / "checkpoint-10" / "model.safetensors")
                                          .read_bytes())
+        fd = os.open(m.path / "private.bin", os.O_WRONLY | os.O_CREAT, 0o600)
+        os.write(fd, b"sealed 0400, then shared")
+        os.close(fd)
+        wait_sealed(m.path / "private.bin")
+        run_cli("share", str(m.path / "private.bin"), "--mode", "0444", check=True)
+        assert (m.path / "private.bin").stat().st_mode & 0o777 == 0o444
         wait_sealed(m.path / "dup.bin")
         wait_uploaded(m)
         original = tree_facts(m.path)
@@ -267,7 +273,7 @@ def test_restore_rebuilds_the_store_from_the_bucket_alone(
                      "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert report["files"] == 4 and report["left_out"] == []
+    assert report["files"] == 5 and report["left_out"] == []
     size = report["tree_size"]
     stores = [Store(m.state, readonly=True), Store(restored, readonly=True)]
     roots = []

@@ -212,20 +212,16 @@ def _delete(tx: WriteTxn, ino: int, out: Applied) -> None:
     out.removed.append((inode.parent, inode.name, ino))
 
 
-def _change(tx: WriteTxn, rec: dict[str, Any], op: str, ino: int, out: Applied) -> None:
-    """setattr, share, holds and retention: attributes of an entry."""
-    pending = _pending(tx, ino)
-    inode = pending or _stored(tx, ino)
-    if inode is None:
-        return
+def apply_attributes(inode: Inode, rec: dict[str, Any]) -> bool:
+    """A setattr, share, hold or retention record applied to ``inode`` (a replica's and
+    a restore's replay of the log); False if ``rec`` is none of those."""
+    op = rec.get("op")
     if op == "setattr":
         if "applied_mode" in rec:
             inode.mode = int(rec["applied_mode"])
         for name in ("atime_ns", "mtime_ns"):
             if name in rec:
                 setattr(inode, name, int(rec[name]))
-                if name == "mtime_ns":
-                    inode.extra["mtime_set"] = True
     elif op == "share" and "new_mode" in rec:
         inode.mode = int(str(rec["new_mode"]), 8)
     elif op == "hold_set":
@@ -236,7 +232,18 @@ def _change(tx: WriteTxn, rec: dict[str, Any], op: str, ino: int, out: Applied) 
         until = dt.datetime.fromisoformat(str(rec["until"]).replace("Z", "+00:00"))
         inode.extra["retain_until_ns"] = int(until.timestamp() * 1e9)
     else:
+        return False
+    return True
+
+
+def _change(tx: WriteTxn, rec: dict[str, Any], op: str, ino: int, out: Applied) -> None:
+    """setattr, share, holds and retention: attributes of an entry."""
+    pending = _pending(tx, ino)
+    inode = pending or _stored(tx, ino)
+    if inode is None or not apply_attributes(inode, rec):
         return
+    if op == "setattr" and "mtime_ns" in rec:
+        inode.extra["mtime_set"] = True
     if pending is not None:
         tx.put_meta(f"{PENDING_PREFIX}{ino}", inode.to_bytes())
     else:

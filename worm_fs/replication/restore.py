@@ -21,7 +21,6 @@ name, and its checkpoints from then on verify only against the new key.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import secrets
@@ -40,6 +39,7 @@ from worm_fs.core.paths import ROOT_INO
 from worm_fs.core.sealing import LAYOUTS_META
 from worm_fs.errors import Corruption, UsageError
 from worm_fs.replication.bucket_verify import verify_bucket
+from worm_fs.replication.replica_apply import apply_attributes
 from worm_fs.replication.s3 import Bucket
 from worm_fs.replication.uploader import file_object
 from worm_fs.store import Store, put_chunk, u64
@@ -216,19 +216,8 @@ def _replay(records: list[dict]) -> _Namespace:
             inode.layout = str(rec.get("layout", ""))
         elif op == "recover_quarantine":
             inode.state = State.QUARANTINED
-        elif op == "setattr":
-            if "applied_mode" in rec:
-                inode.mode = int(rec["applied_mode"])
-            for name in ("atime_ns", "mtime_ns"):
-                if name in rec:
-                    setattr(inode, name, int(rec[name]))
-        elif op == "hold_set":
-            inode.extra["hold"] = {"reason": rec.get("reason", ""), "by_uid": rec.get("uid")}
-        elif op == "hold_clear":
-            inode.extra.pop("hold", None)
-        elif op == "retain" and "until" in rec:
-            until = dt.datetime.fromisoformat(str(rec["until"]).replace("Z", "+00:00"))
-            inode.extra["retain_until_ns"] = int(until.timestamp() * 1e9)
+        elif apply_attributes(inode, rec):  # setattr, share, holds, retention
+            pass
         elif op == "delete":
             ns.remove(ino)
     for inode in list(ns.inodes.values()):  # below a directory that is gone: gone too
