@@ -5,6 +5,7 @@ with separate state directories on this machine."""
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import threading
@@ -201,6 +202,40 @@ def test_a_file_whose_chunk_hashes_are_logged_is_served_without_a_whole_file_fet
         assert (r.path / "big.bin").read_bytes() == data
         code, st = replica_status(r)
         assert code == 0 and st["refusals"] == 0, st
+    finally:
+        r.stop()
+
+
+def test_a_rewritten_chunk_sha256_list_is_read_from_its_original(
+    tmp_path: Path, rgw: Rgw, bucket: str
+) -> None:
+    p = replicated(tmp_path, rgw, bucket)
+    data = os.urandom(3 * MiB)
+    try:
+        (p.path / "model.bin").write_bytes(data)
+        wait_sealed(p.path / "model.bin")
+        wait_uploaded(p)
+        key = pubkey(p)
+    finally:
+        p.stop()
+    client = rgw.client()
+    name = next(o["Key"] for o in client.list_objects_v2(
+        Bucket=bucket, Prefix="store/files/")["Contents"])
+    doc = json.loads(client.get_object(Bucket=bucket, Key=name)["Body"].read())
+    doc["chunk_sha256"] = [hashlib.sha256(b"forged").hexdigest()] * len(doc["chunks"])
+    put_version(rgw, bucket, name, json.dumps(doc).encode())  # keys and size intact
+    r = replica(tmp_path, rgw, bucket, key)
+    try:
+        wait_for(lambda: (r.path / "model.bin").exists())
+        # before any read, the list the log vouches for is stored: it came from the
+        # original version, and the file is then checked chunk by chunk
+        ino = os.stat(r.path / "model.bin").st_ino
+        wait_for(lambda: any(f.name.startswith(f"{ino}-")
+                             for f in (r.state / "cache" / "v").iterdir()))
+        assert (r.path / "model.bin").read_bytes() == data
+        code, st = wait_for(lambda: (s := replica_status(r))[1]["replaced_objects"] and s)
+        assert code == 1 and st["replaced_objects"] == 1 and st["refused"] == "", st
+        assert name.removeprefix("store/") in st["last_replaced"], st
     finally:
         r.stop()
 

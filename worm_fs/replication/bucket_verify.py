@@ -31,12 +31,11 @@ from dataclasses import dataclass, field
 
 from worm_fs.audit.checkpoint import CheckpointError, VerifierKey, open_checkpoint
 from worm_fs.audit.merkle import leaf_hash, root_hash
-from worm_fs.core.layout import chunk_hashes_digest, layout_digest
 from worm_fs.errors import Corruption
 from worm_fs.replication.bucket_checkpoints import check_checkpoints
+from worm_fs.replication.layout_objects import file_object, read_layout_object
 from worm_fs.replication.s3 import Bucket
 from worm_fs.replication.tiles import WIDTH, TileTree, parse_bundle, tile_path
-from worm_fs.replication.uploader import file_object
 from worm_fs.store import check_chunk
 
 SEALS = ("seal", "recover_seal")
@@ -175,28 +174,19 @@ def _check_file(bucket: Bucket, ino: int, rec: dict, report: BucketReport,
                    f"{rec.get('seq')})")
         return
     try:
-        doc = json.loads(body)
-        keys = [bytes.fromhex(k) for k in doc["chunks"]]
-        size = int(doc["size"])
-    except (ValueError, KeyError, TypeError) as exc:
-        report.bad(name, f"malformed: {exc}")
+        layout = read_layout_object(body, rec["layout"], rec.get("size"))
+    except ValueError as exc:
+        report.bad(name, f"{exc} (the layout of {rec.get('path')})")
         return
-    if size != rec.get("size") or layout_digest(size, keys) != rec["layout"]:
-        report.bad(name, f"its size and chunk list do not match the layout digest of the "
-                   f"seal record of {rec.get('path')}")
-        return
+    keys = layout.keys
     _check_locked(bucket, name, report)
     listed: list[bytes] | None = None
     if hashes is not None:
-        try:
-            listed = [bytes.fromhex(h) for h in doc.get("chunk_sha256") or []]
-        except (ValueError, TypeError):
-            listed = []
-        if len(listed) != len(keys) or chunk_hashes_digest(size, keys, listed) \
-                != hashes.get("chunks_sha256"):
+        if layout.vouched_by(hashes):
+            listed = layout.shas
+        else:
             report.bad(name, f"its chunk_sha256 list does not match the chunk_hashes "
                        f"record {hashes.get('seq')} of {rec.get('path')}")
-            listed = None
     sha = hashlib.sha256()
     for index, key in enumerate(keys):
         chunk_name = f"chunks/{key.hex()}"

@@ -33,6 +33,7 @@ import json
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -42,15 +43,14 @@ from typing import Any
 from worm_fs.audit.checkpoint import CheckpointError, VerifierKey, open_checkpoint
 from worm_fs.audit.merkle import Frontier, leaf_hash
 from worm_fs.core.fs import WormCore
-from worm_fs.core.layout import chunk_hashes_digest, layout_digest
 from worm_fs.core.model import Inode
 from worm_fs.errors import WormError
+from worm_fs.replication.layout_objects import Layout, file_object, read_layout_object
 from worm_fs.replication.pinned import get_pinned
-from worm_fs.replication.replica_apply import SEALS, Applied, Layout, apply_records
+from worm_fs.replication.replica_apply import SEALS, Applied, apply_records
 from worm_fs.replication.replica_reads import ReplicaChunks
 from worm_fs.replication.s3 import Bucket
 from worm_fs.replication.tiles import WIDTH, parse_bundle, tile_path
-from worm_fs.replication.uploader import file_object
 from worm_fs.store import u64
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,8 @@ SOURCE = "replica_of"
 STATUS_FILE = "replica-status.json"
 #: Layout objects fetched at once.
 PARALLEL = 16
+#: Layouts kept in memory from their seal until their chunk_hashes record arrives.
+UNVOUCHED_KEPT = 4096
 
 
 def read_status(state_dir: Path) -> dict[str, Any] | None:
@@ -136,6 +138,9 @@ class Follower:
         self.status_path = Path(core.store.path) / STATUS_FILE
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        # (ino, layout) -> layout read at the seal, until its chunk_hashes record comes
+        self._unvouched: OrderedDict[tuple[int, str], Layout] = OrderedDict()
         with core.store.read() as rt:
             raw = rt.get_meta(FRONTIER)
             self.frontier = Frontier.from_bytes(raw) if raw else Frontier()
@@ -230,7 +235,7 @@ class Follower:
         self._check_hash_tiles(self.frontier.size, leaves)
         records = [json.loads(raw) for raw in raws]
         layouts = self._layouts(records)
-        hashed, unhashed = self._chunk_hashes(records, layouts)
+        hashed, unhashed = self._chunk_hashes(records)
         applied = self._apply(records, layouts, frontier, cp.size, note, leaves)
         self.frontier = frontier
         self.origin = cp.origin
@@ -298,94 +303,86 @@ class Follower:
     def _layout(self, rec: dict[str, Any]) -> Layout:
         """The layout object of a seal record: the newest version whose size and chunk
         keys give the record's layout digest (an older one if a newer one fails)."""
-        name = file_object(int(rec["ino"]), str(rec["layout"]))
-        body = self.bucket.get(name)
-        if body is None:
-            raise Refusal(name, f"missing (the layout of {rec.get('path')}, sealed at "
-                          f"record {rec.get('seq')})")
-        try:
-            return _parse_layout(body, rec)
-        except ValueError as exc:
-            problem = str(exc)
+        layout = self._pinned_layout(
+            int(rec["ino"]), str(rec["layout"]), rec.get("size"), lambda _: True,
+            f" (the layout of {rec.get('path')}, sealed at record {rec.get('seq')})")
+        if layout.shas is not None:  # kept for the file's chunk_hashes record
+            with self._lock:
+                self._unvouched[(int(rec["ino"]), str(rec["layout"]))] = layout
+                while len(self._unvouched) > UNVOUCHED_KEPT:
+                    self._unvouched.popitem(last=False)
+        return layout
+
+    def _pinned_layout(self, ino: int, digest: str, size: int | None,
+                       accept: Callable[[Layout], bool], what: str) -> Layout:
+        """The newest version of the layout object of (``ino``, ``digest``) that checks
+        and that ``accept`` takes; a replaced newest version is reported, and if no
+        version will do, :class:`Refusal`."""
+        name = file_object(ino, digest)
         found: list[Layout] = []
+        problems: list[str] = []
 
         def matches(data: bytes) -> bool:
             try:
-                found.append(_parse_layout(data, rec))
-            except ValueError:
+                layout = read_layout_object(data, digest, size)
+            except ValueError as exc:
+                problems.append(str(exc))
                 return False
+            if not accept(layout):
+                problems.append("its chunk_sha256 list does not match the file's "
+                                "chunk_hashes record")
+                return False
+            found.append(layout)
             return True
 
-        pinned = get_pinned(self.bucket, name, matches, newest=body)
+        pinned = get_pinned(self.bucket, name, matches)
         if pinned.data is None:
-            raise Refusal(name, problem)
-        self.note_replaced(name, f"{problem}; took version {pinned.version_id}")
+            raise Refusal(name, f"{problems[0]}{what}" if problems else f"missing{what}")
+        if pinned.failed:
+            self.note_replaced(name, f"{problems[0]}; took version {pinned.version_id}")
         return found[-1]
 
     def _chunk_hashes(self, records: list[dict[str, Any]],
-                      layouts: dict[tuple[int, str], Layout],
                       ) -> tuple[dict[tuple[int, str], list[bytes]], list[Refusal]]:
-        """The per-chunk SHA-256s that ``chunk_hashes`` records among ``records`` vouch
-        for, by (ino, layout); and a Refusal for each whose layout object's list does
-        not match (in no version). Seals in this batch have their layout in ``layouts``;
-        for earlier seals the layout object is read again."""
-        wanted = [r for r in records if r.get("op") == "chunk_hashes"
-                  and r.get("result") == "ok" and r.get("layout") and "ino" in r]
-        if not wanted:
-            return {}, []
-        with self.core.store.read() as rt:
-            sealed = {}
-            for r in wanted:
-                ident = (int(r["ino"]), str(r["layout"]))
-                raw = rt.get_inode(ident[0])
-                if ident in layouts or raw is not None:
-                    sealed[ident] = r
+        """The per-chunk SHA-256s that the ``chunk_hashes`` records among ``records``
+        vouch for, by (ino, layout), and a Refusal for each that no version of its
+        layout object matches. The layout read at the file's seal is used when it is
+        still in memory; else the object is read again."""
         found: dict[tuple[int, str], list[bytes]] = {}
         refused: list[Refusal] = []
-        for (ino, layout), rec in sealed.items():
-            name = file_object(ino, layout)
-            known = layouts.get((ino, layout))
-            if known is not None and self._vouched(known, rec):
-                assert known.shas is not None
-                found[(ino, layout)] = known.shas
+        for rec in records:
+            if rec.get("op") != "chunk_hashes" or rec.get("result") != "ok" \
+                    or not rec.get("layout") or "ino" not in rec:
                 continue
-            matched: list[Layout] = []
-
-            def matches(data: bytes, rec: dict[str, Any] = rec,
-                        matched: list[Layout] = matched) -> bool:
-                try:  # the layout digest in the record binds the size and keys
-                    candidate = _parse_layout(data, {**rec, "size": _doc_size(data)})
-                except ValueError:
-                    return False
-                if not self._vouched(candidate, rec):
-                    return False
-                matched.append(candidate)
-                return True
-
-            pinned = get_pinned(self.bucket, name, matches)
-            if pinned.data is None or not matched or matched[-1].shas is None:
-                refused.append(Refusal(name, "its chunk_sha256 list does not match the "
-                                       f"chunk_hashes record {rec.get('seq')}"))
-                continue
-            if pinned.failed:
-                self.note_replaced(name, f"its chunk_sha256 list failed; took version "
-                                   f"{pinned.version_id}")
-            found[(ino, layout)] = matched[-1].shas
+            ident = (int(rec["ino"]), str(rec["layout"]))
+            with self._lock:
+                known = self._unvouched.pop(ident, None)
+            if known is None and not self._holds(*ident):
+                continue  # deleted since (or never sealed here): nothing to read
+            if known is None or not known.vouched_by(rec):
+                try:
+                    known = self._pinned_layout(
+                        *ident, None, lambda layout, rec=rec: layout.vouched_by(rec),
+                        f" (chunk_hashes record {rec.get('seq')})")
+                except Refusal as exc:
+                    refused.append(exc)
+                    continue
+            assert known.shas is not None
+            found[ident] = known.shas
         return found, refused
 
-    @staticmethod
-    def _vouched(layout: Layout, rec: dict[str, Any]) -> bool:
-        return layout.shas is not None and chunk_hashes_digest(
-            layout.size, layout.keys, layout.shas) == rec.get("chunks_sha256")
+    def _holds(self, ino: int, layout: str) -> bool:
+        """Whether the replica's namespace has sealed file ``ino`` with ``layout``."""
+        with self.core.store.read() as rt:
+            raw = rt.get_inode(ino)
+        return raw is not None and Inode.from_bytes(raw).layout == layout
 
     def _trust_chunk_hashes(self, hashed: dict[tuple[int, str], list[bytes]]) -> None:
         """After the commit: files whose chunk SHA-256s the log vouches for are read
         chunk by chunk, each checked on its own, with no whole-file fetch first."""
-        with self.core.store.read() as rt:
-            for (ino, layout), shas in hashed.items():
-                raw = rt.get_inode(ino)
-                if raw is not None and Inode.from_bytes(raw).layout == layout:
-                    self.chunks.cache.set_verified(ino, layout, shas)
+        for (ino, layout), shas in hashed.items():
+            if self._holds(ino, layout):  # not deleted by the same batch
+                self.chunks.cache.set_verified(ino, layout, shas)
 
     def _apply(self, records: list[dict[str, Any]], layouts: dict[tuple[int, str], Layout],
                frontier: Frontier, size: int, note: bytes, leaves: list[bytes]) -> Applied:
@@ -444,29 +441,3 @@ class Follower:
         self.core.log.note(self.core.log.stamp(
             "replica_replaced", errno.EIO, bucket=self.source, object=obj, detail=detail))
 
-
-def _parse_layout(body: bytes, rec: dict[str, Any]) -> Layout:
-    """A layout object checked against its seal record; ValueError says what is wrong."""
-    try:
-        doc = json.loads(body)
-        keys = [bytes.fromhex(k) for k in doc["chunks"]]
-        size = int(doc["size"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"malformed: {exc}") from None
-    if size != rec.get("size") or layout_digest(size, keys) != rec["layout"]:
-        raise ValueError("its size and chunk list do not match the layout digest of the "
-                         f"seal record of {rec.get('path')}")
-    try:
-        shas = [bytes.fromhex(h) for h in doc.get("chunk_sha256") or []]
-    except (ValueError, TypeError):
-        shas = []
-    good = len(shas) == len(keys) and all(len(h) == 32 for h in shas)
-    return Layout(size, keys, shas if good else None)
-
-
-def _doc_size(body: bytes) -> int | None:
-    """The ``size`` a layout object states (None if it cannot be read)."""
-    try:
-        return int(json.loads(body)["size"])
-    except (ValueError, KeyError, TypeError):
-        return None

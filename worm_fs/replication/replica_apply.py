@@ -20,21 +20,11 @@ from typing import Any
 
 from worm_fs.core.model import Inode, Kind, State
 from worm_fs.core.paths import ROOT_INO, iso_time
+from worm_fs.replication.layout_objects import Layout
 from worm_fs.store import WriteTxn
 
 PENDING_PREFIX = "follow_pending/"
 SEALS = ("seal", "recover_seal")
-
-
-@dataclass
-class Layout:
-    """A sealed file's layout object, checked against its seal record."""
-
-    size: int
-    keys: list[bytes]
-    #: The per-chunk SHA-256s the object lists (``chunk_sha256``); not trusted until a
-    #: ``chunk_hashes`` record vouches for them.
-    shas: list[bytes] | None = None
 
 
 @dataclass

@@ -39,9 +39,9 @@ from worm_fs.core.paths import ROOT_INO
 from worm_fs.core.sealing import LAYOUTS_META
 from worm_fs.errors import Corruption, UsageError
 from worm_fs.replication.bucket_verify import verify_bucket
+from worm_fs.replication.layout_objects import file_object, read_layout_object
 from worm_fs.replication.replica_apply import apply_attributes
 from worm_fs.replication.s3 import Bucket
-from worm_fs.replication.uploader import file_object
 from worm_fs.store import Store, put_chunk, u64
 
 
@@ -132,7 +132,10 @@ def restore(bucket: Bucket, verifier: VerifierKey, state_dir: Path, *,
 
 def _restore_file(bucket: Bucket, tx: object, inode: Inode, report: RestoreReport) -> None:
     body = bucket.get(file_object(inode.ino, inode.layout)) or b"{}"
-    keys = [bytes.fromhex(k) for k in json.loads(body)["chunks"]]
+    try:  # checked by the verify before; read again here, and checked again
+        keys = read_layout_object(body, inode.layout, inode.size).keys
+    except ValueError as exc:
+        raise RestoreRefused(f"{file_object(inode.ino, inode.layout)}: {exc}") from None
     for index, key in enumerate(keys):
         data = bucket.get(f"chunks/{key.hex()}") or b""
         stored = put_chunk(tx, data)  # type: ignore[arg-type]

@@ -28,7 +28,6 @@ the daemon's GIL.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import json
 import logging
 import multiprocessing
@@ -45,9 +44,9 @@ from typing import Any
 
 from worm_fs.audit.merkle import leaf_hash
 from worm_fs.core.fs import WormCore
-from worm_fs.core.layout import chunk_hashes_digest
 from worm_fs.core.model import Inode, State
 from worm_fs.errors import WormError
+from worm_fs.replication.layout_objects import ChunkHashes, file_layout_object, file_object
 from worm_fs.replication.s3 import Bucket, BucketUrl
 from worm_fs.replication.tiles import WIDTH, TileTree, entry_bundles
 from worm_fs.store import ReadTxn, Store, WriteTxn, u64, uploads
@@ -67,35 +66,6 @@ BUCKET_META = "replication_bucket"
 BATCH = 256
 #: Worker processes, each with its own upload threads.
 PROCESSES = 1
-
-
-def file_object(ino: int, layout: str) -> str:
-    return f"files/{ino}-{layout}.json"
-
-
-@dataclass(frozen=True)
-class ChunkHashes:
-    """What a ``chunk_hashes`` record says of one sealed file."""
-
-    ino: int
-    layout: str
-    digest: str  # chunk_hashes_digest(size, keys, per-chunk SHA-256s)
-
-
-def file_layout_object(rt: ReadTxn, inode: Inode) -> tuple[bytes, ChunkHashes]:
-    """The layout object of a sealed file (canonical JSON), with the SHA-256 of each of
-    its chunks (``chunk_sha256``, read and hashed here: off the FUSE path), and what the
-    ``chunk_hashes`` record that vouches for that list must say."""
-    keys = [key for _, key in rt.iter_manifest(inode.ino)]
-    shas = [hashlib.sha256(rt.get_chunk(key) or b"").digest() for key in keys]
-    doc = {"ino": inode.ino, "size": inode.size, "sha256": inode.sha256,
-           "layout": inode.layout, "chunks": [key.hex() for key in keys],
-           "chunk_sha256": [sha.hex() for sha in shas], "mode": inode.mode,
-           "uid": inode.uid, "gid": inode.gid, "sealed_ns": inode.sealed_ns,
-           "seal_seq": dict(inode.extra.get("provenance") or {}).get("seal_seq")}
-    body = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
-    return body, ChunkHashes(inode.ino, inode.layout,
-                             chunk_hashes_digest(inode.size, keys, shas))
 
 
 @dataclass
