@@ -1370,16 +1370,26 @@ class Bench:
 
     def read_file(self, path: str, expected: int, block: int = BLOCK) -> float:
         """Read ``path`` front to back in ``block``-byte read() calls; returns MB/s."""
+        return self.read_timed(path, expected, block)[1]
+
+    @staticmethod
+    def read_timed(path: str | Path, expected: int,
+                   block: int = BLOCK) -> tuple[float, float]:
+        """Read ``path`` front to back in ``block``-byte read() calls; returns (seconds
+        from open to the first byte, MB/s from open to the last byte)."""
         buf = bytearray(block)
         total = 0
+        first = None
         t0 = time.perf_counter()
         with open(path, "rb", buffering=0) as f:
             while n := f.readinto(buf):
+                if first is None:
+                    first = time.perf_counter() - t0
                 total += n
         elapsed = time.perf_counter() - t0
         if total != expected:
             raise BenchError(f"read {total} bytes of {path}, expected {expected}")
-        return expected / elapsed / 1e6
+        return first or elapsed, expected / elapsed / 1e6
 
     def phase_sequential(self, side: Side, rep: int) -> None:
         """Sequential write with fsync (and daemon CPU), cold read, warm re-read."""
@@ -1989,7 +1999,7 @@ class Bench:
                 path = replica_mnt / "model.bin"
                 drop_caches()
                 with self.step("[replica] cold read on the replica") as out:
-                    ttfb, mb_s = self.read_first_byte(path, size)
+                    ttfb, mb_s = self.read_timed(path, size)
                     out.append(f"first byte after {ttfb:.2f} s, {mb_s:.1f} MB/s")
                 self.results.add("replica_ttfb", "worm", ttfb)
                 self.results.add("replica_cold_read", "worm", mb_s)
@@ -2007,21 +2017,6 @@ class Bench:
         finally:
             remove_bucket(client, bucket)
             shutil.rmtree(base, ignore_errors=True)
-
-    def read_first_byte(self, path: Path, expected: int) -> tuple[float, float]:
-        """Open ``path`` and read it front to back in BLOCK-byte read() calls; returns
-        (seconds from open to the first byte, MB/s from open to the last byte)."""
-        buf = bytearray(BLOCK)
-        t0 = time.perf_counter()
-        with open(path, "rb", buffering=0) as f:
-            total = f.readinto(buf) or 0
-            first = time.perf_counter() - t0
-            while n := f.readinto(buf):
-                total += n
-        elapsed = time.perf_counter() - t0
-        if total != expected:
-            raise BenchError(f"read {total} bytes of {path}, expected {expected}")
-        return first, expected / elapsed / 1e6
 
     def wait_drained(self, state: Path, total: int, what: str, key: str = "upload",
                      whole_log: bool = False) -> dict[str, Any]:

@@ -76,6 +76,8 @@ class ReplicaChunks:
         self.on_replaced = on_replaced
         self.replaced_objects = 0
         self._pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="fetch")
+        # never more ahead than a quarter of the cache: read-ahead must not evict itself
+        self._ahead = max(1, min(READ_AHEAD, cache.limit // (4 * CHUNK_SIZE)))
         self._lock = threading.Lock()
         self._fetches: dict[bytes, Future[bytes]] = {}
         self._verifying: dict[tuple[int, str], Future[list[bytes]]] = {}
@@ -208,8 +210,9 @@ class ReplicaChunks:
         name = chunk_object(key)
 
         def matches(data: bytes) -> bool:
-            return digest(data) == key[:DIGEST_LEN] and (
-                sha is None or hashlib.sha256(data).digest() == sha)
+            if sha is not None:  # the log's SHA-256 says more than the key (and the
+                return hashlib.sha256(data).digest() == sha  # core checks that anyway)
+            return digest(data) == key[:DIGEST_LEN]
 
         pinned = get_pinned(self.bucket, name, matches)
         if pinned.data is None:
@@ -247,9 +250,7 @@ class ReplicaChunks:
                 self._fetches.pop(key, None)
 
     def _read_ahead(self, keys: list[bytes], shas: list[bytes], start: int) -> None:
-        # never more ahead than a quarter of the cache: read-ahead must not evict itself
-        ahead = max(1, min(READ_AHEAD, self.cache.limit // (4 * CHUNK_SIZE)))
-        for index in range(start, min(start + ahead, len(keys))):
+        for index in range(start, min(start + self._ahead, len(keys))):
             if not self.cache.holds(keys[index]):
                 self._fetch(keys[index], shas[index])
 

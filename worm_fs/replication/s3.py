@@ -83,7 +83,6 @@ class Bucket:
                           retries={"max_attempts": 2, "mode": "standard"},
                           max_pool_connections=32, s3={"addressing_style": "path"}),
         )
-        self._timeout_s = timeout_s
         self._http = urllib3.PoolManager(
             maxsize=FETCH_CONNECTIONS, block=False,
             timeout=urllib3.Timeout(connect=timeout_s, read=timeout_s),
