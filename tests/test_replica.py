@@ -240,6 +240,40 @@ def test_a_rewritten_chunk_sha256_list_is_read_from_its_original(
         r.stop()
 
 
+def test_a_chunk_sha256_list_no_version_vouches_for_is_refused_and_the_file_checked_whole(
+    tmp_path: Path, rgw: Rgw, bucket: str
+) -> None:
+    p = replicated(tmp_path, rgw, bucket, "--object-retention", "0")  # unlocked objects
+    data = os.urandom(3 * MiB)
+    try:
+        (p.path / "model.bin").write_bytes(data)
+        wait_sealed(p.path / "model.bin")
+        wait_uploaded(p)
+        key = pubkey(p)
+    finally:
+        p.stop()
+    client = rgw.client()
+    name = next(o["Key"] for o in client.list_objects_v2(
+        Bucket=bucket, Prefix="store/files/")["Contents"])
+    doc = json.loads(client.get_object(Bucket=bucket, Key=name)["Body"].read())
+    for v in client.list_object_versions(Bucket=bucket, Prefix=name)["Versions"]:
+        client.delete_object(Bucket=bucket, Key=name, VersionId=v["VersionId"])
+    doc["chunk_sha256"] = [hashlib.sha256(b"forged").hexdigest()] * len(doc["chunks"])
+    put_version(rgw, bucket, name, json.dumps(doc).encode())  # the only version now
+    r = replica(tmp_path, rgw, bucket, key)
+    try:
+        wait_for(lambda: (r.path / "model.bin").exists())
+        st = wait_refused(r)
+        assert name.removeprefix("store/") in st["refused"], st
+        assert "chunk_sha256" in st["refused"], st
+        assert any(rec["op"] == "replica_refused" and rec["object"] == name.removeprefix(
+            "store/") for rec in records(r))
+        assert not any((r.state / "cache" / "v").iterdir())  # no list was trusted
+        assert (r.path / "model.bin").read_bytes() == data  # checked whole instead
+    finally:
+        r.stop()
+
+
 def test_an_approved_deletion_leaves_the_replica_and_its_cache(
     tmp_path: Path, rgw: Rgw, bucket: str, public_base: Path
 ) -> None:
