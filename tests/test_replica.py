@@ -206,10 +206,14 @@ def test_a_file_whose_chunk_hashes_are_logged_is_served_without_a_whole_file_fet
         r.stop()
 
 
-def test_a_rewritten_chunk_sha256_list_is_read_from_its_original(
-    tmp_path: Path, rgw: Rgw, bucket: str
-) -> None:
-    p = replicated(tmp_path, rgw, bucket)
+def forged_chunk_list(tmp_path: Path, rgw: Rgw, bucket: str, *, only_version: bool,
+                      ) -> tuple[bytes, str, str]:
+    """A primary writes model.bin; then its layout object gets a new version whose
+    chunk_sha256 list is forged (keys and size intact: its layout digest still holds).
+    ``only_version``: the primary's objects are unlocked and the original is deleted
+    first. Returns the file's bytes, the layout object's key and the verifier key."""
+    extra = ("--object-retention", "0") if only_version else ()
+    p = replicated(tmp_path, rgw, bucket, *extra)
     data = os.urandom(3 * MiB)
     try:
         (p.path / "model.bin").write_bytes(data)
@@ -222,8 +226,18 @@ def test_a_rewritten_chunk_sha256_list_is_read_from_its_original(
     name = next(o["Key"] for o in client.list_objects_v2(
         Bucket=bucket, Prefix="store/files/")["Contents"])
     doc = json.loads(client.get_object(Bucket=bucket, Key=name)["Body"].read())
+    if only_version:
+        for v in client.list_object_versions(Bucket=bucket, Prefix=name)["Versions"]:
+            client.delete_object(Bucket=bucket, Key=name, VersionId=v["VersionId"])
     doc["chunk_sha256"] = [hashlib.sha256(b"forged").hexdigest()] * len(doc["chunks"])
-    put_version(rgw, bucket, name, json.dumps(doc).encode())  # keys and size intact
+    put_version(rgw, bucket, name, json.dumps(doc).encode())
+    return data, name, key
+
+
+def test_a_rewritten_chunk_sha256_list_is_read_from_its_original(
+    tmp_path: Path, rgw: Rgw, bucket: str
+) -> None:
+    data, name, key = forged_chunk_list(tmp_path, rgw, bucket, only_version=False)
     r = replica(tmp_path, rgw, bucket, key)
     try:
         wait_for(lambda: (r.path / "model.bin").exists())
@@ -243,23 +257,7 @@ def test_a_rewritten_chunk_sha256_list_is_read_from_its_original(
 def test_a_chunk_sha256_list_no_version_vouches_for_is_refused_and_the_file_checked_whole(
     tmp_path: Path, rgw: Rgw, bucket: str
 ) -> None:
-    p = replicated(tmp_path, rgw, bucket, "--object-retention", "0")  # unlocked objects
-    data = os.urandom(3 * MiB)
-    try:
-        (p.path / "model.bin").write_bytes(data)
-        wait_sealed(p.path / "model.bin")
-        wait_uploaded(p)
-        key = pubkey(p)
-    finally:
-        p.stop()
-    client = rgw.client()
-    name = next(o["Key"] for o in client.list_objects_v2(
-        Bucket=bucket, Prefix="store/files/")["Contents"])
-    doc = json.loads(client.get_object(Bucket=bucket, Key=name)["Body"].read())
-    for v in client.list_object_versions(Bucket=bucket, Prefix=name)["Versions"]:
-        client.delete_object(Bucket=bucket, Key=name, VersionId=v["VersionId"])
-    doc["chunk_sha256"] = [hashlib.sha256(b"forged").hexdigest()] * len(doc["chunks"])
-    put_version(rgw, bucket, name, json.dumps(doc).encode())  # the only version now
+    data, name, key = forged_chunk_list(tmp_path, rgw, bucket, only_version=True)
     r = replica(tmp_path, rgw, bucket, key)
     try:
         wait_for(lambda: (r.path / "model.bin").exists())
