@@ -201,6 +201,8 @@ METRICS = (
            Target(">=", 0.8, True), native=False, baseline="s3_put", phase="replication"),
     Metric("write_with_bucket", "write + fsync, --bucket (async)", "MB/s", 1,
            Target(">=", 0.9, True), native=False, baseline="no_bucket", phase="replication"),
+    Metric("write_sync", "write + fsync, --bucket --replicate sync", "MB/s", 1, None,
+           native=False, baseline="no_bucket", phase="replication"),
     Metric("replica_cold_read", "cold sequential read, --replica mount (nothing cached)",
            "MB/s", 1, Target(">=", 0.7, True), native=False, baseline="s3_get",
            phase="replica"),
@@ -1847,9 +1849,11 @@ class Bench:
             plain = total / (time.perf_counter() - t0) / 1e6
             out.append(f"{plain:.1f} MB/s")
         self.results.add("upload", "s3_put", plain)
-        for tag, extra in (("no_bucket", ()), ("bucket", (
-                "--bucket", f"s3://{bucket}/store", "--s3-endpoint", endpoint,
-                "--object-retention", "0.01"))):
+        to_bucket = ("--s3-endpoint", endpoint, "--object-retention", "0.01")
+        for tag, extra in (("no_bucket", ()),
+                           ("bucket", ("--bucket", f"s3://{bucket}/store", *to_bucket)),
+                           ("sync", ("--bucket", f"s3://{bucket}/sync", *to_bucket,
+                                     "--replicate", "sync"))):
             base = self.work / f"repl-{tag}"
             base.mkdir()
             state, mnt = base / "state", base / "mnt"
@@ -1865,9 +1869,15 @@ class Bench:
                             os.fsync(f.fileno())
                     wrote = time.perf_counter() - t0
                     out.append(f"{total / wrote / 1e6:.1f} MB/s")
-                self.results.add("write_with_bucket", "worm" if extra else "no_bucket",
-                                 total / wrote / 1e6)
-                if extra:
+                rate = total / wrote / 1e6
+                if tag == "no_bucket":
+                    self.results.add("write_sync", "no_bucket", rate)
+                if tag == "sync":  # each close() waited for the bucket: nothing to drain
+                    self.results.add("write_sync", "worm", rate)
+                else:
+                    self.results.add("write_with_bucket", "worm" if extra else "no_bucket",
+                                     rate)
+                if tag == "bucket":
                     self.wait_drained(state, total, "[replication] until the upload queue "
                                       "is empty (uploads beside the writes)")
             finally:
@@ -2402,8 +2412,9 @@ Object-store phases, once per run, against the Ceph RGW of scripts/ceph-dev (sta
 it is not running; each on a fresh Object Lock bucket, removed at the end):
 
  15. replication: plain S3 PUTs of up to 256 MiB in 1 MiB objects from 8 threads, the
-     same bytes written into a store mounted with --bucket and into one without, then
-     the second mounted with --bucket and timed until its upload queue is empty -> MB/s.
+     same bytes written into a store mounted with --bucket, into one mounted with
+     --bucket --replicate sync (each close() waits for the bucket) and into one without,
+     then the last mounted with --bucket and timed until its upload queue is empty -> MB/s.
  16. replica: one --size file written on a primary with --bucket and uploaded; the
      primary's cold read; ranged S3 GETs of the same bytes by 16 threads in 1 MiB and
      in 8 MiB ranges (the faster is the baseline); then the primary stopped and the

@@ -438,3 +438,75 @@ def test_verify_bucket_catches_a_forked_log_by_its_checkpoints(
     objects = [f["object"] for f in report["findings"]]
     assert f"checkpoint file {kept}" in objects, objects
     assert any(o.startswith("checkpoints/") for o in objects), objects
+
+
+def bucket_keys(rgw: Rgw, bucket: str, prefix: str) -> list[str]:
+    listing = rgw.client().list_objects_v2(Bucket=bucket, Prefix=f"store/{prefix}")
+    return [o["Key"].removeprefix("store/") for o in listing.get("Contents", [])]
+
+
+def bucket_log_size(rgw: Rgw, bucket: str) -> int:
+    note = rgw.client().get_object(Bucket=bucket, Key="store/checkpoint")["Body"].read()
+    return int(note.split(b"\n")[1])
+
+
+def test_replicate_sync_holds_close_until_the_bucket_has_the_file(
+    tmp_path: Path, rgw: Rgw, bucket: str
+) -> None:
+    """``--replicate sync``: when a writer's close() returns, the bucket already holds
+    the file's chunks and a log that covers its flush record; with the bucket away the
+    close() waits (a reader's does not) and returns once it is back; ``sync FILE`` on a
+    sealed file also waits for its layout object."""
+    import subprocess
+    import threading
+
+    from tests.harness.relay import PausableRelay
+
+    relay = PausableRelay(rgw.endpoint_url)
+    m = replicated(tmp_path, rgw, bucket, "--replicate", "sync", endpoint=relay.url)
+    try:
+        data = os.urandom(3 * MiB + 5)
+        fd = os.open(m.path / "a.bin", os.O_WRONLY | os.O_CREAT, 0o644)
+        os.write(fd, data)
+        os.close(fd)
+        # At once, no waiting: four chunks (three full, one tail), and the log.
+        assert len(bucket_keys(rgw, bucket, "chunks/")) == 4
+        records = [json.loads(line) for line in run_cli(
+            "log", "show", str(m.path), "--json", check=True).stdout.splitlines()]
+        flush = [r for r in records if r["op"] == "flush" and r.get("size") == len(data)]
+        assert flush and bucket_log_size(rgw, bucket) > flush[-1]["seq"]
+
+        relay.pause()
+        closed = threading.Event()
+
+        def write_b() -> None:
+            with open(m.path / "b.bin", "wb") as f:
+                f.write(os.urandom(MiB + 1))
+            closed.set()
+
+        writer = threading.Thread(target=write_b)
+        writer.start()
+        assert not closed.wait(3), "close() returned while the bucket was away"
+        assert (m.path / "a.bin").read_bytes() == data  # readers do not wait
+        relay.resume()
+        assert closed.wait(60)
+        writer.join()
+        assert len(bucket_keys(rgw, bucket, "chunks/")) == 6
+
+        wait_sealed(m.path / "b.bin")
+        ino = os.stat(m.path / "b.bin").st_ino
+        relay.pause()
+        os.mkdir(m.path / "later")  # a record the bucket's log cannot have yet
+        synced = threading.Event()
+        sync = threading.Thread(target=lambda: (subprocess.run(
+            ["sync", str(m.path / "b.bin")], check=True), synced.set()))
+        sync.start()
+        assert not synced.wait(2), "sync FILE returned while the bucket was away"
+        relay.resume()
+        assert synced.wait(60)
+        sync.join()
+        assert [k for k in bucket_keys(rgw, bucket, "files/") if k.startswith(f"files/{ino}-")]
+    finally:
+        relay.resume()
+        m.stop()
+        relay.close()

@@ -104,8 +104,6 @@ def _check_mount_args(args: argparse.Namespace) -> tuple[Path, Path]:
         from worm_fs.replication.s3 import BucketUrl
 
         BucketUrl.parse(args.bucket)
-        if args.replicate == "sync":
-            raise UsageError("--replicate sync is not available yet; use --replicate async")
         if args.object_retention < 0:
             raise UsageError("--object-retention must be 0 or more days")
     elif args.replica is not None:
@@ -119,6 +117,8 @@ def _check_mount_args(args: argparse.Namespace) -> tuple[Path, Path]:
             raise UsageError("--cache-size and --poll must be more than 0")
     elif args.s3_endpoint is not None:
         raise UsageError("--s3-endpoint needs --bucket or --replica")
+    if args.replicate == "sync" and args.bucket is None:
+        raise UsageError("--replicate sync needs --bucket")
     if not 0 < args.max_retention <= 36_525 or args.retention > args.max_retention:
         raise UsageError("--max-retention must be more than 0 and at most 36525 days (100 "
                          "years), and at least --retention")

@@ -257,7 +257,9 @@ class Daemon:
         # The event loop answers lookups while the hasher and committer threads work;
         # with the default 5 ms switch interval a stat waits up to that long for the GIL.
         sys.setswitchinterval(GIL_SWITCH_INTERVAL)
-        self.ops = ops = fuse_ops.WormOperations(self.core)
+        self.sync_barrier = self._sync_barrier()
+        self.ops = ops = fuse_ops.WormOperations(
+            self.core, in_bucket=self.sync_barrier.uploaded if self.sync_barrier else None)
         try:
             self.control.listen(self.runtime)
             self._record("mount", mountpoint=str(self.mountpoint),
@@ -404,6 +406,19 @@ class Daemon:
         uploader.start()
         return uploader
 
+    def _sync_barrier(self) -> Any:
+        """With ``--replicate sync``, what holds each close() until the bucket has it."""
+        if self.uploader is None or self.replica is not None or \
+                self.options.replicate != "sync":
+            return None
+        from worm_fs.replication.sync_barrier import SyncBarrier
+
+        def sign() -> int:
+            self.checkpoint()
+            return self._last_checkpoint_size
+
+        return SyncBarrier(self.store, sign, self.uploader.wake)
+
     def _start_replica_log_upload(self) -> Any:
         """A replica's own audit log goes to ``replicas/<store id>/`` beside the
         primary's objects (log tiles and checkpoints only: it stores no chunks)."""
@@ -444,6 +459,8 @@ class Daemon:
             nursery.start_soon(self._group_commit)
             nursery.start_soon(self._checkpoints)
             nursery.start_soon(self._trim_mapped_pages)
+            if self.sync_barrier is not None:
+                nursery.start_soon(self.sync_barrier.run)
             await nursery.start(self.control.serve)
             nursery.start_soon(self._serve_fuse, nursery.cancel_scope)
             # The kernel's FUSE INIT sets the mount's read-ahead; raise it only after that.

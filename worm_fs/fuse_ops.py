@@ -127,9 +127,14 @@ class WormOperations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, core: WormCore, *, threads: int = 4, commit_waiters: int = 64) -> None:
+    def __init__(self, core: WormCore, *, threads: int = 4, commit_waiters: int = 64,
+                 in_bucket: Callable[[int], Awaitable[None]] | None = None) -> None:
+        """``in_bucket`` (``--replicate sync``) is awaited after the commit of a writer's
+        flush and of every fsync, with the file's inode: it returns once the bucket has
+        what that commit made durable."""
         super().__init__()
         self.core = core
+        self._in_bucket = in_bucket
         self._limiter = trio.CapacityLimiter(threads)
         self._commit_limiter = trio.CapacityLimiter(commit_waiters)
         self._follow_up_limiter = trio.CapacityLimiter(commit_waiters)
@@ -312,6 +317,13 @@ class WormOperations(pyfuse3.Operations):
 
     @_guard
     async def flush(self, fh):
+        await self._flush(fh)
+        if self._in_bucket is not None:
+            ino, writer = self.core.handle_file(fh)
+            if writer:  # a reader's close never waits for the bucket
+                await self._in_bucket(ino)
+
+    async def _flush(self, fh: int) -> None:
         if self.core.flush_is_noop(fh):
             return
         pending = self.core.flush_start(fh)
@@ -324,6 +336,8 @@ class WormOperations(pyfuse3.Operations):
     @_guard
     async def fsync(self, fh, datasync):
         await self._committed(self.core.fsync, fh)
+        if self._in_bucket is not None:
+            await self._in_bucket(self.core.handle_file(fh)[0])
 
     @_guard
     async def release(self, fh):

@@ -333,6 +333,12 @@ class FileOps(CoreState):
             return None
         return writer
 
+    def handle_file(self, fh: int) -> tuple[int, bool]:
+        """The inode behind ``fh`` and whether ``fh`` is its writer (EBADF if unknown)."""
+        handle = self._handle(fh)
+        writer = self._writers.get(handle.ino)
+        return handle.ino, writer is not None and writer.fh == fh
+
     def flush_is_noop(self, fh: int) -> bool:
         """Whether :meth:`flush` has nothing to make durable for ``fh``."""
         return self._to_flush(fh) is None

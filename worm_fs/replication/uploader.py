@@ -244,6 +244,10 @@ class Uploader:
         self._thread = threading.Thread(target=self._run, name="uploader", daemon=True)
         self._thread.start()
 
+    def wake(self) -> None:
+        """Look at the queue now rather than after the idle wait (any thread)."""
+        self._wake.set()
+
     def stop(self) -> None:
         """Stop at once: what is not uploaded stays queued for the next start. The worker
         is terminated rather than waited for (a slow bucket must not hold an unmount)."""

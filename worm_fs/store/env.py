@@ -221,6 +221,12 @@ class ReadTxn:
                     continue
                 yield key, from_u64(value[:8]), from_u64(value[8:16])
 
+    def upload_queued(self, name: bytes) -> bool:
+        """Whether bucket object ``name`` is still waiting for its upload."""
+        if "uploads" not in self._db:
+            return False
+        return self._txn.get(name, db=self._db["uploads"]) is not None
+
     def count_uploads(self) -> int:
         if "uploads" not in self._db:
             return 0

@@ -1,0 +1,145 @@
+"""``--replicate sync``: a ``close()`` that returns once what it made durable is in the
+bucket.
+
+The FUSE adapter awaits :meth:`SyncBarrier.uploaded` after the local commit of a
+writer's flush (each ``close``) and of any ``fsync``. It returns once
+
+1. every chunk in the file's committed manifest has left the upload queue,
+2. if the file is sealed, its layout object has left it too, and
+3. the audit log in the bucket covers every record committed before the call: a
+   checkpoint at least that large is signed (concurrent callers share one) and
+   uploaded (the uploader puts the log only after the chunks and layouts queued before
+   it, so the records never name objects the bucket lacks).
+
+The seal itself happens at the release that follows the last ``close``, which the
+kernel sends after ``close()`` has returned: a ``close()`` cannot wait for it. An
+``fsync`` of the sealed file (``sync FILE``) waits for the seal's objects as well.
+
+Concurrency: callers run on the trio thread and hold no thread while they wait. One
+poller task (:meth:`run`, in the daemon's nursery) checks every waiting call in one
+short read transaction per interval, in a worker thread. A bucket that is away makes
+callers wait, which is this mode's point; the poller logs once a minute how many wait.
+A cancelled wait (unmount) raises ``trio.Cancelled`` and changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from worm_fs.core.model import Inode
+from worm_fs.replication.uploader import LOG_UPLOADED
+from worm_fs.store import ReadTxn, Store, uploads
+
+log = logging.getLogger(__name__)
+
+#: Seconds between two checks of the queue while calls wait.
+POLL_SECONDS = 0.02
+#: Seconds between two warnings about calls still waiting.
+WARN_SECONDS = 60.0
+
+
+@dataclass
+class _Waiter:
+    names: set[bytes]
+    log_size: int
+    since: float
+    done: trio.Event = field(default_factory=trio.Event)
+
+
+class SyncBarrier:
+    """Holds flushes until the bucket has their objects and records (see module doc)."""
+
+    def __init__(self, store: Store, sign_checkpoint: Callable[[], int],
+                 wake_uploader: Callable[[], None]) -> None:
+        """``sign_checkpoint`` signs the current tree head inside a commit and returns
+        its size (it blocks; it is called in a thread); ``wake_uploader`` ends the
+        uploader's idle wait."""
+        self._store = store
+        self._sign_checkpoint = sign_checkpoint
+        self._wake_uploader = wake_uploader
+        self._waiters: list[_Waiter] = []
+        self._have_waiters = trio.Event()
+        self._signed_size = 0
+        self._sign_lock = trio.Lock()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    async def uploaded(self, ino: int) -> None:
+        """Return once inode ``ino``'s committed objects and every record committed so
+        far are in the bucket (may wait as long as the bucket is away)."""
+        names, log_size = await trio.to_thread.run_sync(self._wanted, ino)
+        await self._signed_up_to(log_size)
+        waiter = _Waiter(set(names), log_size, trio.current_time())
+        self._waiters.append(waiter)
+        self._have_waiters.set()
+        self._wake_uploader()
+        try:
+            await waiter.done.wait()
+        finally:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+
+    def _wanted(self, ino: int) -> tuple[list[bytes], int]:
+        """The names of ``ino``'s objects still queued, and the log size to cover."""
+        with self._store.read() as rt:
+            names = [uploads.chunk_name(key) for _, key in rt.iter_manifest(ino)]
+            raw = rt.get_inode(ino)
+            if raw is not None:
+                inode = Inode.from_bytes(raw)
+                if inode.layout:
+                    names.append(uploads.file_name(ino, inode.layout))
+            return [n for n in names if rt.upload_queued(n)], rt.get_counter("audit_next_seq")
+
+    async def _signed_up_to(self, size: int) -> None:
+        """Make sure a checkpoint of at least ``size`` records is signed (and queued for
+        the bucket); callers arriving while one is signed share the next one."""
+        if self._signed_size >= size:
+            return
+        async with self._sign_lock:
+            if self._signed_size < size:
+                signed = await trio.to_thread.run_sync(self._sign_checkpoint)
+                self._signed_size = max(self._signed_size, signed)
+
+    # ------------------------------------------------------------------ the poller
+    async def run(self) -> None:
+        """Check the waiting calls every :data:`POLL_SECONDS` (runs until cancelled)."""
+        last_warning = trio.current_time()
+        while True:
+            await self._have_waiters.wait()
+            waiters = list(self._waiters)
+            if not waiters:
+                self._have_waiters = trio.Event()
+                continue
+            done = await trio.to_thread.run_sync(self._check, waiters)
+            for waiter in done:
+                waiter.done.set()
+                self._waiters.remove(waiter)
+            now = trio.current_time()
+            if self._waiters and now - last_warning >= WARN_SECONDS:
+                oldest = now - min(w.since for w in self._waiters)
+                log.warning("%d close()/fsync() calls wait for the bucket (--replicate "
+                            "sync), the oldest for %.0f s", len(self._waiters), oldest)
+                last_warning = now
+            if self._waiters:
+                await trio.sleep(POLL_SECONDS)
+
+    def _check(self, waiters: list[_Waiter]) -> list[_Waiter]:
+        """The waiters whose objects and records are all uploaded (one read txn; only
+        this thread touches their ``names`` while it runs)."""
+        with self._store.read() as rt:
+            log_uploaded = rt.get_counter(LOG_UPLOADED)
+            return [w for w in waiters if self._settled(rt, w, log_uploaded)]
+
+    @staticmethod
+    def _settled(rt: ReadTxn, waiter: _Waiter, log_uploaded: int) -> bool:
+        waiter.names = {n for n in waiter.names if rt.upload_queued(n)}
+        return not waiter.names and log_uploaded >= waiter.log_size
+
+
+__all__ = ["SyncBarrier"]
