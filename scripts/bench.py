@@ -2030,25 +2030,33 @@ class Bench:
 
     def wait_drained(self, state: Path, total: int, what: str, key: str = "upload",
                      whole_log: bool = False) -> dict[str, Any]:
-        """Poll `replication status` until the queue is empty and ``total`` bytes are up
-        (``whole_log``: and the bucket's log holds every record the store has, such as
-        the chunk_hashes records made after the uploads); NotMeasured(key) after 600 s."""
-        with self.step(what) as out:
-            t0 = time.perf_counter()
-            deadline = time.monotonic() + 600
-            while True:
-                code, text, _ = run_cli(["replication", "status", str(state), "--json"])
-                status = json.loads(text) if code == 0 else {}
-                if status.get("pending_objects") == 0 and status.get(
-                        "uploaded_bytes", 0) >= total and (
-                        not whole_log or status.get("log_uploaded_size", 0)
-                        >= self.audit_usage(state)["audit_records"]):
-                    break
-                if time.monotonic() > deadline:
-                    raise NotMeasured(key, f"not uploaded in 600 s: {status}")
-                time.sleep(0.05)
-            out.append(f"{status['uploaded_bytes'] / (time.perf_counter() - t0) / 1e6:.1f} "
-                       f"MB/s ({status['uploaded_objects']} objects)")
+        """Poll the store's upload queue (what `replication status` prints, read here in
+        a read-only LMDB transaction: a CLI process per poll would take a core from the
+        uploader and RGW) until it is empty and ``total`` bytes are up (``whole_log``:
+        and the bucket's log holds every record the store has, such as the chunk_hashes
+        records made after the uploads); NotMeasured(key) after 600 s."""
+        from worm_fs.replication.uploader import queue_status
+        from worm_fs.store import Store
+
+        store = Store(state, readonly=True)
+        try:
+            with self.step(what) as out:
+                t0 = time.perf_counter()
+                deadline = time.monotonic() + 600
+                while True:
+                    with store.read() as rt:
+                        status = queue_status(rt, time.time_ns())
+                        records = rt.get_counter("audit_next_seq")
+                    if status["pending_objects"] == 0 and status["uploaded_bytes"] >= total \
+                            and (not whole_log or status["log_uploaded_size"] >= records):
+                        break
+                    if time.monotonic() > deadline:
+                        raise NotMeasured(key, f"not uploaded in 600 s: {status}")
+                    time.sleep(0.05)
+                out.append(f"{status['uploaded_bytes'] / (time.perf_counter() - t0) / 1e6:.1f}"
+                           f" MB/s ({status['uploaded_objects']} objects)")
+        finally:
+            store.close()
         return status
 
     @staticmethod
