@@ -510,3 +510,62 @@ def test_replicate_sync_holds_close_until_the_bucket_has_the_file(
         relay.resume()
         m.stop()
         relay.close()
+
+
+def test_the_bucket_checkpoint_never_names_a_layout_the_bucket_lacks(
+    tmp_path: Path, rgw: Rgw, bucket: str
+) -> None:
+    """A replica trusts what the bucket's checkpoint covers: every seal record in it must
+    find its layout object (and so its chunks) already there, or the replica reports a
+    missing object that is only late. Sampled while files are written and sealed."""
+    import threading
+
+    from worm_fs.store import Store
+
+    m = replicated(tmp_path, rgw, bucket)
+    client = rgw.client()
+    stop = threading.Event()
+
+    def writer() -> None:
+        n = 0
+        while not stop.is_set() and os.path.ismount(m.path) and n < 40:
+            (m.path / f"model-{n:03d}.bin").write_bytes(os.urandom(4 * MiB))
+            n += 1
+            time.sleep(0.1)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    store = Store(m.state, readonly=True)
+    checked: set[str] = set()
+    seen_sizes: set[int] = set()
+    try:
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline:
+            try:
+                note = client.get_object(Bucket=bucket, Key="store/checkpoint")["Body"].read()
+            except ClientError:
+                continue
+            size = int(note.split(b"\n")[1])
+            if size in seen_sizes:
+                continue
+            seen_sizes.add(size)
+            with store.read() as rt:
+                seals = [json.loads(raw) for _, raw in rt.iter_records() if _ < size]
+            for rec in seals:
+                if rec.get("op") != "seal" or rec.get("result") != "ok":
+                    continue
+                key = f"files/{rec['ino']}-{rec['layout']}.json"
+                if key in checked:
+                    continue
+                try:
+                    client.head_object(Bucket=bucket, Key=f"store/{key}")
+                except ClientError:
+                    raise AssertionError(f"checkpoint of size {size} covers the seal of "
+                                         f"{rec['path']}, but {key} is not in the bucket") from None
+                checked.add(key)
+    finally:
+        stop.set()
+        thread.join()
+        store.close()
+        m.stop()
+    assert len(checked) >= 5 and len(seen_sizes) >= 3, (len(checked), len(seen_sizes))

@@ -304,10 +304,6 @@ class Uploader:
         hashes: list[ChunkHashes] = []
         nbytes = 0
         log_size = None
-        pending_log = None
-        if logs:  # only the newest checkpoint matters; the older ones go with it
-            log_size = int(logs[-1][len(LOG_OBJECT):])
-            pending_log = self._pool.submit(_upload_log, log_size)  # beside the chunks
         for group in (chunks, files):  # a file's chunks before its layout
             halves = [group[i::PROCESSES] for i in range(PROCESSES)]
             for future in [self._pool.submit(_upload_objects, h) for h in halves if h]:
@@ -316,8 +312,11 @@ class Uploader:
                     nbytes += size
                     if file_hashes is not None:
                         hashes.append(file_hashes)
-        if pending_log is not None:
-            nbytes += pending_log.result()
+        if logs:  # only the newest checkpoint matters; the older ones go with it
+            # Last: readers trust what the checkpoint covers, so every layout and chunk
+            # its seal records name must be in the bucket before it.
+            log_size = int(logs[-1][len(LOG_OBJECT):])
+            nbytes += self._pool.submit(_upload_log, log_size).result()
             done += logs
         self._finish(done, nbytes, log_size, hashes)
         return True
