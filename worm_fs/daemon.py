@@ -414,8 +414,7 @@ class Daemon:
         from worm_fs.replication.sync_barrier import SyncBarrier
 
         def sign() -> int:
-            self.checkpoint()
-            return self._last_checkpoint_size
+            return int(self.checkpoint().split("\n")[1])  # the size it signed
 
         return SyncBarrier(self.store, sign, self.uploader.wake)
 

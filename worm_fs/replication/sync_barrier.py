@@ -119,7 +119,8 @@ class SyncBarrier:
             done = await trio.to_thread.run_sync(self._check, waiters)
             for waiter in done:
                 waiter.done.set()
-                self._waiters.remove(waiter)
+                if waiter in self._waiters:  # not cancelled while _check ran
+                    self._waiters.remove(waiter)
             now = trio.current_time()
             if self._waiters and now - last_warning >= WARN_SECONDS:
                 oldest = now - min(w.since for w in self._waiters)

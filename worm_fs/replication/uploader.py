@@ -64,6 +64,8 @@ BUCKET_META = "replication_bucket"
 
 #: Queued names taken per kind and round.
 BATCH = 256
+#: The size an upload reports for a name whose object was gone (nothing uploaded).
+GONE = -1
 #: Worker processes, each with its own upload threads.
 PROCESSES = 1
 
@@ -151,7 +153,7 @@ class UploadWorker:
                     data, hashes = file_layout_object(rt, inode)
                 target = file_object(int(ino_text), layout)
         if data is None:
-            return name, 0, None
+            return name, GONE, None
         self.bucket.put(target, data)
         return name, len(data), hashes
 
@@ -301,6 +303,7 @@ class Uploader:
         if not (chunks or files or logs):
             return False
         done: list[bytes] = []
+        gone: list[bytes] = []
         hashes: list[ChunkHashes] = []
         nbytes = 0
         log_size = None
@@ -308,6 +311,9 @@ class Uploader:
             halves = [group[i::PROCESSES] for i in range(PROCESSES)]
             for future in [self._pool.submit(_upload_objects, h) for h in halves if h]:
                 for name, size, file_hashes in future.result():
+                    if size == GONE:
+                        gone.append(name)
+                        continue
                     done.append(name)
                     nbytes += size
                     if file_hashes is not None:
@@ -318,12 +324,18 @@ class Uploader:
             log_size = int(logs[-1][len(LOG_OBJECT):])
             nbytes += self._pool.submit(_upload_log, log_size).result()
             done += logs
-        self._finish(done, nbytes, log_size, hashes)
+        self._finish(done, nbytes, log_size, hashes, gone)
         return True
 
     def _finish(self, names: list[bytes], nbytes: int, log_size: int | None,
-                hashes: list[ChunkHashes]) -> None:
+                hashes: list[ChunkHashes], gone: list[bytes]) -> None:
         def job(tx: WriteTxn, batch: Any) -> None:
+            for name in gone:
+                # Gone when the worker looked, but stored again since (the same chunk
+                # written by another file, whose queuing found this entry and kept it):
+                # it stays queued, or the bucket would never get it.
+                if not _exists_again(tx, name):
+                    tx.done_upload(name)
             for h in hashes:  # the per-chunk SHA-256s in the layouts just put, vouched for
                 batch.add(self.core.log.stamp("chunk_hashes", ino=h.ino, layout=h.layout,
                                               chunks_sha256=h.digest))
@@ -413,9 +425,19 @@ def queue_existing(core: WormCore, url: str, *, log_only: bool = False) -> int:
         if newest is not None:
             tx.queue_upload(uploads.log_name(newest), 0, now)
         tx.put_meta(BUCKET_META, url.encode())
+        tx.put_meta(LOG_UPLOADED, u64(0))  # a new bucket holds none of the log yet
 
     core.commit(job)
     return len(chunks) + len(files) + (newest is not None)
+
+
+def _exists_again(rt: ReadTxn, name: bytes) -> bool:
+    """Whether the object a queued name stands for is in the store (again)."""
+    if name.startswith(CHUNK_OBJECT):
+        return rt.get_chunk(bytes.fromhex(name[len(CHUNK_OBJECT):].decode())) is not None
+    ino_text, _, layout = name[len(FILE_OBJECT):].decode().partition("/")
+    raw = rt.get_inode(int(ino_text))
+    return raw is not None and Inode.from_bytes(raw).layout == layout
 
 
 def forget_bucket(core: WormCore) -> bool:
