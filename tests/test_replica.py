@@ -310,6 +310,47 @@ def test_an_approved_deletion_leaves_the_replica_and_its_cache(
         p.stop()
 
 
+def test_a_file_deleted_before_replication_began_does_not_stall_a_replica(
+    tmp_path: Path, rgw: Rgw, bucket: str, public_base: Path
+) -> None:
+    """Its seal is in the log but its layout object never reaches the bucket (it was
+    gone before the uploader could put it): a replica following from the first record
+    skips it as deleted, refuses nothing and serves the rest."""
+    from tests.conftest import as_user
+    from tests.test_deletion import ADMIN_GID, ALICE, CAROL, request
+
+    flags = ["--allow-other", "--admin-group", str(ADMIN_GID), "--runtime-dir",
+             str(public_base / "run"), "--settle", "0"]
+    p = Mount(public_base / "state", public_base / "mnt", flags).start()
+    try:
+        (p.path / "runs").mkdir(mode=0o777)
+        (p.path / "runs" / "old.bin").write_bytes(os.urandom(2 * MiB))
+        (p.path / "keep.bin").write_bytes(os.urandom(MiB))
+        for name in ("runs/old.bin", "keep.bin"):
+            wait_sealed(p.path / name)
+        code, _, err = as_user(CAROL, "delete", "approve", str(p.path), request(p, ALICE))
+        assert code == 0, err
+    finally:
+        p.stop()
+    p = Mount(public_base / "state", public_base / "mnt", [
+        *flags, "--bucket", f"s3://{bucket}/store", "--s3-endpoint", rgw.endpoint_url,
+        "--object-retention", "0.01"]).start()
+    try:
+        wait_uploaded(p)
+        keep = (p.path / "keep.bin").read_bytes()
+        r = replica(tmp_path, rgw, bucket, pubkey(p))
+        try:
+            wait_for(lambda: (r.path / "keep.bin").exists(), timeout=15)
+            assert (r.path / "keep.bin").read_bytes() == keep
+            assert not (r.path / "runs").exists()
+            code, status = replica_status(r)
+            assert code == 0 and status["refused"] == "" and status["refusals"] == 0, status
+        finally:
+            r.stop()
+    finally:
+        p.stop()
+
+
 def put_version(rgw: Rgw, bucket: str, key: str, body: bytes) -> None:
     rgw.client().put_object(Bucket=bucket, Key=key, Body=body)
 

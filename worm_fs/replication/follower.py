@@ -293,8 +293,13 @@ class Follower:
         assert start + len(known) == size
 
     def _layouts(self, records: list[dict[str, Any]]) -> dict[tuple[int, str], Layout]:
+        # A file deleted later in the same records is never seen sealed here, and its
+        # layout object may never have reached the bucket (deleted before the uploader
+        # got to it, or before the store replicated at all): not looked for.
+        deleted = {int(r["ino"]) for r in records
+                   if r.get("op") == "delete" and r.get("result") == "ok" and "ino" in r}
         seals = [r for r in records if r.get("result") == "ok" and r.get("op") in SEALS
-                 and r.get("layout")]
+                 and r.get("layout") and int(r["ino"]) not in deleted]
         with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
             found = list(pool.map(self._layout, seals))
         return {(int(r["ino"]), str(r["layout"])): layout
