@@ -110,3 +110,46 @@ async def test_a_sealed_files_layout_object_is_waited_for(tmp_path: Path) -> Non
             nursery.cancel_scope.cancel()
     finally:
         store.close()
+
+
+async def test_an_fsync_through_another_handle_waits_for_the_seal_first(tmp_path: Path) -> None:
+    from worm_fs.core.model import Inode, Kind, State
+
+    store = stocked_store(tmp_path)
+    writing = Inode(ino=7, kind=Kind.FILE, mode=0o644, uid=0, gid=0, parent=1,
+                    name=b"m.bin", state=State.WRITING)
+    with store.write() as tx:
+        tx.put_inode(7, writing.to_bytes())
+    uploaded(store, uploads.chunk_name(b"\x01" * 16), uploads.chunk_name(b"\x02" * 16),
+             log_size=10)
+    barrier = SyncBarrier(store, lambda: 10, lambda: None)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(barrier.run)
+            done = trio.Event()
+
+            async def sync_file() -> None:
+                await barrier.uploaded(7, writer=False)
+                done.set()
+
+            nursery.start_soon(sync_file)
+            await trio.sleep(0.3)
+            assert not done.is_set()  # everything queued is up, but no seal yet
+            writing.state, writing.layout = State.SEALED, "cd" * 32
+            with store.write() as tx:  # the release arrives: sealed, layout queued
+                tx.put_inode(7, writing.to_bytes())
+                tx.queue_upload(uploads.file_name(7, "cd" * 32), 0, 1)
+            await trio.sleep(0.3)
+            assert not done.is_set()  # its layout object is not up yet
+            uploaded(store, uploads.file_name(7, "cd" * 32))
+            with trio.fail_after(2):
+                await done.wait()
+            # Through the writer's own handle the seal is never waited for.
+            with store.write() as tx:
+                tx.put_inode(8, Inode(ino=8, kind=Kind.FILE, mode=0o644, uid=0, gid=0,
+                                      parent=1, name=b"w", state=State.WRITING).to_bytes())
+            with trio.fail_after(1):
+                await barrier.uploaded(8)
+            nursery.cancel_scope.cancel()
+    finally:
+        store.close()

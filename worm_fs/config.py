@@ -76,8 +76,8 @@ MOUNT_SETTINGS: tuple[Setting, ...] = (
     Setting("replicate", str, "async", "async: uploads never slow writers (default); "
             "sync: a writer's close() and every fsync() return only once the bucket holds "
             "the file's bytes so far and the audit log up to that commit (an fsync of a "
-            "sealed file, e.g. sync FILE, also its seal); an unreachable bucket then "
-            "holds them", choices=("async", "sync")),
+            "file through another handle, e.g. sync FILE, also its seal); an unreachable "
+            "bucket then holds them", choices=("async", "sync")),
     Setting("replica", str, None, "mount a read-only replica of the primary that "
             "replicates to this bucket (s3://BUCKET[/PREFIX]; needs --pubkey); STATE_DIR "
             "then holds the replica's own store and chunk cache", "URL"),

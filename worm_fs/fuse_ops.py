@@ -128,10 +128,11 @@ class WormOperations(pyfuse3.Operations):
     enable_acl = False
 
     def __init__(self, core: WormCore, *, threads: int = 4, commit_waiters: int = 64,
-                 in_bucket: Callable[[int], Awaitable[None]] | None = None) -> None:
+                 in_bucket: Callable[..., Awaitable[None]] | None = None) -> None:
         """``in_bucket`` (``--replicate sync``) is awaited after the commit of a writer's
-        flush and of every fsync, with the file's inode: it returns once the bucket has
-        what that commit made durable."""
+        flush and of every fsync, with the file's inode and ``writer=`` whether the
+        handle is the file's writer: it returns once the bucket has what that commit
+        made durable."""
         super().__init__()
         self.core = core
         self._in_bucket = in_bucket
@@ -337,7 +338,8 @@ class WormOperations(pyfuse3.Operations):
     async def fsync(self, fh, datasync):
         await self._committed(self.core.fsync, fh)
         if self._in_bucket is not None:
-            await self._in_bucket(self.core.handle_file(fh)[0])
+            ino, writer = self.core.handle_file(fh)
+            await self._in_bucket(ino, writer=writer)
 
     @_guard
     async def release(self, fh):

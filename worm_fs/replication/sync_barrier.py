@@ -13,7 +13,9 @@ writer's flush (each ``close``) and of any ``fsync``. It returns once
 
 The seal itself happens at the release that follows the last ``close``, which the
 kernel sends after ``close()`` has returned: a ``close()`` cannot wait for it. An
-``fsync`` of the sealed file (``sync FILE``) waits for the seal's objects as well.
+``fsync`` through another handle (``sync FILE`` after the writer's ``close()``) first
+gives a file still being written :data:`SEAL_WAIT_SECONDS` to be sealed, then waits
+for the seal's objects as well.
 
 Concurrency: callers run on the trio thread and hold no thread while they wait. One
 poller task (:meth:`run`, in the daemon's nursery) checks every waiting call in one
@@ -30,7 +32,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from worm_fs.core.model import Inode
+from worm_fs.core.model import Inode, State
 from worm_fs.replication.uploader import LOG_UPLOADED
 from worm_fs.store import ReadTxn, Store, uploads
 
@@ -40,6 +42,9 @@ log = logging.getLogger(__name__)
 POLL_SECONDS = 0.02
 #: Seconds between two warnings about calls still waiting.
 WARN_SECONDS = 60.0
+#: How long an fsync through a reader's handle waits for a file still being written to
+#: be sealed (the kernel sends the writer's release after its close() has returned).
+SEAL_WAIT_SECONDS = 2.0
 
 
 @dataclass
@@ -70,10 +75,17 @@ class SyncBarrier:
     def waiting(self) -> int:
         return len(self._waiters)
 
-    async def uploaded(self, ino: int) -> None:
+    async def uploaded(self, ino: int, *, writer: bool = True) -> None:
         """Return once inode ``ino``'s committed objects and every record committed so
-        far are in the bucket (may wait as long as the bucket is away)."""
-        names, log_size = await trio.to_thread.run_sync(self._wanted, ino)
+        far are in the bucket (may wait as long as the bucket is away). Called through
+        another handle than the writer's (``writer`` False), first wait up to
+        :data:`SEAL_WAIT_SECONDS` for a file still being written to be sealed."""
+        deadline = trio.current_time() + (0.0 if writer else SEAL_WAIT_SECONDS)
+        while True:
+            names, log_size, writing = await trio.to_thread.run_sync(self._wanted, ino)
+            if not writing or trio.current_time() >= deadline:
+                break
+            await trio.sleep(POLL_SECONDS)
         await self._signed_up_to(log_size)
         waiter = _Waiter(set(names), log_size, trio.current_time())
         self._waiters.append(waiter)
@@ -85,16 +97,20 @@ class SyncBarrier:
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
 
-    def _wanted(self, ino: int) -> tuple[list[bytes], int]:
-        """The names of ``ino``'s objects still queued, and the log size to cover."""
+    def _wanted(self, ino: int) -> tuple[list[bytes], int, bool]:
+        """The names of ``ino``'s objects still queued, the log size to cover, and
+        whether the file is still being written."""
         with self._store.read() as rt:
             names = [uploads.chunk_name(key) for _, key in rt.iter_manifest(ino)]
             raw = rt.get_inode(ino)
+            writing = False
             if raw is not None:
                 inode = Inode.from_bytes(raw)
+                writing = inode.state is State.WRITING
                 if inode.layout:
                     names.append(uploads.file_name(ino, inode.layout))
-            return [n for n in names if rt.upload_queued(n)], rt.get_counter("audit_next_seq")
+            queued = [n for n in names if rt.upload_queued(n)]
+            return queued, rt.get_counter("audit_next_seq"), writing
 
     async def _signed_up_to(self, size: int) -> None:
         """Make sure a checkpoint of at least ``size`` records is signed (and queued for
