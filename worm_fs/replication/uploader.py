@@ -3,9 +3,10 @@
 What to upload is queued in the store itself (the ``uploads`` database), in the same
 transaction that stores it: a new chunk (``c/<key hex>``), a seal (``f/<ino>/<layout
 digest>``), a signed checkpoint (``l/<tree size>``). A ``kill -9`` or a reboot loses
-none of it. This module's thread takes queued names in batches (chunks, then files,
-then the log, a share of each per round so none starves), uploads them in parallel,
-and drops them from the queue in one committer job per batch. A failing or slow bucket
+none of it. This module's thread takes queued names in rounds (a batch of chunks,
+then of files, then the log; files only once no chunk is left over, the log only once
+no file is, so the log never names what the bucket lacks), uploads them in parallel,
+and drops them from the queue in one committer job per round. A failing or slow bucket
 only makes the queue longer: writers never wait for it.
 
 Objects in the bucket (below its prefix), each written once:
