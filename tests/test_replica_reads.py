@@ -126,6 +126,27 @@ def test_a_file_whose_bytes_do_not_give_its_sealed_sha256_is_refused(parts) -> N
     assert cache.verified(6, layout_digest(2 * MiB, keys)) is None
 
 
+def test_chunks_of_a_file_that_failed_its_check_are_not_served_to_another(parts) -> None:
+    """A whole-file check caches chunks it has checked against their keys only; if the
+    file fails, they leave the cache, so a file vouched for chunk by chunk that shares
+    one fetches it (and checks it) instead of taking the cached bytes."""
+    store, bucket, cache, chunks, refused = parts
+    data = b"d" * MiB + b"e" * MiB
+    keys = sealed_file(store, bucket, 8, data, sha256="0" * 64)  # fails its check
+    with pytest.raises(UntrustedData):
+        chunks.chunk(8, 0, keys[0])
+    assert not any(cache.holds(k) for k in keys)
+    # File 9 shares chunk 0; the log vouches for other bytes there.
+    keys9 = sealed_file(store, bucket, 9, b"d" * MiB)
+    assert keys9[0] == keys[0]
+    cache.put(keys[0], b"d" * MiB)  # as if the check were still running...
+    chunks._provisional.add(keys[0])  # ...and had fetched it
+    cache.set_verified(9, layout_digest(MiB, keys9), [hashlib.sha256(b"other").digest()])
+    with pytest.raises(UntrustedData):
+        chunks.chunk(9, 0, keys9[0])
+    assert refused[-1][0] == chunk_object(keys[0])
+
+
 def test_a_chunk_fetched_again_must_match_what_its_file_was_verified_with(parts) -> None:
     store, bucket, cache, chunks, refused = parts
     data = b"b" * MiB + b"c" * MiB

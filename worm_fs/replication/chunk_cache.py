@@ -129,6 +129,9 @@ class ChunkCache:
         tmp = self._chunks / f"{name}.{threading.get_ident()}.tmp"
         tmp.write_bytes(data)
         os.replace(tmp, self._chunks / name)
+        with self._lock:
+            if name not in self._order:  # dropped or evicted before the file was there:
+                _unlink(self._chunks / name)  # nothing counts it, so it must not stay
         return True
 
     def drop(self, keys: list[bytes]) -> int:

@@ -14,7 +14,10 @@ therefore checked against a SHA-256 the signed log vouches for, from one of two 
   whole file (files sealed before the primary logged chunk hashes, or whose record has
   not reached the replica yet).
 
-A chunk fetched again later (evicted meanwhile) must match its SHA-256. A file that
+A chunk fetched again later (evicted meanwhile) must match its SHA-256. Chunks a
+whole-file check caches are checked against their keys only until the file passes
+(another file's read meanwhile checks them against its own SHA-256), and leave the
+cache if it fails. A file that
 fails is refused with EIO (:class:`~worm_fs.errors.UntrustedData`) and reported; other
 files are served as before. A chunk whose newest version fails its
 check is read from the newest older version that passes (:mod:`.pinned`; with Object
@@ -86,6 +89,9 @@ class ReplicaChunks:
             OrderedDict()
         self.fetched_bytes = 0
         self.refused_files = 0
+        #: Chunks cached by a whole-file check still running: checked against their
+        #: key only, so another file's read checks them against its own SHA-256.
+        self._provisional: set[bytes] = set()
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -99,6 +105,9 @@ class ReplicaChunks:
         if index >= len(keys) or keys[index] != key:
             raise UntrustedData(f"inode {ino}: chunk {index} is not in its verified layout")
         data = self.cache.get(key)
+        if data is not None and self._is_provisional(key) and \
+                hashlib.sha256(data).digest() != shas[index]:
+            data = self._get(key, shas[index])  # the version this file was verified with
         if data is None:
             # the chunk asked for first, alone: fetches started beside it would share
             # the bandwidth and delay it (the first byte of a file)
@@ -157,27 +166,32 @@ class ReplicaChunks:
         assert future is not None
         if not mine:
             return future.result()
+        added: list[bytes] = []
         try:
-            shas = self._verify(inode, keys)
+            shas = self._verify(inode, keys, added)
             self.cache.set_verified(inode.ino, inode.layout, shas)
             self._remember(ident, keys, shas)
             future.set_result(shas)
             return shas
         except BaseException as exc:
+            self.cache.drop(added)  # what failed (or was not checked) is not kept
             future.set_exception(exc)
             raise
         finally:
             with self._lock:
                 self._verifying.pop(ident, None)
+                self._provisional.difference_update(added)
 
-    def _verify(self, inode: Inode, keys: list[bytes]) -> list[bytes]:
+    def _verify(self, inode: Inode, keys: list[bytes], added: list[bytes]) -> list[bytes]:
+        """The file's per-chunk SHA-256s if its chunks give its sealed SHA-256; the
+        chunks it fetched go into ``added`` (cached, provisional until it returns)."""
         whole = hashlib.sha256()
         shas: list[bytes] = []
         window: list[Future[bytes]] = []
         ahead = 0
         for index, _key in enumerate(keys):
             while ahead < len(keys) and ahead < index + 2 * PARALLEL:
-                window.append(self._pool.submit(self._load, keys[ahead]))
+                window.append(self._pool.submit(self._load, keys[ahead], added))
                 ahead += 1
             data = window.pop(0).result()
             whole.update(data)
@@ -195,13 +209,22 @@ class ReplicaChunks:
             self.on_refused(name, detail)
         return UntrustedData(f"{name}: {detail}")
 
-    def _load(self, key: bytes) -> bytes:
-        """A chunk from the cache, else fetched (checked against its key) and cached."""
+    def _load(self, key: bytes, added: list[bytes]) -> bytes:
+        """A chunk from the cache, else fetched (checked against its key only) and
+        cached as provisional (noted in ``added``)."""
         data = self.cache.get(key)
         if data is None:
             data = self._get(key)
+            with self._lock:
+                if not self.cache.holds(key):
+                    self._provisional.add(key)
+                    added.append(key)
             self.cache.put(key, data)
         return data
+
+    def _is_provisional(self, key: bytes) -> bool:
+        with self._lock:
+            return key in self._provisional
 
     def _get(self, key: bytes, sha: bytes | None = None) -> bytes:
         """Chunk ``key`` from the bucket: the newest version that matches its key and,
