@@ -570,3 +570,38 @@ def test_the_bucket_checkpoint_never_names_a_layout_the_bucket_lacks(
         store.close()
         m.stop()
     assert len(checked) >= 5 and len(seen_sizes) >= 3, (len(checked), len(seen_sizes))
+
+
+def test_a_mount_without_the_bucket_forgets_the_queue_and_the_next_requeues_all(
+    tmp_path: Path, rgw: Rgw, bucket: str
+) -> None:
+    """What a mount without --bucket stores is not queued; so the store stops naming its
+    bucket at once, and the next mount with one queues everything, that file too."""
+    from worm_fs.store import Store, uploads
+
+    nowhere = "http://127.0.0.1:9"
+    m = replicated(tmp_path, rgw, bucket, endpoint=nowhere)
+    (m.path / "first.bin").write_bytes(os.urandom(1000))
+    wait_sealed(m.path / "first.bin")
+    m.stop()
+    plain = Mount(m.state, m.path, ["--settle", "0"]).start()
+    try:
+        (plain.path / "unqueued.bin").write_bytes(os.urandom(2000))
+        wait_sealed(plain.path / "unqueued.bin")
+    finally:
+        plain.stop()
+    store = Store(m.state, readonly=True)
+    with store.read() as rt:
+        assert rt.get_meta(uploads.BUCKET_META) is None
+    store.close()
+    m = replicated(tmp_path, rgw, bucket, endpoint=nowhere)
+    try:
+        ino = os.stat(m.path / "unqueued.bin").st_ino
+        store = Store(m.state, readonly=True)
+        with store.read() as rt:
+            names = [name for name, _, _ in rt.iter_uploads()]
+        store.close()
+        assert any(n.startswith(uploads.FILE + f"{ino}/".encode()) for n in names), names
+        assert sum(n.startswith(uploads.CHUNK) for n in names) == 2
+    finally:
+        m.stop()

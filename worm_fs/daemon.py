@@ -47,7 +47,7 @@ from worm_fs.core.clock import advance_clock
 from worm_fs.core.deletion import Deletions
 from worm_fs.core.fs import WormCore
 from worm_fs.errors import StoreBusy, UsageError, WormError
-from worm_fs.store import Store
+from worm_fs.store import Store, uploads
 from worm_fs.store.reserve import SpaceReserve
 
 log = logging.getLogger(__name__)
@@ -225,6 +225,8 @@ class Daemon:
                                      admin_gid=admin_gid)
         self.origin = fix_origin(self.store, state_dir, options.log_origin)
         self.key = ensure_key(state_dir, self.origin)
+        forgot_bucket = options.bucket is None and self.replica is None and \
+            uploads.forget_bucket(self.store)
         started = time.monotonic()
         recovered = self.core.recover()
         if recovered["sealed"] or recovered["quarantined"]:
@@ -241,6 +243,10 @@ class Daemon:
             log.info("counted the subdirectories of %d directories made by an older version",
                      len(counted))
         self.core.start()  # from now on only the committer thread writes the store
+        if forgot_bucket:
+            log.warning("this store replicated to a bucket and is mounted without "
+                        "--bucket: nothing is uploaded now, and the next mount with a "
+                        "bucket queues the whole store again")
         self.uploader = self._start_uploader()
         self.follower = self._start_follower()
         self.witnesser = self._start_witnesser()
@@ -378,13 +384,7 @@ class Daemon:
         if self.replica is not None:
             return self._start_replica_log_upload()
         if self.options.bucket is None:
-            from worm_fs.replication.uploader import forget_bucket
-
-            if forget_bucket(self.core):
-                log.warning("this store replicated to a bucket and is mounted without "
-                            "--bucket: nothing is uploaded now, and the next mount with a "
-                            "bucket queues the whole store again")
-            return None
+            return None  # and the queue was forgotten before recovery
         from worm_fs.replication.s3 import BucketUrl
         from worm_fs.replication.uploader import queue_existing
 

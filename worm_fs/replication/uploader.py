@@ -61,7 +61,7 @@ UPLOADED_OBJECTS = "uploaded_objects"
 UPLOADED_BYTES = "uploaded_bytes"
 LOG_UPLOADED = "log_uploaded_size"
 LAST_ERROR = "upload_last_error"
-BUCKET_META = "replication_bucket"
+BUCKET_META = uploads.BUCKET_META
 
 #: Queued names taken per kind and round.
 BATCH = 256
@@ -439,13 +439,3 @@ def _exists_again(rt: ReadTxn, name: bytes) -> bool:
     ino_text, _, layout = name[len(FILE_OBJECT):].decode().partition("/")
     raw = rt.get_inode(int(ino_text))
     return raw is not None and Inode.from_bytes(raw).layout == layout
-
-
-def forget_bucket(core: WormCore) -> bool:
-    """A store mounted without its bucket: what is stored now is not queued, so the next
-    mount with a bucket must queue everything again. True if it had a bucket."""
-    with core.store.read() as rt:
-        if rt.get_meta(BUCKET_META) is None:
-            return False
-    core.commit(lambda tx, batch: tx.raw_delete("meta", BUCKET_META.encode()))
-    return True

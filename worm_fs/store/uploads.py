@@ -6,9 +6,17 @@ Names sort by kind (``c/`` < ``f/`` < ``l/``), so the uploader can take a share 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from worm_fs.store.env import Store
+
 CHUNK = b"c/"  # c/<chunk key hex>: a stored chunk
 FILE = b"f/"  # f/<ino>/<layout digest>: a sealed file's layout
 LOG = b"l/"  # l/<tree size, 20 digits>: the log up to a signed checkpoint
+
+#: meta: the bucket URL the queue is kept for (unset: nothing is queued).
+BUCKET_META = "replication_bucket"
 
 
 def chunk_name(key: bytes) -> bytes:
@@ -21,3 +29,15 @@ def file_name(ino: int, layout: str) -> bytes:
 
 def log_name(size: int) -> bytes:
     return LOG + f"{size:020d}".encode()
+
+
+def forget_bucket(store: Store) -> bool:
+    """A store opened without its bucket: from now on nothing is queued, so the next
+    mount with a bucket must queue everything again. Done in its own transaction before
+    anything else is written (recovery's seals included), so a crash right after cannot
+    leave writes unqueued under a bucket the store still names. True if it had one."""
+    with store.write() as tx:
+        if tx.get_meta(BUCKET_META) is None:
+            return False
+        tx.raw_delete("meta", BUCKET_META.encode())
+    return True
