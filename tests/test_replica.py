@@ -272,6 +272,16 @@ def test_a_chunk_sha256_list_no_version_vouches_for_is_refused_and_the_file_chec
         r.stop()
 
 
+def runs_and_keep(p: Mount, old_size: int) -> None:
+    """``runs/old.bin`` (in a directory anyone may write, to be deleted) and
+    ``keep.bin``, both sealed."""
+    (p.path / "runs").mkdir(mode=0o777)
+    (p.path / "runs" / "old.bin").write_bytes(os.urandom(old_size))
+    (p.path / "keep.bin").write_bytes(os.urandom(MiB))
+    for name in ("runs/old.bin", "keep.bin"):
+        wait_sealed(p.path / name)
+
+
 def test_an_approved_deletion_leaves_the_replica_and_its_cache(
     tmp_path: Path, rgw: Rgw, bucket: str, public_base: Path
 ) -> None:
@@ -283,11 +293,7 @@ def test_an_approved_deletion_leaves_the_replica_and_its_cache(
         str(public_base / "run"), "--settle", "0", "--bucket", f"s3://{bucket}/store",
         "--s3-endpoint", rgw.endpoint_url, "--object-retention", "0.01"]).start()
     try:
-        (p.path / "runs").mkdir(mode=0o777)
-        (p.path / "runs" / "old.bin").write_bytes(os.urandom(3 * MiB))
-        (p.path / "keep.bin").write_bytes(os.urandom(MiB))
-        for name in ("runs/old.bin", "keep.bin"):
-            wait_sealed(p.path / name)
+        runs_and_keep(p, 3 * MiB)
         wait_uploaded(p)
         r = replica(tmp_path, rgw, bucket, pubkey(p))
         try:
@@ -323,11 +329,7 @@ def test_a_file_deleted_before_replication_began_does_not_stall_a_replica(
              str(public_base / "run"), "--settle", "0"]
     p = Mount(public_base / "state", public_base / "mnt", flags).start()
     try:
-        (p.path / "runs").mkdir(mode=0o777)
-        (p.path / "runs" / "old.bin").write_bytes(os.urandom(2 * MiB))
-        (p.path / "keep.bin").write_bytes(os.urandom(MiB))
-        for name in ("runs/old.bin", "keep.bin"):
-            wait_sealed(p.path / name)
+        runs_and_keep(p, 2 * MiB)
         code, _, err = as_user(CAROL, "delete", "approve", str(p.path), request(p, ALICE))
         assert code == 0, err
     finally:

@@ -81,37 +81,6 @@ async def test_calls_wait_for_their_chunks_and_the_log_and_share_a_checkpoint(
         store.close()
 
 
-async def test_a_sealed_files_layout_object_is_waited_for(tmp_path: Path) -> None:
-    from worm_fs.core.model import Inode, Kind
-
-    store = stocked_store(tmp_path)
-    with store.write() as tx:
-        tx.put_inode(7, Inode(ino=7, kind=Kind.FILE, mode=0o444, uid=0, gid=0, parent=1,
-                              name=b"m.bin", layout="ab" * 32).to_bytes())
-        tx.queue_upload(uploads.file_name(7, "ab" * 32), 0, 1)
-    uploaded(store, uploads.chunk_name(b"\x01" * 16), uploads.chunk_name(b"\x02" * 16),
-             log_size=10)
-    barrier = SyncBarrier(store, lambda: 10, lambda: None)
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(barrier.run)
-            done = trio.Event()
-
-            async def fsync() -> None:
-                await barrier.uploaded(7)
-                done.set()
-
-            nursery.start_soon(fsync)
-            await trio.sleep(0.2)
-            assert not done.is_set()
-            uploaded(store, uploads.file_name(7, "ab" * 32))
-            with trio.fail_after(2):
-                await done.wait()
-            nursery.cancel_scope.cancel()
-    finally:
-        store.close()
-
-
 async def test_an_fsync_through_another_handle_waits_for_the_seal_first(tmp_path: Path) -> None:
     from worm_fs.core.model import Inode, Kind, State
 
