@@ -6,6 +6,7 @@ buckets."""
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
 import os
 import shutil
@@ -507,6 +508,28 @@ def test_replicate_sync_holds_close_until_the_bucket_has_the_file(
         assert synced.wait(60)
         sync.join()
         assert [k for k in bucket_keys(rgw, bucket, "files/") if k.startswith(f"files/{ino}-")]
+
+        # Unmounting while a close() waits for an away bucket: the close() fails (EIO:
+        # not confirmed), the daemon still stops at once, and the bytes stay queued.
+        relay.pause()
+        errors: list[OSError] = []
+
+        def write_c() -> None:
+            try:
+                with open(m.path / "c.bin", "wb") as f:
+                    f.write(b"c" * 1000)
+            except OSError as exc:
+                errors.append(exc)
+
+        writer = threading.Thread(target=write_c)
+        writer.start()
+        time.sleep(1)
+        assert writer.is_alive()
+        start = time.monotonic()
+        assert m.stop() == 0
+        assert time.monotonic() - start < 15
+        writer.join(timeout=10)
+        assert [e.errno for e in errors] == [errno.EIO]
     finally:
         relay.resume()
         m.stop()

@@ -484,6 +484,8 @@ class Daemon:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
                 log.info("received %s, unmounting", signal.Signals(signum).name)
+                if self.sync_barrier is not None:  # the FUSE loop waits for its handlers
+                    self.sync_barrier.close()
                 fuse_ops.stop_serving()
                 return
 

@@ -21,11 +21,15 @@ Concurrency: callers run on the trio thread and hold no thread while they wait. 
 poller task (:meth:`run`, in the daemon's nursery) checks every waiting call in one
 short read transaction per interval, in a worker thread. A bucket that is away makes
 callers wait, which is this mode's point; the poller logs once a minute how many wait.
-A cancelled wait (unmount) raises ``trio.Cancelled`` and changes nothing.
+At shutdown (:meth:`close`, before the FUSE loop is told to stop, which waits for every
+handler) the calls still waiting fail with ``EIO``: their bytes are durable here, but the
+bucket did not confirm them, and ``close()`` must not say it did. A cancelled wait
+raises ``trio.Cancelled`` and changes nothing.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,6 +37,7 @@ from dataclasses import dataclass, field
 import trio
 
 from worm_fs.core.model import Inode, State
+from worm_fs.errors import WormError
 from worm_fs.replication.uploader import LOG_UPLOADED
 from worm_fs.store import ReadTxn, Store, uploads
 
@@ -53,6 +58,8 @@ class _Waiter:
     log_size: int
     since: float
     done: trio.Event = field(default_factory=trio.Event)
+    #: Set when the wait ended without the bucket's confirmation (shutdown).
+    failed: bool = False
 
 
 class SyncBarrier:
@@ -70,6 +77,7 @@ class SyncBarrier:
         self._have_waiters = trio.Event()
         self._signed_size = 0
         self._sign_lock = trio.Lock()
+        self._closed = False
 
     @property
     def waiting(self) -> int:
@@ -88,14 +96,29 @@ class SyncBarrier:
             await trio.sleep(POLL_SECONDS)
         await self._signed_up_to(log_size)
         waiter = _Waiter(set(names), log_size, trio.current_time())
-        self._waiters.append(waiter)
-        self._have_waiters.set()
-        self._wake_uploader()
-        try:
-            await waiter.done.wait()
-        finally:
-            if waiter in self._waiters:
-                self._waiters.remove(waiter)
+        if self._closed:
+            waiter.failed = True
+        else:
+            self._waiters.append(waiter)
+            self._have_waiters.set()
+            self._wake_uploader()
+            try:
+                await waiter.done.wait()
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+        if waiter.failed:
+            raise WormError("unmounting before the bucket confirmed this file's upload "
+                            "(--replicate sync); its bytes are durable here and stay "
+                            "queued", errno=errno.EIO)
+
+    def close(self) -> None:
+        """Shutdown: fail every waiting call and any later one (trio thread)."""
+        self._closed = True
+        for waiter in self._waiters:
+            waiter.failed = True
+            waiter.done.set()
+        self._waiters.clear()
 
     def _wanted(self, ino: int) -> tuple[list[bytes], int, bool]:
         """The names of ``ino``'s objects still queued, the log size to cover, and
@@ -132,7 +155,12 @@ class SyncBarrier:
             if not waiters:
                 self._have_waiters = trio.Event()
                 continue
-            done = await trio.to_thread.run_sync(self._check, waiters)
+            try:
+                done = await trio.to_thread.run_sync(self._check, waiters)
+            except Exception:  # noqa: BLE001 - the poller must outlive a bad check
+                log.exception("sync barrier: checking the upload queue failed; retrying")
+                await trio.sleep(1.0)
+                continue
             for waiter in done:
                 waiter.done.set()
                 if waiter in self._waiters:  # not cancelled while _check ran
