@@ -14,10 +14,12 @@ therefore checked against a SHA-256 the signed log vouches for, from one of two 
   whole file (files sealed before the primary logged chunk hashes, or whose record has
   not reached the replica yet).
 
-A chunk fetched again later (evicted meanwhile) must match its SHA-256. Chunks a
-whole-file check caches are checked against their keys only until the file passes
-(another file's read meanwhile checks them against its own SHA-256), and leave the
-cache if it fails. A file that
+A chunk fetched again later (evicted meanwhile) must match its SHA-256. Only chunks
+checked against a SHA-256 enter the cache: a whole-file check keeps none of what it
+fetched (checked against their keys alone until the whole file matches), so the reads
+after it fetch again, each chunk checked against its own SHA-256. That costs files
+without a ``chunk_hashes`` record a second download, and keeps the cache free of bytes
+that a crash or a failed check would leave unchecked. A file that
 fails is refused with EIO (:class:`~worm_fs.errors.UntrustedData`) and reported; other
 files are served as before. A chunk whose newest version fails its
 check is read from the newest older version that passes (:mod:`.pinned`; with Object
@@ -89,9 +91,7 @@ class ReplicaChunks:
             OrderedDict()
         self.fetched_bytes = 0
         self.refused_files = 0
-        #: Chunks cached by a whole-file check still running: checked against their
-        #: key only, so another file's read checks them against its own SHA-256.
-        self._provisional: set[bytes] = set()
+        self._replaced: set[str] = set()  # objects read from an older version
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -105,9 +105,6 @@ class ReplicaChunks:
         if index >= len(keys) or keys[index] != key:
             raise UntrustedData(f"inode {ino}: chunk {index} is not in its verified layout")
         data = self.cache.get(key)
-        if data is not None and self._is_provisional(key) and \
-                hashlib.sha256(data).digest() != shas[index]:
-            data = self._get(key, shas[index])  # the version this file was verified with
         if data is None:
             # the chunk asked for first, alone: fetches started beside it would share
             # the bandwidth and delay it (the first byte of a file)
@@ -166,32 +163,29 @@ class ReplicaChunks:
         assert future is not None
         if not mine:
             return future.result()
-        added: list[bytes] = []
         try:
-            shas = self._verify(inode, keys, added)
+            shas = self._verify(inode, keys)
             self.cache.set_verified(inode.ino, inode.layout, shas)
             self._remember(ident, keys, shas)
             future.set_result(shas)
             return shas
         except BaseException as exc:
-            self.cache.drop(added)  # what failed (or was not checked) is not kept
             future.set_exception(exc)
             raise
         finally:
             with self._lock:
                 self._verifying.pop(ident, None)
-                self._provisional.difference_update(added)
 
-    def _verify(self, inode: Inode, keys: list[bytes], added: list[bytes]) -> list[bytes]:
-        """The file's per-chunk SHA-256s if its chunks give its sealed SHA-256; the
-        chunks it fetched go into ``added`` (cached, provisional until it returns)."""
+    def _verify(self, inode: Inode, keys: list[bytes]) -> list[bytes]:
+        """The file's per-chunk SHA-256s if its chunks give its sealed SHA-256 (what it
+        fetches is not cached: see the module docstring)."""
         whole = hashlib.sha256()
         shas: list[bytes] = []
         window: list[Future[bytes]] = []
         ahead = 0
         for index, _key in enumerate(keys):
             while ahead < len(keys) and ahead < index + 2 * PARALLEL:
-                window.append(self._pool.submit(self._load, keys[ahead], added))
+                window.append(self._pool.submit(self._load, keys[ahead]))
                 ahead += 1
             data = window.pop(0).result()
             whole.update(data)
@@ -209,22 +203,11 @@ class ReplicaChunks:
             self.on_refused(name, detail)
         return UntrustedData(f"{name}: {detail}")
 
-    def _load(self, key: bytes, added: list[bytes]) -> bytes:
-        """A chunk from the cache, else fetched (checked against its key only) and
-        cached as provisional (noted in ``added``)."""
+    def _load(self, key: bytes) -> bytes:
+        """A chunk from the cache (checked before it entered), else fetched and checked
+        against its key only: not cached."""
         data = self.cache.get(key)
-        if data is None:
-            data = self._get(key)
-            with self._lock:
-                if not self.cache.holds(key):
-                    self._provisional.add(key)
-                    added.append(key)
-            self.cache.put(key, data)
-        return data
-
-    def _is_provisional(self, key: bytes) -> bool:
-        with self._lock:
-            return key in self._provisional
+        return data if data is not None else self._get(key)
 
     def _get(self, key: bytes, sha: bytes | None = None) -> bytes:
         """Chunk ``key`` from the bucket: the newest version that matches its key and,
@@ -245,9 +228,11 @@ class ReplicaChunks:
                                else "no version of it matches the chunk its file was "
                                "verified with (a replaced object)")
         if pinned.failed:
-            with self._lock:
-                self.replaced_objects += 1
-            if self.on_replaced:
+            with self._lock:  # once per object: a whole-file check and the read after it
+                known = name in self._replaced  # both meet it
+                self._replaced.add(name)
+                self.replaced_objects += not known
+            if self.on_replaced and not known:
                 self.on_replaced(name, f"{pinned.failed} newer version(s) fail their "
                                  f"check; served version {pinned.version_id}")
         with self._lock:
