@@ -599,7 +599,9 @@ def test_a_mount_without_the_bucket_forgets_the_queue_and_the_next_requeues_all(
     tmp_path: Path, rgw: Rgw, bucket: str
 ) -> None:
     """What a mount without --bucket stores is not queued; so the store stops naming its
-    bucket at once, and the next mount with one queues everything, that file too."""
+    bucket, and the next mount with one queues everything, that file too. (That the
+    forgetting now comes before recovery's writes, for a crash in between, is not
+    exercised: no test can stop the daemon there.)"""
     from worm_fs.store import Store, uploads
 
     nowhere = "http://127.0.0.1:9"
