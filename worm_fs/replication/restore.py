@@ -21,6 +21,7 @@ name, and its checkpoints from then on verify only against the new key.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -136,14 +137,22 @@ def _restore_file(bucket: Bucket, tx: object, inode: Inode, report: RestoreRepor
         keys = read_layout_object(body, inode.layout, inode.size).keys
     except ValueError as exc:
         raise RestoreRefused(f"{file_object(inode.ino, inode.layout)}: {exc}") from None
+    # The chunks are fetched again after the verify: a version put in between with the
+    # same XXH3 key would pass the key check, not the file's SHA-256.
+    whole = hashlib.sha256()
     for index, key in enumerate(keys):
         data = bucket.get(f"chunks/{key.hex()}") or b""
+        whole.update(data)
         stored = put_chunk(tx, data)  # type: ignore[arg-type]
         if stored != key:  # another chunk with the same XXH3 (checked by the verify)
             raise RestoreRefused(f"chunk {key.hex()} of inode {inode.ino} did not store "
                                  "under its key")
         tx.put_manifest(inode.ino, index, key)  # type: ignore[attr-defined]
         report.chunks += 1
+    if whole.hexdigest() != inode.sha256:
+        raise RestoreRefused(f"{file_object(inode.ino, inode.layout)}: its chunks changed "
+                             "in the bucket since the verify (they no longer give the "
+                             "file's sealed SHA-256)")
 
 
 @dataclass
