@@ -563,7 +563,7 @@ def test_the_bucket_checkpoint_never_names_a_layout_the_bucket_lacks(
     checked: set[str] = set()
     seen_sizes: set[int] = set()
     try:
-        deadline = time.monotonic() + 8
+        deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
             try:
                 note = client.get_object(Bucket=bucket, Key="store/checkpoint")["Body"].read()
