@@ -11,9 +11,10 @@ import pytest
 from worm_fs.audit.log import AuditLog
 from worm_fs.core.fs import WormCore
 from worm_fs.replication.s3 import Bucket, BucketUrl
-from worm_fs.replication.uploader import BUCKET_META, LOG_UPLOADED, Uploader, queue_existing
+from worm_fs.replication.uploader import LOG_UPLOADED, Uploader, queue_existing
 from worm_fs.store import Store, u64, uploads
 from worm_fs.store.chunks import put_chunk, release_chunk
+from worm_fs.store.uploads import BUCKET_META
 
 CHUNK = b"the same bytes, written by two files" * 1000
 
@@ -43,19 +44,30 @@ def uploader_of(core: WormCore) -> Uploader:
                                  endpoint="http://127.0.0.1:9"))
 
 
+def queued_at(core: WormCore, name: bytes) -> int:
+    with core.store.read() as rt:
+        return next(t for n, t, _ in rt.iter_uploads() if n == name)
+
+
 def test_a_chunk_gone_at_upload_but_stored_again_stays_queued(core: WormCore) -> None:
     key = core.commit(lambda tx, batch: put_chunk(tx, CHUNK))
     name = uploads.chunk_name(key)
-    core.commit(lambda tx, batch: release_chunk(tx, key))  # freed; still queued
-    assert queued(core, name)
+    taken = {name: queued_at(core, name)}  # the uploader takes it...
+    core.commit(lambda tx, batch: release_chunk(tx, key))
+    assert not queued(core, name)  # ...freed: nothing to upload any more
     # The worker found it gone; before the round ends, another file stores the same
-    # bytes (queuing it again finds the entry there and keeps it).
+    # bytes, which queues it again.
     core.commit(lambda tx, batch: put_chunk(tx, CHUNK))
-    uploader_of(core)._finish([], 0, None, [], [name])
+    uploader_of(core)._finish(taken, 0, 0, None, [])
     assert queued(core, name), "the bucket would never get this chunk"
     # Gone and not stored again: dropped.
+    taken = {name: queued_at(core, name)}
     core.commit(lambda tx, batch: release_chunk(tx, key))
-    uploader_of(core)._finish([], 0, None, [], [name])
+    uploader_of(core)._finish(taken, 0, 0, None, [])
+    assert not queued(core, name)
+    # Uploaded and untouched meanwhile: dropped as taken.
+    core.commit(lambda tx, batch: put_chunk(tx, CHUNK))
+    uploader_of(core)._finish({name: queued_at(core, name)}, 1, len(CHUNK), None, [])
     assert not queued(core, name)
 
 

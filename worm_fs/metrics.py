@@ -17,8 +17,8 @@ from worm_fs.core.clock import trusted_now
 from worm_fs.core.deletion import DeletionRequest
 from worm_fs.core.fs import store_stats
 from worm_fs.replication.follower import read_status
-from worm_fs.replication.uploader import BUCKET_META, queue_status
-from worm_fs.store import Store, from_u64
+from worm_fs.replication.uploader import queue_status
+from worm_fs.store import Store, from_u64, uploads
 
 Sample = tuple[str, str, str, list[tuple[dict[str, str], float]]]
 
@@ -95,7 +95,7 @@ def collect(store: Store) -> list[Sample]:
                         [(labels, q[f"{what}_limit"]) for labels, q in labelled
                          if q[f"{what}_limit"] is not None]))
     with store.read() as rt:
-        replication = queue_status(rt, time.time_ns()) if rt.get_meta(BUCKET_META) else None
+        replication = queue_status(rt, time.time_ns()) if rt.get_meta(uploads.BUCKET_META) else None
     if replication is not None:
         labels = dict(base, bucket=str(replication["bucket"]))
         for name, kind, help_text in (

@@ -61,7 +61,6 @@ UPLOADED_OBJECTS = "uploaded_objects"
 UPLOADED_BYTES = "uploaded_bytes"
 LOG_UPLOADED = "log_uploaded_size"
 LAST_ERROR = "upload_last_error"
-BUCKET_META = uploads.BUCKET_META
 
 #: Queued names taken per kind and round.
 BATCH = 256
@@ -293,29 +292,28 @@ class Uploader:
 
     def _round(self) -> bool:
         """Upload one batch of each kind; False when the queue was empty."""
+        taken: dict[bytes, int] = {}  # name -> when it was queued
         with self.core.store.read() as rt:
-            chunks = _take(rt, CHUNK_OBJECT)
+            chunks = _take(rt, CHUNK_OBJECT, taken)
             # A layout only once no chunk queued before it can still be pending, and the
             # log (which pins layouts) only once no layout is: with a full batch of
             # either, the next kinds wait for a later round.
-            files = _take(rt, FILE_OBJECT) if len(chunks) < BATCH else []
-            logs = _take(rt, LOG_OBJECT) if len(chunks) < BATCH and len(files) < BATCH \
-                else []
-        if not (chunks or files or logs):
+            files = _take(rt, FILE_OBJECT, taken) if len(chunks) < BATCH else []
+            logs = _take(rt, LOG_OBJECT, taken) if len(chunks) < BATCH and \
+                len(files) < BATCH else []
+        if not taken:
             return False
-        done: list[bytes] = []
-        gone: list[bytes] = []
+        uploaded = 0
         hashes: list[ChunkHashes] = []
         nbytes = 0
         log_size = None
         for group in (chunks, files):  # a file's chunks before its layout
             halves = [group[i::PROCESSES] for i in range(PROCESSES)]
             for future in [self._pool.submit(_upload_objects, h) for h in halves if h]:
-                for name, size, file_hashes in future.result():
-                    if size == GONE:
-                        gone.append(name)
+                for _name, size, file_hashes in future.result():
+                    if size == GONE:  # dropped from the queue all the same
                         continue
-                    done.append(name)
+                    uploaded += 1
                     nbytes += size
                     if file_hashes is not None:
                         hashes.append(file_hashes)
@@ -324,27 +322,23 @@ class Uploader:
             # its seal records name must be in the bucket before it.
             log_size = int(logs[-1][len(LOG_OBJECT):])
             nbytes += self._pool.submit(_upload_log, log_size).result()
-            done += logs
-        self._finish(done, nbytes, log_size, hashes, gone)
+            uploaded += len(logs)
+        self._finish(taken, uploaded, nbytes, log_size, hashes)
         return True
 
-    def _finish(self, names: list[bytes], nbytes: int, log_size: int | None,
-                hashes: list[ChunkHashes], gone: list[bytes]) -> None:
+    def _finish(self, taken: dict[bytes, int], uploaded: int, nbytes: int,
+                log_size: int | None, hashes: list[ChunkHashes]) -> None:
+        """Drop the round's names from the queue (each only as it was taken: one queued
+        again meanwhile stays) and count what was uploaded, in one committer job."""
         def job(tx: WriteTxn, batch: Any) -> None:
-            for name in gone:
-                # Gone when the worker looked, but stored again since (the same chunk
-                # written by another file, whose queuing found this entry and kept it):
-                # it stays queued, or the bucket would never get it.
-                if not _exists_again(tx, name):
-                    tx.done_upload(name)
             for h in hashes:  # the per-chunk SHA-256s in the layouts just put, vouched for
                 batch.add(self.core.log.stamp("chunk_hashes", ino=h.ino, layout=h.layout,
                                               chunks_sha256=h.digest))
             if tx.get_meta(LAST_ERROR) is not None:  # uploads work again
                 tx.raw_delete("meta", LAST_ERROR.encode())
-            for name in names:
-                tx.done_upload(name)
-            tx.add_counter(UPLOADED_OBJECTS, len(names))
+            for name, queued_ns in taken.items():
+                tx.done_upload(name, queued_ns)
+            tx.add_counter(UPLOADED_OBJECTS, uploaded)
             tx.add_counter(UPLOADED_BYTES, nbytes)
             if log_size is not None and log_size > tx.get_counter(LOG_UPLOADED):
                 tx.put_meta(LOG_UPLOADED, u64(log_size))
@@ -353,7 +347,7 @@ class Uploader:
         self._error_noted_ns = 0
         with self.progress.lock:
             self.progress.last_error = ""
-            self.progress.uploaded_objects += len(names)
+            self.progress.uploaded_objects += uploaded
             self.progress.uploaded_bytes += nbytes
             self.progress.rounds += 1
 
@@ -372,12 +366,15 @@ class Uploader:
                 pass
 
 
-def _take(rt: ReadTxn, prefix: bytes) -> list[bytes]:
+def _take(rt: ReadTxn, prefix: bytes, taken: dict[bytes, int]) -> list[bytes]:
+    """Up to BATCH queued names of one kind, in name order; each noted in ``taken``
+    with when it was queued."""
     out: list[bytes] = []
-    for name, _, _ in rt.iter_uploads(prefix):
+    for name, queued_ns, _ in rt.iter_uploads(prefix):
         if not name.startswith(prefix) or len(out) >= BATCH:
             break
         out.append(name)
+        taken[name] = queued_ns
     return out
 
 
@@ -390,7 +387,7 @@ def queue_status(rt: ReadTxn, now_ns: int, scan: int = 100_000) -> dict[str, Any
             break
     raw = rt.get_meta(LAST_ERROR)
     last = json.loads(raw) if raw else {}
-    bucket = rt.get_meta(BUCKET_META)
+    bucket = rt.get_meta(uploads.BUCKET_META)
     return {
         "bucket": bucket.decode() if bucket else None,
         "pending_objects": rt.count_uploads(),
@@ -408,7 +405,7 @@ def queue_existing(core: WormCore, url: str, *, log_only: bool = False) -> int:
     before): queue everything already stored, in one committer job (``log_only``: the
     log alone, a replica's). Returns how many names were queued."""
     with core.store.read() as rt:
-        if (rt.get_meta(BUCKET_META) or b"").decode() == url:
+        if (rt.get_meta(uploads.BUCKET_META) or b"").decode() == url:
             return 0
         chunks = [] if log_only else [(key, len(data)) for key, data in rt.iter_chunks()]
         files = [] if log_only else [
@@ -425,17 +422,8 @@ def queue_existing(core: WormCore, url: str, *, log_only: bool = False) -> int:
             tx.queue_upload(uploads.file_name(ino, layout), 0, now)
         if newest is not None:
             tx.queue_upload(uploads.log_name(newest), 0, now)
-        tx.put_meta(BUCKET_META, url.encode())
+        tx.put_meta(uploads.BUCKET_META, url.encode())
         tx.put_meta(LOG_UPLOADED, u64(0))  # a new bucket holds none of the log yet
 
     core.commit(job)
     return len(chunks) + len(files) + (newest is not None)
-
-
-def _exists_again(rt: ReadTxn, name: bytes) -> bool:
-    """Whether the object a queued name stands for is in the store (again)."""
-    if name.startswith(CHUNK_OBJECT):
-        return rt.get_chunk(bytes.fromhex(name[len(CHUNK_OBJECT):].decode())) is not None
-    ino_text, _, layout = name[len(FILE_OBJECT):].decode().partition("/")
-    raw = rt.get_inode(int(ino_text))
-    return raw is not None and Inode.from_bytes(raw).layout == layout

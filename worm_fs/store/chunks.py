@@ -80,6 +80,7 @@ def release_chunk(tx: WriteTxn, key: bytes) -> int:
     tx.delete_chunk(key)
     tx.add_counter("chunks", -1)
     tx.add_counter("stored_bytes", -len(data))
+    tx.done_upload(uploads.chunk_name(key))  # nothing to upload now; stored again, queued again
     return len(data)
 
 

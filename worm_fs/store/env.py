@@ -250,10 +250,17 @@ class WriteTxn(ReadTxn):
                          overwrite=False):
             self.add_counter(UPLOAD_PENDING_BYTES, size)
 
-    def done_upload(self, name: bytes) -> None:
-        raw = self._txn.pop(name, db=self._db["uploads"])
-        if raw is not None:
-            self.add_counter(UPLOAD_PENDING_BYTES, -from_u64(raw[8:16]))
+    def done_upload(self, name: bytes, queued_ns: int | None = None) -> None:
+        """Drop ``name`` from the queue: uploaded, or what it stood for is gone. Given
+        ``queued_ns`` (when the uploader took it), only that entry: a name queued
+        again since (a freed chunk stored again) stays for the next upload."""
+        if "uploads" not in self._db:
+            return
+        raw = self._txn.get(name, db=self._db["uploads"])
+        if raw is None or (queued_ns is not None and from_u64(raw[:8]) != queued_ns):
+            return
+        self._txn.delete(name, db=self._db["uploads"])
+        self.add_counter(UPLOAD_PENDING_BYTES, -from_u64(raw[8:16]))
 
     def put_inode(self, ino: int, value: bytes) -> None:
         self._txn.put(u64(ino), value, db=self._db["inodes"])
