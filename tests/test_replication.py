@@ -530,6 +530,15 @@ def test_replicate_sync_holds_close_until_the_bucket_has_the_file(
         assert time.monotonic() - start < 15
         writer.join(timeout=10)
         assert [e.errno for e in errors] == [errno.EIO]
+        from worm_fs.store import Store
+
+        store = Store(m.state, readonly=True)  # the refusal is in the audit log
+        with store.read() as rt:
+            log = [json.loads(raw) for _, raw in rt.iter_records()]
+        store.close()
+        c_ino = next(r["ino"] for r in log if r["op"] == "create" and r["path"] == "/c.bin")
+        assert [(r["ino"], r["result"]) for r in log
+                if r["op"] == "replicate_unconfirmed"] == [(c_ino, "EIO")]
     finally:
         relay.resume()
         m.stop()

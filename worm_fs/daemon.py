@@ -22,6 +22,7 @@ store. Files still open for writing are left to recovery at the next start.
 from __future__ import annotations
 
 import ctypes
+import errno
 import fcntl
 import grp
 import logging
@@ -413,10 +414,13 @@ class Daemon:
             return None
         from worm_fs.replication.sync_barrier import SyncBarrier
 
-        def sign() -> int:
-            return int(self.checkpoint().split("\n")[1])  # the size it signed
+        def unconfirmed(ino: int) -> None:  # rides the final commit of the shutdown
+            self.core.log.note(self.core.log.stamp(
+                "replicate_unconfirmed", errno.EIO, ino=ino,
+                detail="unmounted before the bucket confirmed the upload"))
 
-        return SyncBarrier(self.store, sign, self.uploader.wake)
+        return SyncBarrier(self.store, self.checkpoint, self.uploader.wake,
+                           on_unconfirmed=unconfirmed)
 
     def _start_replica_log_upload(self) -> Any:
         """A replica's own audit log goes to ``replicas/<store id>/`` beside the
@@ -444,13 +448,14 @@ class Daemon:
     def _record(self, op: str, **fields: object) -> None:
         self.core.record(op, pid=os.getpid(), **fields)
 
-    def checkpoint(self) -> str:
+    def checkpoint(self) -> int:
+        """Sign the current tree head (in a commit); returns its size."""
         note = self.core.commit(lambda tx, batch: write_checkpoint(
             tx, self.key, self.origin, batch.size, batch.root()))
-        self._last_checkpoint_size = int(note.split("\n")[1])
+        self._last_checkpoint_size = size = int(note.split("\n")[1])
         if self.witnesser is not None:
             self.witnesser.wake()
-        return note
+        return size
 
     async def _serve(self, ready_fd: int | None) -> None:
         async with trio.open_nursery() as nursery:

@@ -54,6 +54,7 @@ SEAL_WAIT_SECONDS = 2.0
 
 @dataclass
 class _Waiter:
+    ino: int
     names: set[bytes]
     log_size: int
     since: float
@@ -66,13 +67,16 @@ class SyncBarrier:
     """Holds flushes until the bucket has their objects and records (see module doc)."""
 
     def __init__(self, store: Store, sign_checkpoint: Callable[[], int],
-                 wake_uploader: Callable[[], None]) -> None:
+                 wake_uploader: Callable[[], None], *,
+                 on_unconfirmed: Callable[[int], None] = lambda ino: None) -> None:
         """``sign_checkpoint`` signs the current tree head inside a commit and returns
         its size (it blocks; it is called in a thread); ``wake_uploader`` ends the
-        uploader's idle wait."""
+        uploader's idle wait; ``on_unconfirmed(ino)`` records each call failed at
+        shutdown (on the trio thread)."""
         self._store = store
         self._sign_checkpoint = sign_checkpoint
         self._wake_uploader = wake_uploader
+        self._on_unconfirmed = on_unconfirmed
         self._waiters: list[_Waiter] = []
         self._have_waiters = trio.Event()
         self._signed_size = 0
@@ -88,16 +92,16 @@ class SyncBarrier:
         far are in the bucket (may wait as long as the bucket is away). Called through
         another handle than the writer's (``writer`` False), first wait up to
         :data:`SEAL_WAIT_SECONDS` for a file still being written to be sealed."""
-        deadline = trio.current_time() + (0.0 if writer else SEAL_WAIT_SECONDS)
-        while True:
-            names, log_size, writing = await trio.to_thread.run_sync(self._wanted, ino)
-            if not writing or trio.current_time() >= deadline:
-                break
-            await trio.sleep(POLL_SECONDS)
+        if not writer:
+            deadline = trio.current_time() + SEAL_WAIT_SECONDS
+            while self._writing(ino) and trio.current_time() < deadline:
+                await trio.sleep(POLL_SECONDS)
+        names, log_size = await trio.to_thread.run_sync(self._wanted, ino)
         await self._signed_up_to(log_size)
-        waiter = _Waiter(set(names), log_size, trio.current_time())
+        waiter = _Waiter(ino, set(names), log_size, trio.current_time())
         if self._closed:
             waiter.failed = True
+            self._on_unconfirmed(ino)
         else:
             self._waiters.append(waiter)
             self._have_waiters.set()
@@ -118,22 +122,25 @@ class SyncBarrier:
         for waiter in self._waiters:
             waiter.failed = True
             waiter.done.set()
+            self._on_unconfirmed(waiter.ino)
         self._waiters.clear()
 
-    def _wanted(self, ino: int) -> tuple[list[bytes], int, bool]:
-        """The names of ``ino``'s objects still queued, the log size to cover, and
-        whether the file is still being written."""
+    def _writing(self, ino: int) -> bool:
+        """Whether ``ino`` is still being written (one inode read: quick enough for the
+        trio thread)."""
+        with self._store.read() as rt:
+            raw = rt.get_inode(ino)
+        return raw is not None and Inode.from_bytes(raw).state is State.WRITING
+
+    def _wanted(self, ino: int) -> tuple[list[bytes], int]:
+        """The names of ``ino``'s objects still queued, and the log size to cover."""
         with self._store.read() as rt:
             names = [uploads.chunk_name(key) for _, key in rt.iter_manifest(ino)]
             raw = rt.get_inode(ino)
-            writing = False
-            if raw is not None:
-                inode = Inode.from_bytes(raw)
-                writing = inode.state is State.WRITING
-                if inode.layout:
-                    names.append(uploads.file_name(ino, inode.layout))
-            queued = [n for n in names if rt.upload_queued(n)]
-            return queued, rt.get_counter("audit_next_seq"), writing
+            layout = Inode.from_bytes(raw).layout if raw is not None else ""
+            if layout:
+                names.append(uploads.file_name(ino, layout))
+            return [n for n in names if rt.upload_queued(n)], rt.get_counter("audit_next_seq")
 
     async def _signed_up_to(self, size: int) -> None:
         """Make sure a checkpoint of at least ``size`` records is signed (and queued for
