@@ -33,12 +33,11 @@ from worm_fs.audit.checkpoint import CheckpointError, VerifierKey, open_checkpoi
 from worm_fs.audit.merkle import leaf_hash, root_hash
 from worm_fs.errors import Corruption
 from worm_fs.replication.bucket_checkpoints import check_checkpoints
-from worm_fs.replication.layout_objects import file_object, read_layout_object
+from worm_fs.replication.layout_objects import SEALS, file_object, read_layout_object
 from worm_fs.replication.s3 import Bucket
 from worm_fs.replication.tiles import WIDTH, TileTree, parse_bundle, tile_path
 from worm_fs.store import check_chunk
 
-SEALS = ("seal", "recover_seal")
 #: Files checked at once (each a few requests in a row).
 PARALLEL = 16
 

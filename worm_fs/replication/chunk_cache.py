@@ -27,9 +27,9 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
+from worm_fs.replication.layout_objects import SHA_LEN
 from worm_fs.store.chunks import DIGEST_LEN, digest
 
-SHA_LEN = 32
 #: Bytes of recently used chunks kept in memory.
 MEMORY = 32 * 1024 * 1024
 

@@ -45,9 +45,14 @@ from worm_fs.audit.merkle import Frontier, leaf_hash
 from worm_fs.core.fs import WormCore
 from worm_fs.core.model import Inode
 from worm_fs.errors import WormError
-from worm_fs.replication.layout_objects import Layout, file_object, read_layout_object
+from worm_fs.replication.layout_objects import (
+    SEALS,
+    Layout,
+    file_object,
+    read_layout_object,
+)
 from worm_fs.replication.pinned import get_pinned
-from worm_fs.replication.replica_apply import SEALS, Applied, apply_records
+from worm_fs.replication.replica_apply import Applied, apply_records
 from worm_fs.replication.replica_reads import ReplicaChunks
 from worm_fs.replication.s3 import Bucket
 from worm_fs.replication.tiles import WIDTH, parse_bundle, tile_path

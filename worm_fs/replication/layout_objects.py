@@ -20,7 +20,10 @@ from worm_fs.core.layout import chunk_hashes_digest, layout_digest
 from worm_fs.core.model import Inode
 from worm_fs.store import ReadTxn
 
+#: Bytes of a chunk's SHA-256 (the ``chunk_sha256`` entries, a replica's cache).
 SHA_LEN = 32
+#: The audit records that seal a file; each names the layout object it pins.
+SEALS = ("seal", "recover_seal")
 
 
 def file_object(ino: int, layout: str) -> str:

@@ -20,11 +20,10 @@ from typing import Any
 
 from worm_fs.core.model import Inode, Kind, State
 from worm_fs.core.paths import ROOT_INO, iso_time
-from worm_fs.replication.layout_objects import Layout
+from worm_fs.replication.layout_objects import SEALS, Layout
 from worm_fs.store import WriteTxn
 
 PENDING_PREFIX = "follow_pending/"
-SEALS = ("seal", "recover_seal")
 
 
 @dataclass

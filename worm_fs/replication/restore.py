@@ -40,7 +40,7 @@ from worm_fs.core.paths import ROOT_INO
 from worm_fs.core.sealing import LAYOUTS_META
 from worm_fs.errors import Corruption, UsageError
 from worm_fs.replication.bucket_verify import verify_bucket
-from worm_fs.replication.layout_objects import file_object, read_layout_object
+from worm_fs.replication.layout_objects import SEALS, file_object, read_layout_object
 from worm_fs.replication.replica_apply import apply_attributes
 from worm_fs.replication.s3 import Bucket
 from worm_fs.store import Store, put_chunk, u64
@@ -216,7 +216,7 @@ def _replay(records: list[dict]) -> _Namespace:
             ns.names.pop((inode.parent, inode.name), None)
             ns.place(inode, rec["new_path"])
             inode.ctime_ns = when
-        elif op in ("seal", "recover_seal"):
+        elif op in SEALS:
             inode.state, inode.size = State.SEALED, int(rec.get("size", 0))
             inode.sha256, inode.layout = str(rec.get("sha256", "")), str(rec.get("layout", ""))
             inode.mode &= ~0o222

@@ -36,8 +36,9 @@ def forget_bucket(store: Store) -> bool:
     mount with a bucket must queue everything again. Done in its own transaction before
     anything else is written (recovery's seals included), so a crash right after cannot
     leave writes unqueued under a bucket the store still names. True if it had one."""
-    with store.write() as tx:
-        if tx.get_meta(BUCKET_META) is None:
+    with store.read() as rt:  # most mounts: no bucket named, nothing to commit
+        if rt.get_meta(BUCKET_META) is None:
             return False
+    with store.write() as tx:
         tx.raw_delete("meta", BUCKET_META.encode())
     return True
