@@ -47,6 +47,8 @@ def test_mount_argument_errors(tmp_path: Path) -> None:
                    "holds no worm-fs store")
     one_line_error(run_cli("mount", str(tmp_path / "s"), str(tmp_path / "m"), "--settle", "-1"),
                    2, "--settle")
+    one_line_error(run_cli("mount", str(tmp_path / "s"), str(tmp_path / "m"), "--replicate",
+                           "sync"), 2, "--replicate sync needs --bucket")
 
 
 def test_mount_returns_when_ready_and_umount_stops_the_daemon(tmp_path: Path) -> None:
