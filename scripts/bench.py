@@ -46,6 +46,10 @@ SMALL_FILE_SIZE = 4 * KiB
 SEAL_TIMEOUT = 600.0  # seconds a closed worm-fs file may take to report "sealed"
 RECORD_OPENS_PER_FILE = 10  # records phase: opens per --small-files
 REPL_FILE = 8 * MiB  # replication phase: the size of each file written
+#: replication phase: the (metric, side) each store's write rate counts for.
+WRITE_SIDES = {"no_bucket": (("write_with_bucket", "no_bucket"), ("write_sync", "no_bucket")),
+               "bucket": (("write_with_bucket", "worm"),),
+               "sync": (("write_sync", "worm"),)}
 REPLICA_GETTERS = 16  # replica phase: parallel ranged GETs of the baseline (= the replica's)
 # Fragmentation phase: a second store is filled with FRAG_FILL_FACTOR x --size of files
 # (a quarter log-uniform 4 KiB..1 MiB, the rest uniform 1..8 MiB, sizes from a fixed seed
@@ -1869,15 +1873,9 @@ class Bench:
                             os.fsync(f.fileno())
                     wrote = time.perf_counter() - t0
                     out.append(f"{total / wrote / 1e6:.1f} MB/s")
-                rate = total / wrote / 1e6
-                if tag == "no_bucket":
-                    self.results.add("write_sync", "no_bucket", rate)
-                if tag == "sync":  # each close() waited for the bucket: nothing to drain
-                    self.results.add("write_sync", "worm", rate)
-                else:
-                    self.results.add("write_with_bucket", "worm" if extra else "no_bucket",
-                                     rate)
-                if tag == "bucket":
+                for key, side in WRITE_SIDES[tag]:
+                    self.results.add(key, side, total / wrote / 1e6)
+                if tag == "bucket":  # a sync store's close() waited: nothing to drain
                     self.wait_drained(state, total, "[replication] until the upload queue "
                                       "is empty (uploads beside the writes)")
             finally:
