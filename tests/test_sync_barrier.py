@@ -20,7 +20,7 @@ def stocked_store(path: Path) -> Store:
     with store.write() as tx:
         for index, key in enumerate((b"\x01" * 16, b"\x02" * 16)):
             tx.put_manifest(7, index, key)
-            tx.queue_upload(uploads.chunk_name(key), 1 << 20, 1)
+            tx.queue_upload(uploads.chunk_name(key), 1 << 20)
         tx.put_meta("audit_next_seq", u64(10))
     return store
 
@@ -107,7 +107,7 @@ async def test_an_fsync_through_another_handle_waits_for_the_seal_first(tmp_path
             writing.state, writing.layout = State.SEALED, "cd" * 32
             with store.write() as tx:  # the release arrives: sealed, layout queued
                 tx.put_inode(7, writing.to_bytes())
-                tx.queue_upload(uploads.file_name(7, "cd" * 32), 0, 1)
+                tx.queue_upload(uploads.file_name(7, "cd" * 32), 0)
             await trio.sleep(0.3)
             assert not done.is_set()  # its layout object is not up yet
             uploaded(store, uploads.file_name(7, "cd" * 32))

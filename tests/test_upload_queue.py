@@ -11,8 +11,14 @@ import pytest
 from worm_fs.audit.log import AuditLog
 from worm_fs.core.fs import WormCore
 from worm_fs.replication.s3 import Bucket, BucketUrl
-from worm_fs.replication.uploader import LOG_UPLOADED, Uploader, queue_existing
-from worm_fs.store import Store, u64, uploads
+from worm_fs.replication.uploader import (
+    BATCH,
+    LOG_UPLOADED,
+    Uploader,
+    _take_oldest,
+    queue_existing,
+)
+from worm_fs.store import Store, env, u64, uploads
 from worm_fs.store.chunks import put_chunk, release_chunk
 from worm_fs.store.uploads import BUCKET_META
 
@@ -81,3 +87,69 @@ def test_a_new_bucket_gets_the_whole_log_again(core: WormCore) -> None:
     with core.store.read() as rt:
         assert rt.get_counter(LOG_UPLOADED) == 0  # tiles from the first record on
         assert rt.get_meta(BUCKET_META) == b"s3://new/p/"
+
+
+def queue(core: WormCore, *names: bytes) -> None:
+    """One commit queueing ``names`` (sizes 1)."""
+    core.commit(lambda tx, batch: [tx.queue_upload(name, 1) for name in names])
+
+
+def test_a_round_takes_the_oldest_so_newer_chunks_cannot_hold_back_a_seal(
+        core: WormCore) -> None:
+    # A file's last chunk and its layout, then the checkpoint covering its seal. The
+    # chunk's name sorts after everything queued later.
+    old_chunk = uploads.CHUNK + b"f" * 32
+    layout = uploads.file_name(7, "ab" * 32)
+    queue(core, old_chunk, layout)
+    queue(core, uploads.log_name(12))
+    # A long queue of newer chunks (a busy writer, or a backlog after an outage).
+    newer = [uploads.CHUNK + f"{i:032x}".encode() for i in range(BATCH + 10)]
+    for start in range(0, len(newer), 100):
+        queue(core, *newer[start:start + 100])
+    taken: dict[bytes, int] = {}
+    with core.store.read() as rt:
+        chunks, files, logs = _take_oldest(rt, taken)
+    assert chunks[0] == old_chunk and files == [layout] and logs == [uploads.log_name(12)]
+    assert len(taken) == BATCH
+    assert chunks[1:] == newer[:BATCH - 3]  # then the next oldest, in queue order
+    # What a round leaves for the next is all newer than what it took.
+    with core.store.read() as rt:
+        rest = [t for n, t, _ in rt.iter_uploads_by_age() if n not in taken]
+        assert rt.oldest_upload_ns() == queued_at(core, old_chunk)
+    assert min(rest) >= max(taken.values())
+
+
+def test_the_queue_order_is_commit_order_when_the_clock_goes_back(
+        core: WormCore, monkeypatch: pytest.MonkeyPatch) -> None:
+    queue(core, uploads.chunk_name(b"\x01" * 16))
+    monkeypatch.setattr(env.time, "time_ns", lambda: 1)  # set back to 1970
+    queue(core, uploads.chunk_name(b"\x02" * 16), uploads.file_name(3, "cd" * 32))
+    with core.store.read() as rt:
+        order = [name for name, _, _ in rt.iter_uploads_by_age()]
+    assert order == [uploads.chunk_name(b"\x01" * 16), uploads.chunk_name(b"\x02" * 16),
+                     uploads.file_name(3, "cd" * 32)]
+
+
+def test_a_queue_without_its_age_index_is_indexed_when_the_store_opens(
+        tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    store.replicating = True
+    names = [uploads.chunk_name(bytes([i]) * 16) for i in (9, 3, 5)]
+    for name in names:  # three commits, three times
+        with store.write() as tx:
+            tx.queue_upload(name, 1)
+    with store.read() as rt:
+        before = list(rt.iter_uploads_by_age())
+    with store.write() as tx:  # what a store kept by a version without the index holds
+        for name, queued_ns, _ in before:
+            tx.raw_delete("upload_order", u64(queued_ns) + name)
+    with store.read() as rt:
+        assert list(rt.iter_uploads_by_age()) == []
+    store.close()
+    reopened = Store(tmp_path)
+    try:
+        with reopened.read() as rt:
+            assert list(rt.iter_uploads_by_age()) == before
+        assert [name for name, _, _ in before] == names
+    finally:
+        reopened.close()

@@ -106,11 +106,11 @@ def write_checkpoint(tx: WriteTxn, key: SigningKey, origin: str, size: int, root
     if kept is not None:
         # Queued again: one signed by the CLI (``log checkpoint``, ``manifest create``)
         # in a process of its own was not queued for the bucket there.
-        tx.queue_upload(uploads.log_name(size), 0, time.time_ns())
+        tx.queue_upload(uploads.log_name(size), 0)
         return kept.decode()
     note_text = sign_checkpoint(Checkpoint(origin=origin, size=size, root=root), key)
     tx.put_checkpoint(size, note_text.encode())
     tx.put_meta(CHECKPOINT_TIME_KEY, u64(time.time_ns()))
     # The log up to here, for the bucket (a no-op unless the store replicates).
-    tx.queue_upload(uploads.log_name(size), 0, time.time_ns())
+    tx.queue_upload(uploads.log_name(size), 0)
     return note_text

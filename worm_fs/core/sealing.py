@@ -170,7 +170,7 @@ class SealOps(CoreState):
         add_durable(tx, self.quotas.keys_for(tx, inode.uid, inode.parent, self.inode_in),
                     inode.size, 1)
         # The layout object for the bucket (a no-op unless the store replicates).
-        tx.queue_upload(uploads.file_name(ino, inode.layout), 0, now)
+        tx.queue_upload(uploads.file_name(ino, inode.layout), 0)
 
     @staticmethod
     def _canonical_layout(tx: WriteTxn, inode: Inode, plan: SealPlan) -> str:

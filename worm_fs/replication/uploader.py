@@ -3,10 +3,10 @@
 What to upload is queued in the store itself (the ``uploads`` database), in the same
 transaction that stores it: a new chunk (``c/<key hex>``), a seal (``f/<ino>/<layout
 digest>``), a signed checkpoint (``l/<tree size>``). A ``kill -9`` or a reboot loses
-none of it. This module's thread takes queued names in rounds (a batch of chunks,
-then of files, then the log; files only once no chunk is left over, the log only once
-no file is, so the log never names what the bucket lacks), uploads them in parallel,
-and drops them from the queue in one committer job per round. A failing or slow bucket
+none of it. This module's thread takes the oldest queued names in rounds, uploads
+them in parallel (chunks first, then layouts, then the log, so the log never names
+what the bucket lacks: see :func:`_take_oldest`), and drops them from the queue in one
+committer job per round. A failing or slow bucket
 only makes the queue longer: writers never wait for it.
 
 Objects in the bucket (below its prefix), each written once:
@@ -62,7 +62,7 @@ UPLOADED_BYTES = "uploaded_bytes"
 LOG_UPLOADED = "log_uploaded_size"
 LAST_ERROR = "upload_last_error"
 
-#: Queued names taken per kind and round.
+#: Queued names taken per round (oldest first).
 BATCH = 256
 #: The size an upload reports for a name whose object was gone (nothing uploaded).
 GONE = -1
@@ -291,16 +291,10 @@ class Uploader:
                 self._wake.clear()
 
     def _round(self) -> bool:
-        """Upload one batch of each kind; False when the queue was empty."""
+        """Upload the oldest names queued (up to BATCH); False when the queue was empty."""
         taken: dict[bytes, int] = {}  # name -> when it was queued
         with self.core.store.read() as rt:
-            chunks = _take(rt, CHUNK_OBJECT, taken)
-            # A layout only once no chunk queued before it can still be pending, and the
-            # log (which pins layouts) only once no layout is: with a full batch of
-            # either, the next kinds wait for a later round.
-            files = _take(rt, FILE_OBJECT, taken) if len(chunks) < BATCH else []
-            logs = _take(rt, LOG_OBJECT, taken) if len(chunks) < BATCH and \
-                len(files) < BATCH else []
+            chunks, files, logs = _take_oldest(rt, taken)
         if not taken:
             return False
         uploaded = 0
@@ -366,25 +360,29 @@ class Uploader:
                 pass
 
 
-def _take(rt: ReadTxn, prefix: bytes, taken: dict[bytes, int]) -> list[bytes]:
-    """Up to BATCH queued names of one kind, in name order; each noted in ``taken``
-    with when it was queued."""
-    out: list[bytes] = []
-    for name, queued_ns, _ in rt.iter_uploads(prefix):
-        if not name.startswith(prefix) or len(out) >= BATCH:
+def _take_oldest(rt: ReadTxn, taken: dict[bytes, int]
+                 ) -> tuple[list[bytes], list[bytes], list[bytes]]:
+    """The BATCH oldest queued names, as chunks, layouts and checkpoints; each noted
+    in ``taken`` with when it was queued.
+
+    The queue's age order is commit order, and a commit queues a layout after its
+    file's chunks, a checkpoint after the seals it covers. So what these take, uploaded
+    chunks first, layouts next, the log last, never names an object the bucket lacks
+    (everything queued before it is in the bucket or in this round), and a long queue
+    of newer chunks cannot hold back an older seal or the log.
+    """
+    kinds: dict[bytes, list[bytes]] = {CHUNK_OBJECT: [], FILE_OBJECT: [], LOG_OBJECT: []}
+    for name, queued_ns, _ in rt.iter_uploads_by_age():
+        if len(taken) >= BATCH:
             break
-        out.append(name)
+        kinds[name[:2]].append(name)
         taken[name] = queued_ns
-    return out
+    return kinds[CHUNK_OBJECT], kinds[FILE_OBJECT], kinds[LOG_OBJECT]
 
 
-def queue_status(rt: ReadTxn, now_ns: int, scan: int = 100_000) -> dict[str, Any]:
+def queue_status(rt: ReadTxn, now_ns: int) -> dict[str, Any]:
     """``replication status`` numbers from the store (the daemon need not run)."""
-    oldest = None
-    for n, (_, queued, _) in enumerate(rt.iter_uploads()):
-        oldest = queued if oldest is None else min(oldest, queued)
-        if n >= scan:
-            break
+    oldest = rt.oldest_upload_ns()
     raw = rt.get_meta(LAST_ERROR)
     last = json.loads(raw) if raw else {}
     bucket = rt.get_meta(uploads.BUCKET_META)
@@ -413,15 +411,14 @@ def queue_existing(core: WormCore, url: str, *, log_only: bool = False) -> int:
             (Inode.from_bytes(raw) for _, raw in rt.iter_inodes())
             if inode.state is State.SEALED and inode.layout]
         newest = max((size for size, _ in rt.iter_checkpoints()), default=None)
-    now = time.time_ns()
 
     def job(tx: WriteTxn, batch: Any) -> None:
         for key, size in chunks:
-            tx.queue_upload(uploads.chunk_name(key), size, now)
+            tx.queue_upload(uploads.chunk_name(key), size)
         for ino, layout in files:
-            tx.queue_upload(uploads.file_name(ino, layout), 0, now)
+            tx.queue_upload(uploads.file_name(ino, layout), 0)
         if newest is not None:
-            tx.queue_upload(uploads.log_name(newest), 0, now)
+            tx.queue_upload(uploads.log_name(newest), 0)
         tx.put_meta(uploads.BUCKET_META, url.encode())
         tx.put_meta(LOG_UPLOADED, u64(0))  # a new bucket holds none of the log yet
 

@@ -12,8 +12,6 @@ Store-wide counters kept in ``meta`` (same transaction as the change):
 
 from __future__ import annotations
 
-import time
-
 import xxhash
 
 from worm_fs.errors import Corruption, StorageError
@@ -50,7 +48,7 @@ def put_chunk(
             tx.set_ref(key, 1)
             tx.add_counter("chunks", 1)
             tx.add_counter("stored_bytes", len(data))
-            tx.queue_upload(uploads.chunk_name(key), len(data), time.time_ns())
+            tx.queue_upload(uploads.chunk_name(key), len(data))
             return key
         if _same_bytes(existing, data):
             tx.set_ref(key, tx.get_ref(key) + 1)

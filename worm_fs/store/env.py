@@ -28,7 +28,8 @@ import logging
 import os
 import struct
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -61,10 +62,11 @@ _DATABASES = (
     "deletions",  # request id -> encoded request
     "meta",  # name -> value (schema version, counters, key ids)
     "uploads",  # bucket object name -> u64 time queued + u64 size (replication queue)
+    "upload_order",  # u64 time queued + object name -> u64 size (the queue, oldest first)
 )
 
 #: Databases a store made by an older version lacks until a daemon opens it.
-_ADDED_LATER = frozenset({"uploads"})
+_ADDED_LATER = frozenset({"uploads", "upload_order"})
 _U64 = struct.Struct(">Q")
 #: meta counter: bytes queued for upload.
 UPLOAD_PENDING_BYTES = "upload_pending_bytes"
@@ -221,6 +223,22 @@ class ReadTxn:
                     continue
                 yield key, from_u64(value[:8]), from_u64(value[8:16])
 
+    def iter_uploads_by_age(self) -> Iterator[tuple[bytes, int, int]]:
+        """Queued object names oldest first (names queued in one transaction: in name
+        order), with the time each was queued (ns) and its size in bytes."""
+        if "upload_order" not in self._db:
+            return
+        with self._txn.cursor(db=self._db["upload_order"]) as cur:
+            for key, value in cur:
+                yield key[8:], from_u64(key[:8]), from_u64(value)
+
+    def oldest_upload_ns(self) -> int | None:
+        """When the oldest queued name was queued (None: the queue is empty)."""
+        if "upload_order" not in self._db:
+            return None
+        with self._txn.cursor(db=self._db["upload_order"]) as cur:
+            return from_u64(cur.key()[:8]) if cur.first() else None
+
     def upload_queued(self, name: bytes) -> bool:
         """Whether bucket object ``name`` is still waiting for its upload."""
         if "uploads" not in self._db:
@@ -237,17 +255,28 @@ class WriteTxn(ReadTxn):
     """A read-write transaction; see the module docstring for its contract."""
 
     def __init__(self, txn: lmdb.Transaction, dbs: dict[str, lmdb._Database],
-                 replicating: bool = False) -> None:
+                 replicating: bool = False,
+                 queue_clock: Callable[[], int] = time.time_ns) -> None:
         super().__init__(txn, dbs)
         self.replicating = replicating
+        self._queue_clock = queue_clock
+        self._queued_ns: int | None = None
 
-    def queue_upload(self, name: bytes, size: int, now_ns: int) -> None:
+    def queue_upload(self, name: bytes, size: int) -> None:
         """Queue bucket object ``name`` for upload, in this transaction (a no-op unless
-        the store replicates). Queuing a name twice keeps one entry."""
+        the store replicates). Queuing a name twice keeps one entry.
+
+        Every name queued by one transaction gets the same time, later than any of an
+        earlier commit's: the queue's age order is the order of commits, so whatever a
+        commit queues (a seal's layout, a checkpoint) comes after everything it builds
+        on (the file's chunks, the seal)."""
         if not self.replicating:
             return
-        if self._txn.put(name, u64(now_ns) + u64(size), db=self._db["uploads"],
-                         overwrite=False):
+        if self._queued_ns is None:
+            self._queued_ns = self._queue_clock()
+        stamp = u64(self._queued_ns)
+        if self._txn.put(name, stamp + u64(size), db=self._db["uploads"], overwrite=False):
+            self._txn.put(stamp + name, u64(size), db=self._db["upload_order"])
             self.add_counter(UPLOAD_PENDING_BYTES, size)
 
     def done_upload(self, name: bytes, queued_ns: int | None = None) -> None:
@@ -260,6 +289,7 @@ class WriteTxn(ReadTxn):
         if raw is None or (queued_ns is not None and from_u64(raw[:8]) != queued_ns):
             return
         self._txn.delete(name, db=self._db["uploads"])
+        self._txn.delete(raw[:8] + name, db=self._db["upload_order"])
         self.add_counter(UPLOAD_PENDING_BYTES, -from_u64(raw[8:16]))
 
     def put_inode(self, ino: int, value: bytes) -> None:
@@ -385,6 +415,8 @@ class Store:
         self._writer_thread: int | None = None
         #: Whether transactions queue what they store for upload to a bucket.
         self.replicating = False
+        self._stamp_lock = threading.Lock()
+        self._last_queued_ns = 0
         self._open()
 
     def _open(self) -> None:
@@ -421,6 +453,36 @@ class Store:
             raise _translate(exc) from None
         self._dbs = dbs
         self._map_range = None
+        if not self.readonly:
+            self._open_upload_queue()
+
+    def _open_upload_queue(self) -> None:
+        """Continue the queue's clock after its newest entry (a clock set back must not
+        queue a name before what it builds on), and index by age, once, a queue kept
+        by a version without ``upload_order``."""
+        uploads, order = self._dbs["uploads"], self._dbs["upload_order"]
+        try:
+            with self._env.begin() as txn:  # most opens: nothing to do, nothing written
+                with txn.cursor(db=order) as cur:
+                    if cur.last():
+                        self._last_queued_ns = max(self._last_queued_ns,
+                                                   from_u64(cur.key()[:8]))
+                if txn.stat(order)["entries"] or not txn.stat(uploads)["entries"]:
+                    return
+            with self._env.begin(write=True) as txn:
+                with txn.cursor(db=uploads) as cur:
+                    for name, value in cur:
+                        txn.put(value[:8] + name, value[8:16], db=order)
+                        self._last_queued_ns = max(self._last_queued_ns, from_u64(value[:8]))
+        except lmdb.Error as exc:
+            raise _translate(exc) from None
+
+    def _queue_stamp(self) -> int:
+        """The time a write transaction queues its names at: now, or just after the
+        previous stamp if the clock went back (write transactions are serial)."""
+        with self._stamp_lock:
+            self._last_queued_ns = max(time.time_ns(), self._last_queued_ns + 1)
+            return self._last_queued_ns
 
     def _begin(self, *, write: bool) -> lmdb.Transaction:
         """Begin a transaction; after an LMDB panic, reopen the environment once.
@@ -471,7 +533,7 @@ class Store:
         except lmdb.Error as exc:
             raise _translate(exc) from None
         try:
-            yield WriteTxn(txn, self._dbs, self.replicating)
+            yield WriteTxn(txn, self._dbs, self.replicating, self._queue_stamp)
         except lmdb.Error as exc:
             txn.abort()
             raise _translate(exc) from None
