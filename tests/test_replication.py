@@ -252,6 +252,7 @@ def test_restore_rebuilds_the_store_from_the_bucket_alone(
         os.rename(m.path / "tmp-checkpoint-10", m.path / "checkpoint-10")
         (m.path / "notes é.txt").write_bytes(b"non-ASCII names survive")
         os.chmod(m.path / "notes é.txt", 0o444)
+        (m.path / "empty").write_bytes(b"")
         os.symlink("checkpoint-10/model.safetensors", m.path / "latest")
         (m.path / "dup.bin").write_bytes((m.path / "checkpoint-10" / "model.safetensors")
                                          .read_bytes())
@@ -274,7 +275,7 @@ def test_restore_rebuilds_the_store_from_the_bucket_alone(
                      "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert report["files"] == 5 and report["left_out"] == []
+    assert report["files"] == 6 and report["left_out"] == []
     size = report["tree_size"]
     stores = [Store(m.state, readonly=True), Store(restored, readonly=True)]
     roots = []
@@ -292,12 +293,22 @@ def test_restore_rebuilds_the_store_from_the_bucket_alone(
         assert run_cli("log", "verify", str(r.path)).returncode == 0
     finally:
         r.stop()
-    # One tampered object: the restore is refused, naming it, and writes nothing.
+    # One tampered chunk (found as it is fetched, after the layouts were checked): the
+    # restore is refused, naming it, and leaves nothing behind.
     client = rgw.client()
+    chunk = next(o["Key"] for o in client.list_objects_v2(
+        Bucket=bucket, Prefix="store/chunks/")["Contents"])
+    client.put_object(Bucket=bucket, Key=chunk, Body=b"not the bytes of its key")
+    again = tmp_path / "again"
+    result = run_cli("restore", f"s3://{bucket}/store", str(again), "--s3-endpoint",
+                     rgw.endpoint_url, "--pubkey", key)
+    assert result.returncode == EXIT_CHECK_FAILED, result.stderr
+    assert chunk.removeprefix("store/") in result.stderr
+    assert not again.exists() and not (tmp_path / "again.restoring").exists()
+    # One tampered layout: refused before any chunk is fetched.
     target = next(o["Key"] for o in client.list_objects_v2(
         Bucket=bucket, Prefix="store/files/")["Contents"])
     client.put_object(Bucket=bucket, Key=target, Body=b'{"chunks": [], "size": 1}')
-    again = tmp_path / "again"
     result = run_cli("restore", f"s3://{bucket}/store", str(again), "--s3-endpoint",
                      rgw.endpoint_url, "--pubkey", key)
     assert result.returncode == EXIT_CHECK_FAILED

@@ -16,7 +16,9 @@ Trusts nothing in the bucket but what the signed checkpoint commits to:
    that has run out since is counted, not reported: the bucket then no longer protects
    that object, by the retention chosen).
 
-Each problem is a finding naming the object. Nothing is written.
+Each problem is a finding naming the object. Nothing is written. ``restore`` runs steps
+1-4 without the chunks (``with_chunks=False``) and checks each chunk as it stores it
+(:func:`chunk_problem`), so every chunk is downloaded once.
 """
 
 from __future__ import annotations
@@ -49,6 +51,12 @@ class BucketFinding:
 
 
 @dataclass
+class CheckedLayout:
+    keys: list[bytes]
+    shas: list[bytes] | None
+
+
+@dataclass
 class BucketReport:
     size: int = 0
     files: int = 0
@@ -59,6 +67,9 @@ class BucketReport:
     #: The checkpoint's note and the records it covers, once checked (for restore).
     note: bytes = b""
     records: list[bytes] = field(default_factory=list, repr=False)
+    #: Each sealed file's checked layout (for restore): ino -> chunk keys, and their
+    #: SHA-256s where a ``chunk_hashes`` record vouches for them.
+    layouts: dict[int, CheckedLayout] = field(default_factory=dict, repr=False)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -76,9 +87,11 @@ class BucketReport:
 
 def verify_bucket(bucket: Bucket, verifier: VerifierKey,
                   progress: Callable[[str, int, int], None] | None = None,
-                  kept: Sequence[tuple[str, str]] = ()) -> BucketReport:
+                  kept: Sequence[tuple[str, str]] = (), *,
+                  with_chunks: bool = True) -> BucketReport:
     """Check the bucket; ``kept`` adds checkpoints kept elsewhere (a label and the note)
-    that the bucket's log must be consistent with."""
+    that the bucket's log must be consistent with. Without ``with_chunks``, the chunk
+    objects are neither fetched nor checked: the caller checks them."""
     report = BucketReport()
     note = bucket.get("checkpoint")
     if note is None:
@@ -117,7 +130,7 @@ def verify_bucket(bucket: Bucket, verifier: VerifierKey,
             sealed.pop(int(rec.get("ino", -1)), None)
     with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
         futures = [pool.submit(_check_file, bucket, ino, rec, report,
-                               hashes.get((ino, str(rec["layout"]))))
+                               hashes.get((ino, str(rec["layout"]))), with_chunks)
                    for ino, rec in sorted(sealed.items())]
         for n, future in enumerate(futures, 1):
             future.result()
@@ -160,7 +173,7 @@ def _check_tiles(bucket: Bucket, leaves: list[bytes], size: int, report: BucketR
 
 
 def _check_file(bucket: Bucket, ino: int, rec: dict, report: BucketReport,
-                hashes: dict | None = None) -> None:
+                hashes: dict | None = None, with_chunks: bool = True) -> None:
     """One sealed file: its layout object against the seal record, every chunk against
     its key, the chunks together against the sealed SHA-256; with a ``chunk_hashes``
     record (``hashes``), the layout object's ``chunk_sha256`` list against it and each
@@ -186,25 +199,36 @@ def _check_file(bucket: Bucket, ino: int, rec: dict, report: BucketReport,
         else:
             report.bad(name, f"its chunk_sha256 list does not match the chunk_hashes "
                        f"record {hashes.get('seq')} of {rec.get('path')}")
+    with report.lock:
+        report.layouts[ino] = CheckedLayout(keys, listed)
+    if not with_chunks:
+        return
     sha = hashlib.sha256()
     for index, key in enumerate(keys):
         chunk_name = f"chunks/{key.hex()}"
-        data = bucket.get(chunk_name)
+        data = bucket.fetch(chunk_name)
         report.count("chunks")
-        try:
-            check_chunk(key, data)
-        except Corruption as exc:
-            report.bad(chunk_name, f"{exc} (a chunk of {rec.get('path')})")
+        problem = chunk_problem(key, data, listed[index] if listed else None)
+        if problem is not None:
+            report.bad(chunk_name, f"{problem} (a chunk of {rec.get('path')})")
             return
         assert data is not None
-        if listed is not None and hashlib.sha256(data).digest() != listed[index]:
-            report.bad(chunk_name, f"does not match its SHA-256 in the layout of "
-                       f"{rec.get('path')} (a replaced object)")
-            return
         sha.update(data)
         _check_locked(bucket, chunk_name, report)
     if sha.hexdigest() != rec.get("sha256"):
         report.bad(name, f"the chunks of {rec.get('path')} do not give its sealed SHA-256")
+
+
+def chunk_problem(key: bytes, data: bytes | None, sha256: bytes | None = None) -> str | None:
+    """What is wrong with ``data``, read from the chunk object of ``key`` (None: nothing):
+    missing, not matching its key, or not matching the SHA-256 its layout lists."""
+    try:
+        check_chunk(key, data)
+    except Corruption as exc:
+        return str(exc)
+    if sha256 is not None and hashlib.sha256(data or b"").digest() != sha256:
+        return "does not match its SHA-256 in the file's layout (a replaced object)"
+    return None
 
 
 def _check_locked(bucket: Bucket, name: str, report: BucketReport) -> None:

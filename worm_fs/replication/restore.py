@@ -2,9 +2,12 @@
 
 Nothing in the bucket is trusted before it is checked against the pinned verifier key:
 the newest checkpoint's signature, the records' Merkle root against it, each sealed
-file's layout object against the layout digest of its seal record, each chunk against
-its key and each file's bytes against its sealed SHA-256 (the checks of
-:mod:`.bucket_verify`). Any finding refuses the restore and writes nothing.
+file's layout object against the layout digest of its seal record (the checks of
+:mod:`.bucket_verify`, first), then each chunk against its key (and its SHA-256 where
+the log vouches for one) and each file's bytes against its sealed SHA-256, as they are
+fetched, once each, in parallel. The store is built in a directory beside
+``STATE_DIR`` and renamed into place only when every check passed: any finding refuses
+the restore, removes what was built and leaves ``STATE_DIR`` as it was.
 
 The namespace is replayed from the records (``mkdir``, ``create``, ``symlink``,
 ``rename``, ``setattr``, ``seal``, ``delete``, holds, retention), so the restored store
@@ -26,12 +29,14 @@ import json
 import os
 import secrets
 import shutil
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from worm_fs.audit.anchor import KEY_FILE, ORIGIN_KEY
-from worm_fs.audit.checkpoint import SigningKey, VerifierKey, open_checkpoint
+from worm_fs.audit.checkpoint import Checkpoint, SigningKey, VerifierKey, open_checkpoint
 from worm_fs.audit.log import FRONTIER_KEY, NEXT_SEQ_KEY
 from worm_fs.audit.merkle import Frontier, leaf_hash
 from worm_fs.core.fs import SCHEMA_VERSION
@@ -39,11 +44,16 @@ from worm_fs.core.model import Inode, Kind, State
 from worm_fs.core.paths import ROOT_INO
 from worm_fs.core.sealing import LAYOUTS_META
 from worm_fs.errors import Corruption, UsageError
-from worm_fs.replication.bucket_verify import verify_bucket
-from worm_fs.replication.layout_objects import SEALS, file_object, read_layout_object
+from worm_fs.replication.bucket_verify import CheckedLayout, chunk_problem, verify_bucket
+from worm_fs.replication.layout_objects import SEALS, file_object
 from worm_fs.replication.replica_apply import apply_attributes
 from worm_fs.replication.s3 import Bucket
 from worm_fs.store import Store, put_chunk, u64
+
+#: Chunk fetches in flight (each holds up to a chunk in memory).
+FETCHES = 16
+#: Chunk bytes stored per transaction of the store being built.
+COMMIT_BYTES = 64 << 20
 
 
 class RestoreRefused(Corruption):
@@ -71,7 +81,7 @@ def restore(bucket: Bucket, verifier: VerifierKey, state_dir: Path, *,
         key = SigningKey.load(signing_key)
         if key.verifier_key() != str(verifier):
             raise UsageError(f"{signing_key} is not the key of --pubkey")
-    checked = verify_bucket(bucket, verifier, progress)
+    checked = verify_bucket(bucket, verifier, progress, with_chunks=False)
     if not checked.ok:
         raise RestoreRefused("the bucket failed its checks; nothing was restored:\n" + "\n".join(
             f"  {f.object}: {f.detail}" for f in checked.findings))
@@ -79,80 +89,142 @@ def restore(bucket: Bucket, verifier: VerifierKey, state_dir: Path, *,
     cp = open_checkpoint(note, verifier)
     namespace = _replay([json.loads(r) for r in records])
     report = RestoreReport(size=cp.size)
+    sealed = [inode for inode in namespace.inodes.values()
+              if inode.kind is Kind.FILE and inode.state is State.SEALED]
+    for inode in sealed:
+        if inode.ino not in checked.layouts:  # the verify and the replay disagree: a bug
+            raise RestoreRefused(f"{file_object(inode.ino, inode.layout)}: no checked "
+                                 "layout for a file the records leave sealed")
     tmp = state_dir.with_name(state_dir.name + ".restoring")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(mode=0o700, parents=True)
-    store = Store(tmp)
     try:
-        with store.write() as tx:
-            frontier = Frontier()
-            for seq, raw in enumerate(records):
-                tx.put_record(seq, raw)
-                frontier.append(leaf_hash(raw))
-            tx.put_meta(FRONTIER_KEY, frontier.to_bytes())
-            tx.put_meta(NEXT_SEQ_KEY, u64(len(records)))
-            tx.put_checkpoint(cp.size, note)
-            tx.put_meta("schema_version", str(SCHEMA_VERSION).encode())
-            default = cp.origin.startswith("worm-fs/")
-            # A store id names the runtime directory: a chosen origin keeps its own meta
-            # and the restored store gets a fresh id.
-            tx.put_meta("store_id", cp.origin.removeprefix("worm-fs/").encode() if default
-                        else secrets.token_hex(8).encode())
-            if not default:
-                tx.put_meta(ORIGIN_KEY, cp.origin.encode())
-            tx.put_meta(LAYOUTS_META, b"1")
-            files = logical = 0
-            for n, inode in enumerate(namespace.inodes.values(), 1):
-                if inode.kind is Kind.FILE:
-                    if inode.state is not State.SEALED:
-                        report.left_out.append(namespace.path(inode.ino))
-                        continue
-                    _restore_file(bucket, tx, inode, report)
-                    files += 1
-                    logical += inode.size
-                tx.put_inode(inode.ino, inode.to_bytes())
-                if inode.ino != ROOT_INO:
-                    tx.put_dirent(inode.parent, inode.name, inode.ino)
-                report.entries += 1
-                if progress:
-                    progress("entries", n, len(namespace.inodes))
-            tx.add_counter("files", files)
-            tx.add_counter("logical_bytes", logical)
-            tx.put_meta("next_ino", u64(max(namespace.inodes) + 1))
-        report.files = files
-    finally:
-        store.close()
-    if key is not None:
-        key.save(tmp / KEY_FILE)
+        store = Store(tmp)
+        try:
+            _store_chunks(bucket, store, sealed, checked.layouts, report, progress)
+            _store_namespace(store, cp, note, records, namespace, report)
+        finally:
+            store.close()
+        if key is not None:
+            key.save(tmp / KEY_FILE)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if state_dir.exists():
         state_dir.rmdir()
     os.rename(tmp, state_dir)
     return report
 
 
-def _restore_file(bucket: Bucket, tx: object, inode: Inode, report: RestoreReport) -> None:
-    body = bucket.get(file_object(inode.ino, inode.layout)) or b"{}"
-    try:  # checked by the verify before; read again here, and checked again
-        keys = read_layout_object(body, inode.layout, inode.size).keys
-    except ValueError as exc:
-        raise RestoreRefused(f"{file_object(inode.ino, inode.layout)}: {exc}") from None
-    # The chunks are fetched again after the verify: a version put in between with the
-    # same XXH3 key would pass the key check, not the file's SHA-256.
-    whole = hashlib.sha256()
-    for index, key in enumerate(keys):
-        data = bucket.get(f"chunks/{key.hex()}") or b""
-        whole.update(data)
-        stored = put_chunk(tx, data)  # type: ignore[arg-type]
-        if stored != key:  # another chunk with the same XXH3 (checked by the verify)
-            raise RestoreRefused(f"chunk {key.hex()} of inode {inode.ino} did not store "
-                                 "under its key")
-        tx.put_manifest(inode.ino, index, key)  # type: ignore[attr-defined]
-        report.chunks += 1
-    if whole.hexdigest() != inode.sha256:
-        raise RestoreRefused(f"{file_object(inode.ino, inode.layout)}: its chunks changed "
-                             "in the bucket since the verify (they no longer give the "
-                             "file's sealed SHA-256)")
+def _store_namespace(store: Store, cp: Checkpoint, note: bytes, records: list[bytes],
+                     namespace: _Namespace, report: RestoreReport) -> None:
+    """The audit log, its checkpoint, the store's identity and every entry, in one
+    transaction (the chunks and manifests are stored already)."""
+    with store.write() as tx:
+        frontier = Frontier()
+        for seq, raw in enumerate(records):
+            tx.put_record(seq, raw)
+            frontier.append(leaf_hash(raw))
+        tx.put_meta(FRONTIER_KEY, frontier.to_bytes())
+        tx.put_meta(NEXT_SEQ_KEY, u64(len(records)))
+        tx.put_checkpoint(cp.size, note)
+        tx.put_meta("schema_version", str(SCHEMA_VERSION).encode())
+        default = cp.origin.startswith("worm-fs/")
+        # A store id names the runtime directory: a chosen origin keeps its own meta
+        # and the restored store gets a fresh id.
+        tx.put_meta("store_id", cp.origin.removeprefix("worm-fs/").encode() if default
+                    else secrets.token_hex(8).encode())
+        if not default:
+            tx.put_meta(ORIGIN_KEY, cp.origin.encode())
+        tx.put_meta(LAYOUTS_META, b"1")
+        files = logical = 0
+        for inode in namespace.inodes.values():
+            if inode.kind is Kind.FILE:
+                if inode.state is not State.SEALED:
+                    report.left_out.append(namespace.path(inode.ino))
+                    continue
+                files += 1
+                logical += inode.size
+            tx.put_inode(inode.ino, inode.to_bytes())
+            if inode.ino != ROOT_INO:
+                tx.put_dirent(inode.parent, inode.name, inode.ino)
+            report.entries += 1
+        tx.add_counter("files", files)
+        tx.add_counter("logical_bytes", logical)
+        tx.put_meta("next_ino", u64(max(namespace.inodes) + 1))
+    report.files = files
+
+
+def _store_chunks(bucket: Bucket, store: Store, sealed: list[Inode],
+                  layouts: dict[int, CheckedLayout], report: RestoreReport,
+                  progress: Callable[[str, int, int], None] | None) -> None:
+    """Every sealed file's chunks and manifest, fetched once each (a chunk two files
+    share: once), checked as they arrive, in transactions of about COMMIT_BYTES."""
+    wanted = [(inode, index, key) for inode in sealed
+              for index, key in enumerate(layouts[inode.ino].keys)]
+    first: dict[bytes, int] = {}  # each distinct chunk at its first place in ``wanted``
+    for n, (_, _, key) in enumerate(wanted):
+        first.setdefault(key, n)
+    sha = hashlib.sha256()
+    with ThreadPoolExecutor(max_workers=FETCHES) as pool:
+        fetched = _fetched_in_order(pool, bucket, list(first.values()), wanted)
+        places = iter(enumerate(wanted))
+        more = True
+        while more:
+            with store.write() as tx:
+                tx_bytes = 0
+                for n, (inode, index, key) in places:
+                    name = f"chunks/{key.hex()}"
+                    if first[key] == n:
+                        data = next(fetched)
+                        shas = layouts[inode.ino].shas
+                        problem = chunk_problem(key, data, shas[index] if shas else None)
+                        if problem is not None:
+                            raise RestoreRefused(
+                                f"{name}: {problem} (a chunk of inode {inode.ino}); "
+                                "nothing was restored")
+                        assert data is not None
+                        report.chunks += 1
+                    else:  # checked where it was first fetched
+                        data = tx.get_chunk(key) or b""
+                    if index == 0:
+                        sha = hashlib.sha256()
+                    sha.update(data)
+                    if put_chunk(tx, data) != key:  # another chunk with the same XXH3
+                        raise RestoreRefused(f"{name}: did not store under its key; "
+                                             "nothing was restored")
+                    tx.put_manifest(inode.ino, index, key)
+                    if index == len(layouts[inode.ino].keys) - 1:
+                        _check_whole(inode, sha)
+                    if progress:
+                        progress("chunks", n + 1, len(wanted))
+                    tx_bytes += len(data)
+                    if tx_bytes >= COMMIT_BYTES:
+                        break
+                else:
+                    more = False
+    for inode in sealed:  # files of no chunks: the SHA-256 of nothing
+        if not layouts[inode.ino].keys:
+            _check_whole(inode, hashlib.sha256())
+
+
+def _check_whole(inode: Inode, sha: hashlib._Hash) -> None:
+    if sha.hexdigest() != inode.sha256:
+        raise RestoreRefused(f"{file_object(inode.ino, inode.layout)}: its chunks do not "
+                             "give the file's sealed SHA-256; nothing was restored")
+
+
+def _fetched_in_order(pool: ThreadPoolExecutor, bucket: Bucket, places: list[int],
+                      wanted: list[tuple[Inode, int, bytes]]) -> Iterator[bytes | None]:
+    """The chunk objects at ``places`` of ``wanted``, in that order, FETCHES at a time."""
+    window: deque[Future[bytes | None]] = deque()
+    for n in places:
+        window.append(pool.submit(bucket.fetch, f"chunks/{wanted[n][2].hex()}"))
+        if len(window) >= FETCHES:
+            yield window.popleft().result()
+    while window:
+        yield window.popleft().result()
 
 
 @dataclass
