@@ -23,6 +23,7 @@ from __future__ import annotations
 import errno
 import functools
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -231,7 +232,12 @@ class WormOperations(pyfuse3.Operations):
         fh, inode = self.core.create(
             parent_inode, name, mode, flags, caller_of(ctx, with_cmdline=True)
         )
-        return pyfuse3.FileInfo(fh=fh, keep_cache=False), entry_attributes(inode)
+        # Write-only: direct I/O, no page-cache copy and no security.capability
+        # GETXATTR per write. An O_WRONLY descriptor cannot be mmapped anyway; a
+        # read-write one keeps the cache, so shared writable maps work.
+        write_only = flags & os.O_ACCMODE == os.O_WRONLY
+        return (pyfuse3.FileInfo(fh=fh, keep_cache=False, direct_io=write_only),
+                entry_attributes(inode))
 
     @_guard
     async def mkdir(self, parent_inode, name, mode, ctx):
