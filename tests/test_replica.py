@@ -249,7 +249,16 @@ def test_a_rewritten_chunk_sha256_list_is_read_from_its_original(
         assert (r.path / "model.bin").read_bytes() == data
         code, st = wait_for(lambda: (s := replica_status(r))[1]["replaced_objects"] and s)
         assert code == 1 and st["replaced_objects"] == 1 and st["refused"] == "", st
+        assert st["replaced_since_start"] == 1, st
         assert name.removeprefix("store/") in st["last_replaced"], st
+    finally:
+        r.stop()
+    r = replica(tmp_path, rgw, bucket, key)  # a restart keeps the count, clears the alarm
+    try:
+        code, st = replica_status(r)
+        assert st["replaced_objects"] == 1 and st["replaced_since_start"] == 0, st
+        assert code == 0 and name.removeprefix("store/") in st["last_replaced"], st
+        assert (r.path / "model.bin").read_bytes() == data
     finally:
         r.stop()
 

@@ -390,7 +390,8 @@ def cmd_replication_status(args: argparse.Namespace) -> int:
 def _replica_status(args: argparse.Namespace, state_dir: Path, log_upload: dict) -> int:
     """``replication status`` of a replica: what it follows, how far behind, its cache.
     Exit 1 if it refuses the bucket's log or a file (it serves what it verified), or
-    found a replaced object since it started (served from the version that checks)."""
+    found a replaced object since it started (served from the version that checks;
+    ``replaced_objects`` counts them since the replica was made)."""
     from worm_fs.replication.follower import read_status
 
     data = read_status(state_dir)
@@ -407,13 +408,15 @@ def _replica_status(args: argparse.Namespace, state_dir: Path, log_upload: dict)
             f"{_human_bytes(d.get('cache_limit', 0))}, hit rate "
             f"{d.get('cache_hit_rate', 0.0):.1%}",
             f"refused:          {printable(d['refused']) or '-'}",
-            f"replaced objects: {d.get('replaced_objects', 0)}"
+            f"replaced objects: {d.get('replaced_since_start', 0)} since the start, "
+            f"{d.get('replaced_objects', 0)} in all"
             + (f" (last: {printable(d['last_replaced'])})" if d.get("last_replaced") else ""),
             f"last error:       {printable(d['last_error']) or '-'}",
         ])
 
     emit(args, data, human)
-    return errors.EXIT_CHECK_FAILED if data["refused"] or data.get("replaced_objects") else 0
+    found_now = data.get("replaced_since_start", data.get("replaced_objects"))
+    return errors.EXIT_CHECK_FAILED if data["refused"] or found_now else 0
 
 
 def cmd_stats(args: argparse.Namespace) -> int:

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from worm_fs.audit.checkpoint import CheckpointError, VerifierKey, open_checkpoint
+from worm_fs.audit.log import AuditBatch
 from worm_fs.audit.merkle import Frontier, leaf_hash
 from worm_fs.core.fs import WormCore
 from worm_fs.core.model import Inode
@@ -56,7 +57,7 @@ from worm_fs.replication.replica_apply import Applied, apply_records
 from worm_fs.replication.replica_reads import ReplicaChunks
 from worm_fs.replication.s3 import Bucket
 from worm_fs.replication.tiles import WIDTH, parse_bundle, tile_path
-from worm_fs.store import u64
+from worm_fs.store import WriteTxn, u64
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,10 @@ TAIL = "follow_tail"  # leaf hashes of the accepted records of the last, partial
 CHECKPOINT = "follow_checkpoint"
 SOURCE = "replica_of"
 STATUS_FILE = "replica-status.json"
+#: meta: replaced objects found since the replica was made, and the newest one found
+#: (kept, so a restart does not clear what ``replication status`` reports).
+REPLACED_META = "replica_replaced_objects"
+LAST_REPLACED_META = "replica_last_replaced"
 #: Layout objects fetched at once.
 PARALLEL = 16
 #: Layouts kept in memory from their seal until their chunk_hashes record arrives.
@@ -106,7 +111,8 @@ class FollowStatus:
     last_error: str = ""
     refused: str = ""
     refusals: int = 0
-    replaced: int = 0
+    replaced: int = 0  # since the replica was made (kept in its store)
+    replaced_since_start: int = 0
     last_replaced: str = ""
     polls: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
@@ -121,6 +127,7 @@ class FollowStatus:
                 if self.last_poll_ns else None,
                 "last_error": self.last_error, "refused": self.refused,
                 "refusals": self.refusals, "replaced_objects": self.replaced,
+                "replaced_since_start": self.replaced_since_start,
                 "last_replaced": self.last_replaced, "polls": self.polls, **self.extra}
 
 
@@ -152,6 +159,8 @@ class Follower:
             tail = rt.get_meta(TAIL) or b""
             self.tail = [tail[i : i + 32] for i in range(0, len(tail), 32)]
             note = rt.get_meta(CHECKPOINT)
+            self.status.replaced = rt.get_counter(REPLACED_META)
+            self.status.last_replaced = (rt.get_meta(LAST_REPLACED_META) or b"").decode()
         self.origin = open_checkpoint(note, verifier).origin if note else None
         self.status.size = self.frontier.size
         self.status.root = self.frontier.root().hex()
@@ -446,8 +455,16 @@ class Follower:
         that passed (:mod:`.pinned`): served, and reported."""
         text = f"{obj}: {detail}"
         self.status.replaced += 1
+        self.status.replaced_since_start += 1
         self.status.last_replaced = text
         log.error("replica: the bucket's %s was replaced: %s", obj, detail)
-        self.core.log.note(self.core.log.stamp(
-            "replica_replaced", errno.EIO, bucket=self.source, object=obj, detail=detail))
+        record = self.core.log.stamp(
+            "replica_replaced", errno.EIO, bucket=self.source, object=obj, detail=detail)
+
+        def job(tx: WriteTxn, batch: AuditBatch) -> None:  # the count with its record
+            tx.add_counter(REPLACED_META, 1)
+            tx.put_meta(LAST_REPLACED_META, text.encode())
+            batch.add(record)
+
+        self.core.committer.submit(job)  # never waits: may run on a reading thread
 
