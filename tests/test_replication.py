@@ -556,6 +556,60 @@ def test_replicate_sync_holds_close_until_the_bucket_has_the_file(
         relay.close()
 
 
+def test_closes_waiting_for_an_away_bucket_leave_the_mount_serving(
+    tmp_path: Path, rgw: Rgw, bucket: str
+) -> None:
+    """``--replicate sync`` with the bucket away: more writers wait in close() than a
+    mount without a bucket serves requests at once (64), and readers, stat and new
+    writers are still answered."""
+    import threading
+
+    from tests.harness.relay import PausableRelay
+    from worm_fs.fuse_ops import MAX_TASKS
+
+    relay = PausableRelay(rgw.endpoint_url)
+    m = replicated(tmp_path, rgw, bucket, "--replicate", "sync", endpoint=relay.url)
+    writers: list[threading.Thread] = []
+    try:
+        (m.path / "before.bin").write_bytes(b"sealed before the outage")
+        wait_sealed(m.path / "before.bin")
+        relay.pause()
+        closed = threading.Semaphore(0)
+
+        def write(n: int) -> None:
+            with open(m.path / f"w{n:03d}", "wb") as f:
+                f.write(n.to_bytes(4, "big"))
+            closed.release()
+
+        writers = [threading.Thread(target=write, args=(n,), daemon=True)
+                   for n in range(MAX_TASKS + 16)]
+        for t in writers:
+            t.start()
+        time.sleep(3)  # each writes 4 bytes, then waits in close()
+        assert not closed.acquire(timeout=0.1), "a close() returned with the bucket away"
+        answered: list[object] = []  # from a thread: without room, these would hang
+
+        def use_the_mount() -> None:
+            answered.append((m.path / "before.bin").read_bytes())
+            answered.append(os.stat(m.path / "w000").st_size)
+            (m.path / "sub").mkdir()
+            answered.append("mkdir")
+
+        user = threading.Thread(target=use_the_mount, daemon=True)
+        user.start()
+        user.join(timeout=10)
+        assert answered == [b"sealed before the outage", 4, "mkdir"], \
+            "the mount stopped answering while close() calls waited for the bucket"
+        relay.resume()
+        for t in writers:
+            t.join(timeout=60)
+        assert not any(t.is_alive() for t in writers)
+    finally:
+        relay.resume()
+        m.stop()
+        relay.close()
+
+
 def test_the_bucket_checkpoint_never_names_a_layout_the_bucket_lacks(
     tmp_path: Path, rgw: Rgw, bucket: str
 ) -> None:

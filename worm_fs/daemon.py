@@ -481,7 +481,7 @@ class Daemon:
             log.info("serving %s from %s", self.mountpoint, self.state_dir)
 
     async def _serve_fuse(self, cancel_scope: trio.CancelScope) -> None:
-        await fuse_ops.serve()
+        await fuse_ops.serve(sync_waits=self.sync_barrier is not None)
         sd_notify("STOPPING=1")
         cancel_scope.cancel()
 

@@ -364,8 +364,20 @@ def mount(ops: WormOperations, mountpoint: str, *, allow_other: bool, debug: boo
     pyfuse3.init(ops, mountpoint, options)
 
 
-async def serve() -> None:
-    await pyfuse3.main(min_tasks=4, max_tasks=64)
+#: Requests served at once. A handler that waits holds one: a ``close()`` waiting for
+#: a group commit briefly, one waiting for the bucket (``--replicate sync``) as long as
+#: the bucket is away, so a sync mount gets room for that many more.
+MAX_TASKS = 64
+MAX_SYNC_WAITERS = 1024
+
+
+async def serve(*, sync_waits: bool = False) -> None:
+    """Serve requests until :func:`stop_serving`. ``sync_waits``: handlers may wait for
+    the bucket; the mount keeps serving everything else while up to
+    :data:`MAX_SYNC_WAITERS` of them do (idle tasks end, so the room costs nothing
+    until it is used)."""
+    await pyfuse3.main(min_tasks=4,
+                       max_tasks=MAX_TASKS + (MAX_SYNC_WAITERS if sync_waits else 0))
 
 
 def stop_serving() -> None:
