@@ -18,7 +18,7 @@ from worm_fs.replication.uploader import (
     _take_oldest,
     queue_existing,
 )
-from worm_fs.store import Store, env, u64, uploads
+from worm_fs.store import Store, WriteTxn, env, u64, uploads
 from worm_fs.store.chunks import put_chunk, release_chunk
 from worm_fs.store.uploads import BUCKET_META
 
@@ -134,22 +134,64 @@ def test_a_queue_without_its_age_index_is_indexed_when_the_store_opens(
         tmp_path: Path) -> None:
     store = Store(tmp_path)
     store.replicating = True
-    names = [uploads.chunk_name(bytes([i]) * 16) for i in (9, 3, 5)]
-    for name in names:  # three commits, three times
+    names = [uploads.LOG + b"9", uploads.FILE + b"3/ab", uploads.CHUNK + b"5"]
+    for name in names:  # three commits: the log first, as a clock set back could leave it
         with store.write() as tx:
             tx.queue_upload(name, 1)
     with store.read() as rt:
         before = list(rt.iter_uploads_by_age())
     with store.write() as tx:  # what a store kept by a version without the index holds
-        for name, queued_ns, _ in before:
+        for name, queued_ns, _ in before[1:]:
             tx.raw_delete("upload_order", u64(queued_ns) + name)
-    with store.read() as rt:
-        assert list(rt.iter_uploads_by_age()) == []
     store.close()
     reopened = Store(tmp_path)
+    reopened.replicating = True
     try:
         with reopened.read() as rt:
-            assert list(rt.iter_uploads_by_age()) == before
-        assert [name for name, _, _ in before] == names
+            after = list(rt.iter_uploads_by_age())
+            by_name = {name: queued_ns for name, queued_ns, _ in rt.iter_uploads()}
+        # One stamp for all, later than any before: the kinds go in name order again.
+        assert [name for name, _, _ in after] == sorted(names)
+        assert len({t for _, t, _ in after}) == 1 and after[0][1] > before[-1][1]
+        assert by_name == {name: t for name, t, _ in after}
+        with reopened.write() as tx:  # and they leave the queue as they are taken
+            for name, queued_ns, _ in after:
+                tx.done_upload(name, queued_ns)
+        with reopened.read() as rt:
+            assert list(rt.iter_uploads_by_age()) == [] and rt.count_uploads() == 0
     finally:
         reopened.close()
+
+
+def test_a_new_bucket_queues_everything_in_kind_order_after_a_recovered_seal(
+        core: WormCore) -> None:
+    # Recovery, before the new bucket's queue_existing: a seal queues its layout while
+    # the file's chunks (stored by a mount without a bucket) are not queued.
+    with core.store.read() as rt:
+        assert rt.count_uploads() == 0
+    def store_unqueued(tx: WriteTxn, batch: object) -> list[bytes]:
+        keys = [put_chunk(tx, f"chunk {i}".encode()) for i in range(BATCH + 1)]
+        for key in keys:
+            tx.done_upload(uploads.chunk_name(key))
+        return keys
+
+    keys = core.commit(store_unqueued)
+    layout = uploads.file_name(4, "ef" * 32)
+    queue(core, layout)
+    queue_existing(core, "s3://new/p/")
+    taken: dict[bytes, int] = {}
+    with core.store.read() as rt:
+        chunks, files, _ = _take_oldest(rt, taken)
+    # More chunks than a round takes: the layout waits for a later round.
+    assert files == [] and len(chunks) == BATCH
+    assert set(chunks) <= {uploads.chunk_name(key) for key in keys}
+
+
+def test_a_stale_index_entry_leaves_the_queue_when_taken(core: WormCore) -> None:
+    name = uploads.chunk_name(b"\x07" * 16)
+    queue(core, name)
+    t = queued_at(core, name)
+    core.commit(lambda tx, batch: tx.raw_delete("uploads", name))  # index out of step
+    core.commit(lambda tx, batch: tx.done_upload(name, t))
+    with core.store.read() as rt:
+        assert list(rt.iter_uploads_by_age()) == []

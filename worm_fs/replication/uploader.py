@@ -413,6 +413,7 @@ def queue_existing(core: WormCore, url: str, *, log_only: bool = False) -> int:
         newest = max((size for size, _ in rt.iter_checkpoints()), default=None)
 
     def job(tx: WriteTxn, batch: Any) -> None:
+        tx.restamp_uploads()  # what was queued before goes in kind order with the rest
         for key, size in chunks:
             tx.queue_upload(uploads.chunk_name(key), size)
         for ino, layout in files:

@@ -279,6 +279,17 @@ class WriteTxn(ReadTxn):
             self._txn.put(stamp + name, u64(size), db=self._db["upload_order"])
             self.add_counter(UPLOAD_PENDING_BYTES, size)
 
+    def restamp_uploads(self) -> None:
+        """Give every queued name this transaction's stamp (a store starting to replicate
+        to a new bucket: what it queues now must not sort after what was queued
+        before, such as a recovered seal's layout)."""
+        if not self.replicating:
+            return
+        if self._queued_ns is None:
+            self._queued_ns = self._queue_clock()
+        _restamp_queue(self._txn, self._db["uploads"], self._db["upload_order"],
+                       self._queued_ns)
+
     def done_upload(self, name: bytes, queued_ns: int | None = None) -> None:
         """Drop ``name`` from the queue: uploaded, or what it stood for is gone. Given
         ``queued_ns`` (when the uploader took it), only that entry: a name queued
@@ -286,6 +297,8 @@ class WriteTxn(ReadTxn):
         if "uploads" not in self._db:
             return
         raw = self._txn.get(name, db=self._db["uploads"])
+        if queued_ns is not None:  # the entry taken, whatever else changed since
+            self._txn.delete(u64(queued_ns) + name, db=self._db["upload_order"])
         if raw is None or (queued_ns is not None and from_u64(raw[:8]) != queued_ns):
             return
         self._txn.delete(name, db=self._db["uploads"])
@@ -396,6 +409,18 @@ def _translate(exc: lmdb.Error) -> Exception:
     return StorageError(f"store error: {text}")
 
 
+def _restamp_queue(txn: lmdb.Transaction, uploads: lmdb._Database,
+                   order: lmdb._Database, stamp: int) -> None:
+    """Give every queued name the time ``stamp`` and rebuild ``upload_order`` from
+    ``uploads``; sizes and the pending-bytes counter stay as they are."""
+    with txn.cursor(db=uploads) as cur:
+        entries = [(name, bytes(value)) for name, value in cur]
+    txn.drop(order, delete=False)
+    for name, value in entries:
+        txn.put(name, u64(stamp) + value[8:16], db=uploads)
+        txn.put(u64(stamp) + name, value[8:16], db=order)
+
+
 class Store:
     """One LMDB environment in a state directory.
 
@@ -458,8 +483,11 @@ class Store:
 
     def _open_upload_queue(self) -> None:
         """Continue the queue's clock after its newest entry (a clock set back must not
-        queue a name before what it builds on), and index by age, once, a queue kept
-        by a version without ``upload_order``."""
+        queue a name before what it builds on), and index the queue by age when
+        ``upload_order`` does not match ``uploads``: a queue kept by a version without
+        the index, or one whose index a downgrade left stale. Such a queue gets one
+        stamp for every name: its kinds then go in name order (chunks, layouts, the
+        log), the order older versions kept."""
         uploads, order = self._dbs["uploads"], self._dbs["upload_order"]
         try:
             with self._env.begin() as txn:  # most opens: nothing to do, nothing written
@@ -467,13 +495,10 @@ class Store:
                     if cur.last():
                         self._last_queued_ns = max(self._last_queued_ns,
                                                    from_u64(cur.key()[:8]))
-                if txn.stat(order)["entries"] or not txn.stat(uploads)["entries"]:
+                if txn.stat(order)["entries"] == txn.stat(uploads)["entries"]:
                     return
             with self._env.begin(write=True) as txn:
-                with txn.cursor(db=uploads) as cur:
-                    for name, value in cur:
-                        txn.put(value[:8] + name, value[8:16], db=order)
-                        self._last_queued_ns = max(self._last_queued_ns, from_u64(value[:8]))
+                _restamp_queue(txn, uploads, order, self._queue_stamp())
         except lmdb.Error as exc:
             raise _translate(exc) from None
 
