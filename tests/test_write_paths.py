@@ -88,3 +88,24 @@ def test_a_reader_of_a_file_being_written_sees_its_overwrites(mnt: Mount) -> Non
     finally:
         os.close(reader)
     assert path.read_bytes() == b"B" * 4096 + b"A" * 4096 + b"C" * 100
+
+
+def test_the_first_open_after_the_seal_drops_what_a_reader_cached_while_it_was_written(
+        mnt: Mount) -> None:
+    """On kernels that do not drop cached pages on a direct write, a reader's cache of
+    a file being written could go stale; a sealed file's cache is kept across opens,
+    so the first open after its seal starts it afresh (later opens keep it)."""
+    path = mnt.path / "read-while-written.bin"
+    data = os.urandom(MiB)
+    writer = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    os.write(writer, data)
+    with open(path, "rb") as reader:
+        assert reader.read() == data
+        assert cached_pages(reader.fileno()) == MiB // mmap.PAGESIZE
+    os.close(writer)
+    wait_sealed(path)
+    with open(path, "rb") as first:
+        assert cached_pages(first.fileno()) == 0
+        assert first.read() == data
+    with open(path, "rb") as later:
+        assert cached_pages(later.fileno()) == MiB // mmap.PAGESIZE

@@ -141,6 +141,8 @@ class WormOperations(pyfuse3.Operations):
         self._commit_limiter = trio.CapacityLimiter(commit_waiters)
         self._follow_up_limiter = trio.CapacityLimiter(commit_waiters)
         self._dirs: dict[int, list[tuple[bytes, Inode]]] = {}
+        #: Files opened by a reader while being written, until their first open sealed.
+        self._read_while_writing: set[int] = set()
         self._next_dir_fh = 1
         #: Set once the kernel's INIT request has been answered.
         self.initialized = trio.Event()
@@ -307,6 +309,14 @@ class WormOperations(pyfuse3.Operations):
     async def open(self, inode, flags, ctx):
         fh, node = self.core.open(inode, flags, caller_of(ctx))
         sealed = node.kind is Kind.FILE and node.state is not State.WRITING
+        if not sealed:
+            # Its writer may write around the page cache (direct I/O) after this
+            # reader filled some of it: the first open after the seal drops the cache
+            # rather than keeping it for every later reader.
+            self._read_while_writing.add(inode)
+        elif inode in self._read_while_writing:
+            self._read_while_writing.discard(inode)
+            sealed = False
         return pyfuse3.FileInfo(fh=fh, keep_cache=sealed)
 
     @_guard
