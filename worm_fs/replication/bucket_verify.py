@@ -52,6 +52,7 @@ class BucketFinding:
 
 @dataclass
 class CheckedLayout:
+    layout: str  # the digest the seal record gives, which the object matched
     keys: list[bytes]
     shas: list[bytes] | None
 
@@ -200,7 +201,7 @@ def _check_file(bucket: Bucket, ino: int, rec: dict, report: BucketReport,
             report.bad(name, f"its chunk_sha256 list does not match the chunk_hashes "
                        f"record {hashes.get('seq')} of {rec.get('path')}")
     with report.lock:
-        report.layouts[ino] = CheckedLayout(keys, listed)
+        report.layouts[ino] = CheckedLayout(str(rec["layout"]), keys, listed)
     if not with_chunks:
         return
     sha = hashlib.sha256()

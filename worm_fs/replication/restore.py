@@ -91,8 +91,9 @@ def restore(bucket: Bucket, verifier: VerifierKey, state_dir: Path, *,
     report = RestoreReport(size=cp.size)
     sealed = [inode for inode in namespace.inodes.values()
               if inode.kind is Kind.FILE and inode.state is State.SEALED]
-    for inode in sealed:
-        if inode.ino not in checked.layouts:  # the verify and the replay disagree: a bug
+    for inode in sealed:  # the verify and the replay must agree on every file
+        found = checked.layouts.get(inode.ino)
+        if found is None or found.layout != inode.layout:
             raise RestoreRefused(f"{file_object(inode.ino, inode.layout)}: no checked "
                                  "layout for a file the records leave sealed")
     tmp = state_dir.with_name(state_dir.name + ".restoring")
@@ -186,8 +187,13 @@ def _store_chunks(bucket: Bucket, store: Store, sealed: list[Inode],
                                 "nothing was restored")
                         assert data is not None
                         report.chunks += 1
-                    else:  # checked where it was first fetched
+                    else:  # checked against its key where it was first fetched
                         data = tx.get_chunk(key) or b""
+                        shas = layouts[inode.ino].shas
+                        if shas and hashlib.sha256(data).digest() != shas[index]:
+                            raise RestoreRefused(
+                                f"{name}: does not match its SHA-256 in the layout of "
+                                f"inode {inode.ino}; nothing was restored")
                     if index == 0:
                         sha = hashlib.sha256()
                     sha.update(data)
