@@ -111,7 +111,7 @@ class FollowStatus:
     last_error: str = ""
     refused: str = ""
     refusals: int = 0
-    replaced: int = 0  # since the replica was made (kept in its store)
+    replaced: int = 0  # distinct objects, since the replica was made (kept in its store)
     replaced_since_start: int = 0
     last_replaced: str = ""
     polls: int = 0
@@ -454,7 +454,6 @@ class Follower:
         """An object whose newest version failed its check, read from an older version
         that passed (:mod:`.pinned`): served, and reported."""
         text = f"{obj}: {detail}"
-        self.status.replaced += 1
         self.status.replaced_since_start += 1
         self.status.last_replaced = text
         log.error("replica: the bucket's %s was replaced: %s", obj, detail)
@@ -462,7 +461,11 @@ class Follower:
             "replica_replaced", errno.EIO, bucket=self.source, object=obj, detail=detail)
 
         def job(tx: WriteTxn, batch: AuditBatch) -> None:  # the count with its record
-            tx.add_counter(REPLACED_META, 1)
+            seen = f"{REPLACED_META}/{obj}"
+            if tx.get_meta(seen) is None:  # each object counted once, across restarts
+                tx.put_meta(seen, b"1")
+                tx.add_counter(REPLACED_META, 1)
+            self.status.replaced = tx.get_counter(REPLACED_META)
             tx.put_meta(LAST_REPLACED_META, text.encode())
             batch.add(record)
 
