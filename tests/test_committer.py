@@ -331,3 +331,67 @@ def test_a_create_in_a_directory_being_deleted_is_refused_and_audited(
     assert any(b'"op":"create"' in r and b'"result":"ENOENT"' in r and b"late.bin" in r
                for r in records)
     assert [n for n, _ in core.readdir(ROOT_INO)] == []
+
+
+def commits(core: WormCore) -> int:
+    with core.store.read() as rt:
+        return rt.get_counter("commits")
+
+
+def recording_job(order: list[str], name: str):
+    def job(tx, batch) -> None:
+        order.append(name)
+    return job
+
+
+def test_chunk_stores_of_one_batch_run_file_by_file_between_other_jobs(
+    core: WormCore,
+) -> None:
+    """Consecutive chunk stores of several files are regrouped per file (LMDB places
+    a file's chunks side by side); a job that is not a chunk store keeps its place."""
+    order: list[str] = []
+    submit = core.committer.submit
+    with Gate(core.committer):
+        tickets = [submit(recording_job(order, name), group=group, nbytes=1)
+                   for name, group in [("a1", 1), ("b1", 2), ("a2", 1), ("c1", 3),
+                                       ("b2", 2)]]
+        tickets.append(submit(recording_job(order, "flush")))
+        tickets += [submit(recording_job(order, name), group=group, nbytes=1)
+                    for name, group in [("b3", 2), ("a3", 1), ("b4", 2)]]
+        wait_queued(core, len(tickets))
+        before = commits(core)
+    for ticket in tickets:
+        ticket.wait()
+    assert order == ["a1", "a2", "b1", "b2", "c1", "flush", "b3", "b4", "a3"]
+    assert commits(core) == before + 2  # the gate's commit, then one for all nine
+
+
+def test_chunk_stores_alone_wait_for_more_unless_someone_waits(
+    core: WormCore, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A batch of chunk stores alone lingers for more (larger per-file runs); inside
+    ``urgent()`` (a flush draining its chunks) it commits at once."""
+    import worm_fs.core.committer as committer_module
+
+    monkeypatch.setattr(committer_module, "LINGER_S", 0.6)
+    order: list[str] = []
+    submit = core.committer.submit
+    before = commits(core)
+    first = submit(recording_job(order, "a1"), group=1, nbytes=1)
+    threading.Event().wait(0.2)
+    assert not first.done  # lingering for more chunk stores
+    second = submit(recording_job(order, "a2"), group=1, nbytes=1)
+    first.wait()
+    second.wait()
+    assert commits(core) == before + 1  # both in the one lingering commit
+
+    with core.committer.urgent():  # a flush waits for chunks still being hashed
+        third = submit(recording_job(order, "a3"), group=1, nbytes=1)
+        done = threading.Event()
+        third.add_done_callback(done.set)
+        assert done.wait(0.3)  # well before the linger would end
+        late = submit(recording_job(order, "a4"), group=1, nbytes=1)
+        done = threading.Event()
+        late.add_done_callback(done.set)
+        assert done.wait(0.3)  # a batch begun while someone waits does not linger
+    assert order == ["a1", "a2", "a3", "a4"]

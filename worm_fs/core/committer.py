@@ -10,7 +10,13 @@ changes share each fsync.
 
 Contract:
 
-* Jobs run on the committer thread, in submission order, and must not block on
+* Jobs run on the committer thread, in submission order, with one exception: a run of
+  consecutive jobs that each store chunks of one file (``group``, the file's inode) is
+  regrouped file by file, each file's jobs still in their order. LMDB places values in
+  the order they are put, so a file written beside others gets its chunks of one commit
+  side by side in the data file, and a cold read of it reads less of the other files
+  (the kernel reads the data file in read-ahead windows). Jobs of different groups
+  must therefore commute. Jobs must not block on
   anything but the store: no waiting for tickets, no ``await``, no hashing of large
   buffers. They may take a writer's lock or the core lock briefly (lock order: a
   writer's ``guard``, then the core lock; never the other way round).
@@ -34,10 +40,12 @@ Contract:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -53,6 +61,9 @@ JobFn = Callable[[WriteTxn, AuditBatch], Any]
 MAX_JOBS_PER_COMMIT = 512
 #: Chunk bytes in one transaction at most (LMDB slows with hundreds of MiB dirty).
 MAX_BYTES_PER_COMMIT = 32 << 20
+#: A batch of chunk stores alone waits up to this long for this many bytes.
+LINGER_S = 0.06
+LINGER_BYTES = 32 << 20
 #: Chunk bytes committed between two rounds of store housekeeping.
 HOUSEKEEPING_BYTES = 16 << 20
 
@@ -127,6 +138,29 @@ class _Job:
     flushes: int = 0
     on_done: Callable[[BaseException | None], None] | None = None
     result: Any = None
+    group: int | None = None
+
+
+def _nothing(tx: WriteTxn, batch: AuditBatch) -> None:
+    """A job that changes nothing (it only ends a linger)."""
+
+
+def grouped(jobs: list[_Job]) -> list[_Job]:
+    """``jobs`` with each run of consecutive grouped jobs reordered group by group (in
+    the order each group first appears; stable within a group)."""
+    out: list[_Job] = []
+    run: dict[int, list[_Job]] = {}
+    for job in jobs:
+        if job.group is None:
+            for members in run.values():
+                out.extend(members)
+            run.clear()
+            out.append(job)
+        else:
+            run.setdefault(job.group, []).append(job)
+    for members in run.values():
+        out.extend(members)
+    return out
 
 
 class _JobFailed(Exception):
@@ -154,6 +188,9 @@ class Committer:
         self._dead: StorageError | None = None
         self._ready = threading.Event()
         self._since_housekeeping = 0
+        #: Callers inside :meth:`urgent`.
+        self._urgent = 0
+        self._urgent_lock = threading.Lock()
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -197,14 +234,16 @@ class Committer:
     def submit(
         self, fn: JobFn, *, nbytes: int = 0, flushes: int = 0,
         on_done: Callable[[BaseException | None], None] | None = None,
+        group: int | None = None,
     ) -> Ticket:
         """Queue ``fn`` for the next transaction; never blocks (inline: runs it now).
 
         ``nbytes`` (chunk bytes it writes) bounds the transaction's size; ``flushes``
         counts file flushes for the stats; ``on_done(error)`` runs on the committer
-        thread right after the outcome is known, before waiters wake.
+        thread right after the outcome is known, before waiters wake. ``group`` marks a
+        job that only stores chunks of that file (see the module docstring).
         """
-        job = _Job(fn, Ticket(), nbytes, flushes, on_done)
+        job = _Job(fn, Ticket(), nbytes, flushes, on_done, group=group)
         if self._dead is not None:
             self._finish(job, self._dead)
         elif self._thread is None or threading.current_thread() is self._thread:
@@ -233,21 +272,8 @@ class Committer:
                 carry = None
                 if first is None:
                     return
-                jobs, nbytes = [first], first.nbytes
-                while len(jobs) < MAX_JOBS_PER_COMMIT:
-                    try:
-                        job = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if job is None:
-                        stopping = True
-                        break
-                    if nbytes + job.nbytes > MAX_BYTES_PER_COMMIT:
-                        carry = job
-                        break
-                    jobs.append(job)
-                    nbytes += job.nbytes
-                self._run(jobs)
+                jobs, carry, stopping = self._take_batch(first)
+                self._run(grouped(jobs))
             if carry is not None:
                 self._run([carry])
         except BaseException as exc:  # a bug: never leave callers waiting
@@ -258,6 +284,51 @@ class Committer:
                 if not job.ticket.done:
                     self._finish(job, self._dead)
             self._fail_queued(self._dead)
+    def _take_batch(self, first: _Job) -> tuple[list[_Job], _Job | None, bool]:
+        """``first`` and what else is queued, up to the per-commit limits: (the jobs,
+        a job left for the next batch, whether ``close`` was asked for).
+
+        A batch of chunk stores alone (nobody waits for its commit: a writer that does
+        waits in :meth:`urgent`) waits up to :data:`LINGER_S` for
+        :data:`LINGER_BYTES`, so each file's chunks of one commit form longer runs.
+        """
+        jobs, nbytes = [first], first.nbytes
+        only_chunks = first.group is not None
+        linger_until = time.monotonic() + LINGER_S
+        while len(jobs) < MAX_JOBS_PER_COMMIT:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                wait = linger_until - time.monotonic()
+                if not only_chunks or self._urgent or nbytes >= LINGER_BYTES or wait <= 0:
+                    break
+                try:
+                    job = self._queue.get(timeout=wait)
+                except queue.Empty:
+                    break
+            if job is None:
+                return jobs, None, True
+            if nbytes + job.nbytes > MAX_BYTES_PER_COMMIT:
+                return jobs, job, False
+            jobs.append(job)
+            nbytes += job.nbytes
+            only_chunks = only_chunks and job.group is not None
+        return jobs, None, False
+
+    @contextlib.contextmanager
+    def urgent(self) -> Iterator[None]:
+        """While a caller waits for chunk stores to commit (a flush draining its
+        file's chunks): no batch lingers, and one lingering now commits at once."""
+        with self._urgent_lock:
+            self._urgent += 1
+        try:
+            if self._thread is not None:
+                self._queue.put(_Job(_nothing, Ticket()))  # ends a linger under way
+            yield
+        finally:
+            with self._urgent_lock:
+                self._urgent -= 1
+
     def _fail_queued(self, error: BaseException) -> None:
         for job in self._drain_queue():
             self._finish(job, error)

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_IN_FLIGHT = 32
+MAX_IN_FLIGHT = 48
 
 Chunk = tuple[int, "bytearray | memoryview", bytes]  # index, data, XXH3 digest
 
@@ -110,10 +110,14 @@ class ChunkStorer:
         held (the wait releases it).
 
         Waits even after a failure, so nothing the storer still holds can land after
-        what the caller stores next.
+        what the caller stores next. While it waits, the committer does not hold chunk
+        stores back for longer runs (:meth:`Committer.urgent`).
         """
-        while writer.queued:
-            writer.guard.wait()
+        if not writer.queued:
+            return
+        with self._committer.urgent():
+            while writer.queued:
+                writer.guard.wait()
 
     # ------------------------------------------------------------------ the pipeline
     def _enqueue(self, writer: WriteHandle, index: int, data: bytearray | memoryview) -> None:
@@ -141,7 +145,7 @@ class ChunkStorer:
         def job(tx: WriteTxn, batch: AuditBatch) -> int:
             return store_live_chunks(tx, writer, chunks)
 
-        self._committer.submit(job, nbytes=len(data),
+        self._committer.submit(job, nbytes=len(data), group=writer.ino,
                                on_done=lambda error: self._done(writer, chunks, error))
 
     def _done(self, writer: WriteHandle, chunks: list[Chunk], error: BaseException | None
