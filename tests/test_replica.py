@@ -149,14 +149,19 @@ def test_files_are_readable_on_the_replica_within_seconds_of_close(
                     (p.path / name).write_bytes(data)
                     closed[name] = (time.monotonic(), data)
                     n += 1
-                    time.sleep(0.2)
+                    time.sleep(0.1)
 
             thread = threading.Thread(target=writer)
             thread.start()
             latencies = []
             seen: set[str] = set()
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline:
+            stop_writing = time.monotonic() + 8
+            deadline = stop_writing + 8  # every file written gets 8 s or more
+            while time.monotonic() < deadline and not (stop.is_set() and len(seen) ==
+                                                        len(closed)):
+                if time.monotonic() >= stop_writing and not stop.is_set():
+                    stop.set()
+                    thread.join()
                 for name, (at, data) in list(closed.items()):
                     if name not in seen and (r.path / name).exists():
                         assert (r.path / name).read_bytes() == data
@@ -165,6 +170,7 @@ def test_files_are_readable_on_the_replica_within_seconds_of_close(
                 time.sleep(0.05)
             stop.set()
             thread.join()
+            assert sorted(closed) == sorted(seen)  # every file the primary closed
         finally:
             r.stop()
     finally:

@@ -55,6 +55,11 @@ from worm_fs.store.env import UPLOAD_PENDING_BYTES
 
 log = logging.getLogger(__name__)
 
+#: Longest wait between two failed rounds. A round against a bucket that is away
+#: costs one refused connection (or one timeout), so a short cap costs little and the queue
+#: starts draining within seconds of the bucket's return.
+MAX_BACKOFF_S = 5.0
+
 CHUNK_OBJECT, FILE_OBJECT, LOG_OBJECT = uploads.CHUNK, uploads.FILE, uploads.LOG
 #: meta counters and facts
 UPLOADED_OBJECTS = "uploaded_objects"
@@ -270,7 +275,7 @@ class Uploader:
             except WormError as exc:
                 self._failed(str(exc))
                 self._stop.wait(backoff)
-                backoff = min(backoff * 2, 30.0)
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
                 continue
             except BrokenProcessPool:
                 if self._stop.is_set():
@@ -283,7 +288,7 @@ class Uploader:
                 log.exception("uploader: unexpected error")
                 self._failed(f"internal error: {exc!r}")
                 self._stop.wait(backoff)
-                backoff = min(backoff * 2, 30.0)
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
                 continue
             backoff = 0.5
             if not did:
