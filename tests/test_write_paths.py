@@ -9,11 +9,15 @@ Readers see every write either way."""
 from __future__ import annotations
 
 import ctypes
+import errno
 import hashlib
 import mmap
 import os
+import re
+from collections import Counter
 
 import numpy as np
+import pytest
 
 from tests.conftest import Mount, wait_sealed
 
@@ -109,3 +113,43 @@ def test_the_first_open_after_the_seal_drops_what_a_reader_cached_while_it_was_w
         assert first.read() == data
     with open(path, "rb") as later:
         assert cached_pages(later.fileno()) == MiB // mmap.PAGESIZE
+
+
+def fuse_requests(log_text: str, *, not_of: int) -> Counter[str]:
+    """FUSE requests by opcode in a ``--debug-fuse`` daemon log, but those for inode
+    ``not_of``."""
+    return Counter(op for op, node in re.findall(r"opcode: ([A-Z_]+) \(\d+\), nodeid: (\d+)",
+                                                  log_text) if int(node) != not_of)
+
+
+def test_a_file_written_and_closed_asks_no_attributes_and_reads_sealed_after(
+    mount_factory,
+) -> None:
+    """The attributes of a file being written stay cached while its writer holds it, so
+    the kernel's permission check after the create and Python's ``fstat`` in ``open()``
+    send no GETATTR; its writer's close drops them, and ``stat`` after the seal shows
+    the read-only mode (also for a file closed without a write, whose attributes no
+    write made the kernel drop)."""
+    m = mount_factory("--settle", "0", "--debug-fuse")
+    os.listdir(m.path)
+    before = m.log.read_text(errors="replace")
+    for n in range(10):
+        with open(m.path / f"f{n}", "wb") as f:
+            f.write(b"x" * 4096)
+    # The directory's attributes are asked after each create (it changed); not the
+    # new files'.
+    during = fuse_requests(m.log.read_text(errors="replace")[len(before):],
+                           not_of=os.stat(m.path).st_ino)
+    assert during["WRITE"] == 10
+    assert during["GETATTR"] == 0, during  # 2 per file when they were not cached
+    for n in range(10):
+        wait_sealed(m.path / f"f{n}")
+        assert os.stat(m.path / f"f{n}").st_mode & 0o777 == 0o444
+    empty = m.path / "empty"
+    with open(empty, "wb"):
+        pass
+    wait_sealed(empty)
+    assert os.stat(empty).st_mode & 0o777 == 0o444
+    with pytest.raises(PermissionError) as refused:
+        os.open(empty, os.O_WRONLY)
+    assert refused.value.errno == errno.EPERM

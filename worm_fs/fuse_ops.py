@@ -42,6 +42,12 @@ log = logging.getLogger(__name__)
 IMMUTABLE_TIMEOUT = 3600.0
 #: Directory attributes change as entries are added.
 DIR_ATTR_TIMEOUT = 1.0
+#: A file being written changes through this kernel (which drops its cached size and
+#: times after each write) and at its seal: its writer's ``flush`` (each ``close()``)
+#: and ``release`` drop them, so a ``stat`` after ``close()`` asks again. Caching them
+#: spares the GETATTR after each create (the kernel's permission check of the new
+#: file) and the one for the writer's ``fstat``.
+WRITING_ATTR_TIMEOUT = 1.0
 BLKSIZE = 1 << 20
 
 T = TypeVar("T")
@@ -87,14 +93,18 @@ def caller_of(ctx: pyfuse3.RequestContext, *, with_cmdline: bool = False) -> Cal
                   cmdline=_cmdline(ctx.pid) if with_cmdline else ())
 
 
-def entry_attributes(inode: Inode) -> pyfuse3.EntryAttributes:
+def entry_attributes(inode: Inode, *, writer_open: bool = False) -> pyfuse3.EntryAttributes:
+    """``inode`` for the kernel. A file being written has its attributes cached only
+    while its writer holds it open (``writer_open``); once released, until its seal
+    is committed, every ``stat`` asks again."""
     attr = pyfuse3.EntryAttributes()
     attr.st_ino = inode.ino
     attr.generation = 0
     if inode.kind is Kind.DIR:
         attr.entry_timeout, attr.attr_timeout = IMMUTABLE_TIMEOUT, DIR_ATTR_TIMEOUT
     elif inode.kind is Kind.FILE and inode.state is State.WRITING:
-        attr.entry_timeout, attr.attr_timeout = IMMUTABLE_TIMEOUT, 0
+        attr.entry_timeout = IMMUTABLE_TIMEOUT
+        attr.attr_timeout = WRITING_ATTR_TIMEOUT if writer_open else 0
     else:
         attr.entry_timeout, attr.attr_timeout = IMMUTABLE_TIMEOUT, IMMUTABLE_TIMEOUT
     attr.st_mode = inode.st_mode()
@@ -150,6 +160,10 @@ class WormOperations(pyfuse3.Operations):
     def init(self) -> None:
         self.initialized.set()  # runs on the trio thread, inside pyfuse3's main loop
 
+    def _attributes(self, inode: Inode) -> pyfuse3.EntryAttributes:
+        return entry_attributes(inode, writer_open=inode.state is State.WRITING
+                                and self.core.has_writer(inode.ino))
+
     async def _off_loop(self, fn: Callable[..., T], *args: Any) -> T:
         """A call that reads or hashes chunks (CPU-bound)."""
         return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
@@ -161,11 +175,11 @@ class WormOperations(pyfuse3.Operations):
     # -- lookups -------------------------------------------------------------------
     @_guard
     async def lookup(self, parent_inode, name, ctx):
-        return entry_attributes(self.core.lookup(parent_inode, name, lambda: caller_of(ctx)))
+        return self._attributes(self.core.lookup(parent_inode, name, lambda: caller_of(ctx)))
 
     @_guard
     async def getattr(self, inode, ctx):
-        return entry_attributes(self.core.getattr(inode))
+        return self._attributes(self.core.getattr(inode))
 
     @_guard
     async def readlink(self, inode, ctx):
@@ -186,7 +200,7 @@ class WormOperations(pyfuse3.Operations):
         entries = self._dirs.get(fh, [])
         for index in range(start_id, len(entries)):
             name, inode = entries[index]
-            if not pyfuse3.readdir_reply(token, name, entry_attributes(inode), index + 1):
+            if not pyfuse3.readdir_reply(token, name, self._attributes(inode), index + 1):
                 break
 
     @_guard
@@ -239,7 +253,7 @@ class WormOperations(pyfuse3.Operations):
         # read-write one keeps the cache, so shared writable maps work.
         write_only = flags & os.O_ACCMODE == os.O_WRONLY
         return (pyfuse3.FileInfo(fh=fh, keep_cache=False, direct_io=write_only),
-                entry_attributes(inode))
+                entry_attributes(inode, writer_open=True))
 
     @_guard
     async def mkdir(self, parent_inode, name, mode, ctx):
@@ -300,9 +314,9 @@ class WormOperations(pyfuse3.Operations):
             mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
         )
         if change.is_empty():
-            return entry_attributes(self.core.getattr(inode))
+            return self._attributes(self.core.getattr(inode))
         result = await self._committed(self.core.setattr, inode, change, fh, caller_of(ctx))
-        return entry_attributes(result)
+        return self._attributes(result)
 
     # -- file handles --------------------------------------------------------------
     @_guard
@@ -335,10 +349,12 @@ class WormOperations(pyfuse3.Operations):
     @_guard
     async def flush(self, fh):
         await self._flush(fh)
-        if self._in_bucket is not None:
-            ino, writer = self.core.handle_file(fh)
-            if writer:  # a reader's close never waits for the bucket
-                await self._in_bucket(ino)
+        ino, writer = self.core.handle_file(fh)
+        if writer:
+            # A stat after close() must ask again: the seal (at release) is next.
+            forget_attributes(ino)
+        if self._in_bucket is not None and writer:  # a reader's close never waits
+            await self._in_bucket(ino)
 
     async def _flush(self, fh: int) -> None:
         if self.core.flush_is_noop(fh):
@@ -359,8 +375,16 @@ class WormOperations(pyfuse3.Operations):
 
     @_guard
     async def release(self, fh):
-        if not self.core.release_if_quick(fh):
-            await self._committed(self.core.release, fh)
+        try:
+            ino, writer = self.core.handle_file(fh)
+        except WormError:  # not open (EBADF): nothing to release
+            return
+        try:
+            if not self.core.release_if_quick(fh):
+                await self._committed(self.core.release, fh)
+        finally:
+            if writer:  # sealed (or quarantined): its mode and state changed
+                forget_attributes(ino)
 
 
 # -- session control, used by the daemon ---------------------------------------------
@@ -403,11 +427,17 @@ def notify_deleted(parent: int, name: bytes, ino: int) -> None:
     pyfuse3.invalidate_entry_async(parent, name, deleted=ino, ignore_enoent=True)
 
 
+def forget_attributes(ino: int) -> None:
+    """Drop the kernel's cached attributes of ``ino`` (attributes only, no pages, so
+    it is safe inside a handler: the kernel holds no lock of ``ino`` for it)."""
+    try:
+        pyfuse3.invalidate_inode(ino, attr_only=True)
+    except OSError:  # not in the kernel's cache: nothing to drop
+        pass
+
+
 def notify_changed(inos: list[int]) -> None:
     """Drop the cached attributes of ``inos`` (their mode changed: ``worm-fs share``).
-    Called from the control server, never from inside a FUSE handler."""
+    Called from the control server."""
     for ino in inos:
-        try:
-            pyfuse3.invalidate_inode(ino, attr_only=True)
-        except OSError:  # not in the kernel's cache: nothing to drop
-            pass
+        forget_attributes(ino)
