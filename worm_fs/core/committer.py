@@ -284,6 +284,7 @@ class Committer:
                 if not job.ticket.done:
                     self._finish(job, self._dead)
             self._fail_queued(self._dead)
+
     def _take_batch(self, first: _Job) -> tuple[list[_Job], _Job | None, bool]:
         """``first`` and what else is queued, up to the per-commit limits: (the jobs,
         a job left for the next batch, whether ``close`` was asked for).
