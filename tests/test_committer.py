@@ -366,32 +366,48 @@ def test_chunk_stores_of_one_batch_run_file_by_file_between_other_jobs(
     assert commits(core) == before + 2  # the gate's commit, then one for all nine
 
 
-def test_chunk_stores_alone_wait_for_more_unless_someone_waits(
+def test_chunk_stores_of_several_files_wait_for_more_unless_someone_waits(
     core: WormCore, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A batch of chunk stores alone lingers for more (larger per-file runs); inside
-    ``urgent()`` (a flush draining its chunks) it commits at once."""
+    """A batch of chunk stores alone, of two files or more, lingers for more (longer
+    per-file runs); one file's alone does not (its chunks are side by side anyway);
+    inside ``urgent()`` (a flush draining its chunks) nothing lingers."""
     import worm_fs.core.committer as committer_module
 
     monkeypatch.setattr(committer_module, "LINGER_S", 0.6)
     order: list[str] = []
     submit = core.committer.submit
-    before = commits(core)
-    first = submit(recording_job(order, "a1"), group=1, nbytes=1)
-    threading.Event().wait(0.2)
-    assert not first.done  # lingering for more chunk stores
-    second = submit(recording_job(order, "a2"), group=1, nbytes=1)
-    first.wait()
-    second.wait()
-    assert commits(core) == before + 1  # both in the one lingering commit
 
+    def done_within(ticket, seconds: float) -> bool:
+        done = threading.Event()
+        ticket.add_done_callback(done.set)
+        return done.wait(seconds)
+
+    alone = submit(recording_job(order, "a0"), group=1, nbytes=1)
+    assert done_within(alone, 0.3)  # one file: no linger
+
+    with Gate(core.committer):
+        first = [submit(recording_job(order, name), group=group, nbytes=1)
+                 for name, group in [("a1", 1), ("b1", 2)]]
+        wait_queued(core, 2)
+        before = commits(core)
+    threading.Event().wait(0.2)
+    assert not any(ticket.done for ticket in first)  # lingering for more chunk stores
+    second = submit(recording_job(order, "a2"), group=1, nbytes=1)
+    for ticket in [*first, second]:
+        ticket.wait()
+    assert commits(core) == before + 2  # the gate's, then one for all three
+
+    with Gate(core.committer):
+        first = [submit(recording_job(order, name), group=group, nbytes=1)
+                 for name, group in [("a3", 1), ("b3", 2)]]
+        wait_queued(core, 2)
     with core.committer.urgent():  # a flush waits for chunks still being hashed
-        third = submit(recording_job(order, "a3"), group=1, nbytes=1)
-        done = threading.Event()
-        third.add_done_callback(done.set)
-        assert done.wait(0.3)  # well before the linger would end
-        late = submit(recording_job(order, "a4"), group=1, nbytes=1)
-        done = threading.Event()
-        late.add_done_callback(done.set)
-        assert done.wait(0.3)  # a batch begun while someone waits does not linger
-    assert order == ["a1", "a2", "a3", "a4"]
+        assert all(done_within(ticket, 0.3) for ticket in first)  # the linger ended
+        with Gate(core.committer):
+            late = [submit(recording_job(order, name), group=group, nbytes=1)
+                    for name, group in [("a4", 1), ("b4", 2)]]
+            wait_queued(core, 2)
+        # a batch begun while someone waits does not linger
+        assert all(done_within(ticket, 0.3) for ticket in late)
+    assert order == ["a0", "a1", "a2", "b1", "a3", "b3", "a4", "b4"]

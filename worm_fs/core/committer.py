@@ -61,9 +61,10 @@ JobFn = Callable[[WriteTxn, AuditBatch], Any]
 MAX_JOBS_PER_COMMIT = 512
 #: Chunk bytes in one transaction at most (LMDB slows with hundreds of MiB dirty).
 MAX_BYTES_PER_COMMIT = 32 << 20
-#: A batch of chunk stores alone waits up to this long for this many bytes.
+#: A batch of chunk stores alone, while two files or more are stored, waits up to this
+#: long for this many bytes.
 LINGER_S = 0.06
-LINGER_BYTES = 32 << 20
+LINGER_BYTES = 16 << 20
 #: Chunk bytes committed between two rounds of store housekeeping.
 HOUSEKEEPING_BYTES = 16 << 20
 
@@ -188,6 +189,8 @@ class Committer:
         self._dead: StorageError | None = None
         self._ready = threading.Event()
         self._since_housekeeping = 0
+        #: The files whose chunks the last batch stored.
+        self._last_groups: set[int | None] = set()
         #: Callers inside :meth:`urgent`.
         self._urgent = 0
         self._urgent_lock = threading.Lock()
@@ -289,19 +292,23 @@ class Committer:
         """``first`` and what else is queued, up to the per-commit limits: (the jobs,
         a job left for the next batch, whether ``close`` was asked for).
 
-        A batch of chunk stores alone (nobody waits for its commit: a writer that does
-        waits in :meth:`urgent`) waits up to :data:`LINGER_S` for
-        :data:`LINGER_BYTES`, so each file's chunks of one commit form longer runs.
+        A batch of chunk stores alone, while two files or more are being stored (in
+        it or in the batch before), waits up to :data:`LINGER_S` for
+        :data:`LINGER_BYTES` (nobody waits for its commit: a writer that does waits in
+        :meth:`urgent`), so each file's chunks of one commit form longer runs. One
+        file's chunks alone are side by side anyway: no wait.
         """
         jobs, nbytes = [first], first.nbytes
         only_chunks = first.group is not None
+        groups = {first.group}
         linger_until = time.monotonic() + LINGER_S
         while len(jobs) < MAX_JOBS_PER_COMMIT:
             try:
                 job = self._queue.get_nowait()
             except queue.Empty:
                 wait = linger_until - time.monotonic()
-                if not only_chunks or self._urgent or nbytes >= LINGER_BYTES or wait <= 0:
+                if (not only_chunks or len(groups | self._last_groups) < 2 or self._urgent
+                        or nbytes >= LINGER_BYTES or wait <= 0):
                     break
                 try:
                     job = self._queue.get(timeout=wait)
@@ -310,10 +317,13 @@ class Committer:
             if job is None:
                 return jobs, None, True
             if nbytes + job.nbytes > MAX_BYTES_PER_COMMIT:
+                self._last_groups = groups - {None}
                 return jobs, job, False
             jobs.append(job)
             nbytes += job.nbytes
             only_chunks = only_chunks and job.group is not None
+            groups.add(job.group)
+        self._last_groups = groups - {None}
         return jobs, None, False
 
     @contextlib.contextmanager

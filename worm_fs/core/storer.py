@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_IN_FLIGHT = 48
+MAX_IN_FLIGHT = 32
 
 Chunk = tuple[int, "bytearray | memoryview", bytes]  # index, data, XXH3 digest
 
