@@ -386,6 +386,15 @@ def test_chunk_stores_of_several_files_wait_for_more_unless_someone_waits(
     alone = submit(recording_job(order, "a0"), group=1, nbytes=1)
     assert done_within(alone, 0.3)  # one file: no linger
 
+    before = commits(core)
+    with core.committer.urgent():  # nothing lingers: no wake-up, so no empty commit
+        pass
+    while queued_jobs(core):
+        threading.Event().wait(0.005)
+    threading.Event().wait(0.1)  # time for a commit of whatever was taken
+    core.committer.run(recording_job(order, "sentinel"))
+    assert commits(core) == before + 1
+
     with Gate(core.committer):
         first = [submit(recording_job(order, name), group=group, nbytes=1)
                  for name, group in [("a1", 1), ("b1", 2)]]
@@ -410,4 +419,4 @@ def test_chunk_stores_of_several_files_wait_for_more_unless_someone_waits(
             wait_queued(core, 2)
         # a batch begun while someone waits does not linger
         assert all(done_within(ticket, 0.3) for ticket in late)
-    assert order == ["a0", "a1", "a2", "b1", "a3", "b3", "a4", "b4"]
+    assert order == ["a0", "sentinel", "a1", "a2", "b1", "a3", "b3", "a4", "b4"]

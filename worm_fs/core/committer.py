@@ -142,8 +142,8 @@ class _Job:
     group: int | None = None
 
 
-def _nothing(tx: WriteTxn, batch: AuditBatch) -> None:
-    """A job that changes nothing (it only ends a linger)."""
+def _wake(tx: WriteTxn, batch: AuditBatch) -> None:
+    """Queued only to end a linger; dropped from its batch, never run."""
 
 
 def grouped(jobs: list[_Job]) -> list[_Job]:
@@ -190,7 +190,7 @@ class Committer:
         self._ready = threading.Event()
         self._since_housekeeping = 0
         #: The files whose chunks the last batch stored.
-        self._last_groups: set[int | None] = set()
+        self._last_groups: set[int] = set()
         #: Callers inside :meth:`urgent`.
         self._urgent = 0
         self._urgent_lock = threading.Lock()
@@ -276,7 +276,9 @@ class Committer:
                 if first is None:
                     return
                 jobs, carry, stopping = self._take_batch(first)
-                self._run(grouped(jobs))
+                jobs = [job for job in jobs if job.fn is not _wake]  # nothing to commit
+                if jobs:
+                    self._run(grouped(jobs))
             if carry is not None:
                 self._run([carry])
         except BaseException as exc:  # a bug: never leave callers waiting
@@ -300,7 +302,7 @@ class Committer:
         """
         jobs, nbytes = [first], first.nbytes
         only_chunks = first.group is not None
-        groups = {first.group}
+        groups = {first.group} if first.group is not None else set()
         linger_until = time.monotonic() + LINGER_S
         while len(jobs) < MAX_JOBS_PER_COMMIT:
             try:
@@ -317,13 +319,15 @@ class Committer:
             if job is None:
                 return jobs, None, True
             if nbytes + job.nbytes > MAX_BYTES_PER_COMMIT:
-                self._last_groups = groups - {None}
+                self._last_groups = groups
                 return jobs, job, False
             jobs.append(job)
             nbytes += job.nbytes
-            only_chunks = only_chunks and job.group is not None
-            groups.add(job.group)
-        self._last_groups = groups - {None}
+            if job.group is None:
+                only_chunks = False
+            else:
+                groups.add(job.group)
+        self._last_groups = groups
         return jobs, None, False
 
     @contextlib.contextmanager
@@ -333,8 +337,8 @@ class Committer:
         with self._urgent_lock:
             self._urgent += 1
         try:
-            if self._thread is not None:
-                self._queue.put(_Job(_nothing, Ticket()))  # ends a linger under way
+            if self._thread is not None:  # ends a linger under way; dropped unrun
+                self._queue.put(_Job(_wake, Ticket()))
             yield
         finally:
             with self._urgent_lock:
