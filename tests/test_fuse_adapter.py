@@ -12,7 +12,7 @@ import pytest
 import trio
 
 from worm_fs.core.committer import Ticket
-from worm_fs.core.model import Inode, Kind
+from worm_fs.core.model import Inode, Kind, State
 from worm_fs.errors import NoSpace, Refused
 from worm_fs.fuse_ops import WormOperations, _committed_ticket, _guard
 
@@ -107,3 +107,62 @@ async def test_readdir_replies_cut_at_any_batch_size_resume_without_loss_or_repe
     await ops.readdir(fh, 40, batch)  # seekdir() to an offset handed out earlier
     assert [name for name, _, _ in batch.entries] == names[40:]
     await ops.releasedir(fh)
+
+
+class HandleCore:
+    """Just enough of a core for flush and release: ``writer_fh`` is the writer of
+    inode 7, any other handle a reader of it. Release always takes the slow path (a
+    worker thread), where another request could be answered meanwhile."""
+
+    def __init__(self, writer_fh: int, events: list[object]) -> None:
+        self.writer_fh = writer_fh
+        self.events = events
+        self.writers = {7}
+
+    def handle_file(self, fh: int) -> tuple[int, bool]:
+        return 7, fh == self.writer_fh
+
+    def flush_is_noop(self, fh: int) -> bool:
+        return True
+
+    def release_if_quick(self, fh: int) -> bool:
+        return False
+
+    def release(self, fh: int) -> None:
+        if fh == self.writer_fh:
+            self.writers.discard(7)
+        self.events.append(("released", fh))
+
+    def has_writer(self, ino: int) -> bool:
+        return ino in self.writers
+
+    def getattr(self, ino: int) -> Inode:
+        return Inode(ino=ino, kind=Kind.FILE, mode=0o644, uid=0, gid=0, parent=1,
+                     name=b"f", state=State.WRITING)
+
+
+async def test_a_writers_close_and_release_drop_the_files_cached_attributes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """While its writer holds it, a file being written has its attributes cached (1 s);
+    once released, until its seal commits, not at all. Its writer's flush (every
+    close) drops them before close() returns, so a stat after close asks the daemon;
+    its release drops them after the writer is gone, so what a stat cached between
+    the two cannot outlive the seal. A reader's close drops nothing."""
+    events: list[object] = []
+    monkeypatch.setattr(pyfuse3, "invalidate_inode",
+                        lambda ino, attr_only=False: events.append(("forget", ino, attr_only)))
+    core = HandleCore(writer_fh=1, events=events)
+    ops = WormOperations(core)  # type: ignore[arg-type]
+
+    assert (await ops.getattr(7, None)).attr_timeout == 1.0  # the writer holds it
+    await ops.flush(2)
+    await ops.release(2)
+    assert events == [("released", 2)]  # a reader's: nothing dropped
+
+    events.clear()
+    await ops.flush(1)
+    assert events == [("forget", 7, True)]
+    await ops.release(1)
+    assert events == [("forget", 7, True), ("released", 1), ("forget", 7, True)]
+    assert (await ops.getattr(7, None)).attr_timeout == 0  # released, not yet sealed

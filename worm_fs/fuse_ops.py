@@ -351,7 +351,8 @@ class WormOperations(pyfuse3.Operations):
         await self._flush(fh)
         ino, writer = self.core.handle_file(fh)
         if writer:
-            # A stat after close() must ask again: the seal (at release) is next.
+            # Before close() returns: a stat after it asks the daemon, which has taken
+            # the release (queued first) and answers with the seal's mode.
             forget_attributes(ino)
         if self._in_bucket is not None and writer:  # a reader's close never waits
             await self._in_bucket(ino)
@@ -383,7 +384,9 @@ class WormOperations(pyfuse3.Operations):
             if not self.core.release_if_quick(fh):
                 await self._committed(self.core.release, fh)
         finally:
-            if writer:  # sealed (or quarantined): its mode and state changed
+            if writer:
+                # Sealed (or quarantined): what another process's stat cached between
+                # the flush and now, with the writer still registered, is stale.
                 forget_attributes(ino)
 
 
