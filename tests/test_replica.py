@@ -10,6 +10,7 @@ import json
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -151,25 +152,27 @@ def test_files_are_readable_on_the_replica_within_seconds_of_close(
                     n += 1
                     time.sleep(0.1)
 
-            thread = threading.Thread(target=writer)
-            thread.start()
             latencies = []
             seen: set[str] = set()
-            stop_writing = time.monotonic() + 8
-            deadline = stop_writing + 8  # every file written gets 8 s or more
-            while time.monotonic() < deadline and not (stop.is_set() and len(seen) ==
-                                                        len(closed)):
-                if time.monotonic() >= stop_writing and not stop.is_set():
-                    stop.set()
-                    thread.join()
-                for name, (at, data) in list(closed.items()):
-                    if name not in seen and (r.path / name).exists():
-                        assert (r.path / name).read_bytes() == data
-                        latencies.append(time.monotonic() - at)
-                        seen.add(name)
-                time.sleep(0.05)
-            stop.set()
-            thread.join()
+
+            def look_until(deadline: float, done: Callable[[], bool]) -> None:
+                while time.monotonic() < deadline and not done():
+                    for name, (at, data) in list(closed.items()):
+                        if name not in seen and (r.path / name).exists():
+                            assert (r.path / name).read_bytes() == data
+                            latencies.append(time.monotonic() - at)
+                            seen.add(name)
+                    time.sleep(0.05)
+
+            thread = threading.Thread(target=writer)
+            thread.start()
+            try:
+                look_until(time.monotonic() + 8, lambda: False)  # under the write load
+            finally:
+                stop.set()
+                thread.join()
+            # then every file written gets 8 s more to appear
+            look_until(time.monotonic() + 8, lambda: len(seen) == len(closed))
             assert sorted(closed) == sorted(seen)  # every file the primary closed
         finally:
             r.stop()

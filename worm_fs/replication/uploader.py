@@ -55,8 +55,8 @@ from worm_fs.store.env import UPLOAD_PENDING_BYTES
 
 log = logging.getLogger(__name__)
 
-#: Longest wait between two failed rounds. A round against a bucket that is away
-#: costs one refused connection (or one timeout), so a short cap costs little and the queue
+#: Longest wait between two failed rounds. A round against a bucket that is away costs
+#: one refused connection (or one timeout), so a short cap costs little, and the queue
 #: starts draining within seconds of the bucket's return.
 MAX_BACKOFF_S = 5.0
 
