@@ -335,7 +335,8 @@ class WormOperations(pyfuse3.Operations):
 
     @_guard
     async def read(self, fh, off, size):
-        return await self._off_loop(self.core.read, fh, off, size)
+        data = self.core.read_resident(fh, off, size)  # in the page cache: no thread hop
+        return data if data is not None else await self._off_loop(self.core.read, fh, off, size)
 
     @_guard
     async def write(self, fh, off, buf):

@@ -65,6 +65,8 @@ MAX_BYTES_PER_COMMIT = 32 << 20
 #: long for this many bytes.
 LINGER_S = 0.06
 LINGER_BYTES = 16 << 20
+#: A pause after which the places of the chunks last stored are committed alone.
+PLACES_IDLE_S = 0.1
 #: Chunk bytes committed between two rounds of store housekeeping.
 HOUSEKEEPING_BYTES = 16 << 20
 
@@ -271,9 +273,10 @@ class Committer:
         jobs: list[_Job] = []
         try:
             while not stopping:
-                first = carry if carry is not None else self._queue.get()
+                first = carry if carry is not None else self._next_job()
                 carry = None
                 if first is None:
+                    self._record_places()
                     return
                 jobs, carry, stopping = self._take_batch(first)
                 jobs = [job for job in jobs if job.fn is not _wake]  # nothing to commit
@@ -289,6 +292,24 @@ class Committer:
                 if not job.ticket.done:
                     self._finish(job, self._dead)
             self._fail_queued(self._dead)
+
+    def _next_job(self) -> _Job | None:
+        """The next queued job (None: close). While the places of the chunks last
+        stored are not recorded (the next commit records them), a pause of
+        :data:`PLACES_IDLE_S` commits them alone, so a cold read soon after finds
+        them."""
+        while self._store.places_pending:
+            try:
+                return self._queue.get(timeout=PLACES_IDLE_S)
+            except queue.Empty:
+                self._record_places()
+        return self._queue.get()
+
+    def _record_places(self) -> None:
+        try:
+            self._store.record_places()
+        except WormError as exc:  # only read hints: the next commit tries again
+            log.warning("chunk places not recorded: %s", exc)
 
     def _take_batch(self, first: _Job) -> tuple[list[_Job], _Job | None, bool]:
         """``first`` and what else is queued, up to the per-commit limits: (the jobs,

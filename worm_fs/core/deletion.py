@@ -207,7 +207,7 @@ class Deletions:
         freed = 0
         for key, count in refs.items():
             if txn.get_ref(key) <= count:
-                freed += lengths[key] if key in lengths else len(txn.get_chunk(key) or b"")
+                freed += lengths[key] if key in lengths else (txn.chunk_size(key) or 0)
         return Coverage(entries, files, logical, freed)
 
     def retained_until(self, txn: ReadTxn, ino: int) -> int:

@@ -28,18 +28,14 @@ from worm_fs.audit.log import AuditBatch
 from worm_fs.core.base import CoreState
 from worm_fs.core.committer import Ticket
 from worm_fs.core.handles import Handle, RangeLog, WriteHandle
-from worm_fs.core.layout import check_layout, check_length
-from worm_fs.core.model import Caller, Inode, Kind, State
+from worm_fs.core.model import Caller, Inode, State
 from worm_fs.core.policy import Op
 from worm_fs.core.quota import QuotaExceeded
 from worm_fs.core.storer import Chunk, ChunkStorer, retire_chunks, store_live_chunks
 from worm_fs.core.throttle import OpenThrottle
-from worm_fs.errors import Corruption, Refused, UntrustedData, WormError
+from worm_fs.errors import Refused, WormError
 from worm_fs.store import (
-    CHUNK_SIZE,
-    ReadTxn,
     WriteTxn,
-    check_chunk,
     load_file_chunk,
     release_chunk,
 )
@@ -139,97 +135,6 @@ class FileOps(CoreState):
         """Record the refusals of the open rate limit that are due (the daemon's group
         commit tick; ``everything`` at shutdown)."""
         return self._throttle.flush(everything=everything)
-
-    def read(self, fh: int, off: int, size: int) -> bytes:
-        """Read through a handle.
-
-        Reads of sealed and quarantined files (immutable) take no lock, so several can
-        fault in store pages at once; a file still being written is read under its
-        writer's guard, from its buffers and the store.
-        """
-        handle = self._handle(fh)
-        try:
-            writer = self._writers.get(handle.ino)
-            with self.store.read() as rt:
-                if writer is not None:
-                    with writer.guard:
-                        data = writer.read(
-                            off, size, lambda i: load_file_chunk(rt, handle.ino, i))
-                else:
-                    data = self._read_chunks(rt, handle, off, size)
-        except UntrustedData as exc:  # refused bytes from outside: the store is fine
-            self._report_corruption(handle, str(exc))
-            raise
-        except Corruption as exc:
-            self._report_corruption(handle, str(exc))
-            self.enter_failsafe(f"corrupt data detected: {exc}")
-            raise
-        with handle.lock:
-            handle.reads.add(off, len(data))
-        if self.audit_reads_each:
-            self.log.note(self.log.stamp(
-                "read", ino=handle.ino, offset=off, bytes=len(data), fh=fh,
-                **self._who(handle.caller),
-            ))
-        return data
-
-    def _read_chunks(self, rt: ReadTxn, handle: Handle, off: int, size: int) -> bytes:
-        if handle.keys is None:
-            self._check_layout(rt, handle)
-        keys = handle.keys
-        assert handle.size is not None
-        end = min(off + size, handle.size)
-        pieces: list[bytes] = []
-        pos = off
-        while pos < end:
-            index, coff = divmod(pos, CHUNK_SIZE)
-            n = min(CHUNK_SIZE - coff, end - pos)
-            key = keys[index] if keys else rt.get_manifest(handle.ino, index)
-            cached_key, cached_data = handle.cache
-            if key is None:
-                if rt.get_inode(handle.ino) is None:  # deleted under an open handle
-                    raise WormError("the file was deleted", errno=errno.ESTALE)
-                data = b""
-            elif key == cached_key:
-                data = cached_data
-            else:
-                stored = rt.get_chunk(key) if self.chunk_source is None else \
-                    self.chunk_source.chunk(handle.ino, index, key)
-                if stored is None and rt.get_inode(handle.ino) is None:
-                    raise WormError("the file was deleted", errno=errno.ESTALE)
-                data = check_chunk(key, stored)
-                if keys:
-                    check_length(handle.size, index, data)
-                handle.cache = (key, data)  # one assignment: safe for concurrent readers
-            piece = data if coff == 0 and n == len(data) else data[coff : coff + n]
-            pieces.append(piece)
-            if len(piece) < n:  # a hole of a file not sealed (yet)
-                pieces.append(bytes(n - len(piece)))
-            pos += n
-        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
-
-    def _check_layout(self, rt: ReadTxn, handle: Handle) -> None:
-        """Before the first read of a sealed file through ``handle``: its layout must be
-        canonical and match its digest (raises Corruption). A file not sealed yet
-        (quarantined, or its seal not committed) is read as stored, holes as zeros."""
-        inode = self.inode_in(rt, handle.ino)
-        if inode.kind is Kind.FILE and inode.state is State.SEALED:
-            keys = check_layout(inode.size, rt.iter_manifest(handle.ino), inode.layout)
-            handle.size = inode.size
-            handle.keys = keys
-            return
-        if handle.size is None:
-            handle.size = inode.size
-        if inode.state is State.QUARANTINED:
-            handle.keys = []  # final, with no layout: not looked up again on each read
-
-    def _report_corruption(self, handle: Handle, what: str) -> None:
-        with self.store.read() as rt:
-            path = self._path(rt, handle.ino)
-        self.log.note(self.log.stamp(
-            "corruption", errno.EIO, path=path, ino=handle.ino, detail=what,
-            **self._who(handle.caller),
-        ))
 
     # ------------------------------------------------------------------ write
     def write(self, fh: int, off: int, data: bytes) -> int:

@@ -6,7 +6,9 @@ what other packages imported from here still is):
 * :mod:`.base` -- shared state, the lock table ("who protects what"), commit hooks,
   failsafe, refusals;
 * :mod:`.namespace` -- lookups, create/mkdir/symlink, rename, setattr, refusals;
-* :mod:`.files` -- open, read, write, flush (the data path, top to bottom);
+* :mod:`.files` -- open, write, flush (the data path, top to bottom);
+* :mod:`.reads` -- reads: sealed files from the store (from the page cache without a
+  thread hop), files being written through their writer;
 * :mod:`.sealing` -- release and seal, quarantine, crash recovery;
 * :mod:`.committer` -- the one thread that writes the store (group commit);
 * :mod:`.storer` -- hashing full chunks off the request path;
@@ -38,6 +40,7 @@ from worm_fs.core.model import Inode, Kind
 from worm_fs.core.namespace import SUBDIRS_META, XATTR_STATE_DIR, NamespaceOps
 from worm_fs.core.paths import NAME_MAX, ROOT_INO, iso_time, path_of
 from worm_fs.core.quota import COUNTED_META, stored_quotas
+from worm_fs.core.reads import ReadOps
 from worm_fs.core.sealing import LAYOUTS_META, SealOps
 from worm_fs.core.storer import ChunkStorer
 from worm_fs.core.throttle import OpenThrottle
@@ -47,7 +50,7 @@ from worm_fs.store import Store, u64
 SCHEMA_VERSION = 1
 
 
-class WormCore(NamespaceOps, FileOps, SealOps):
+class WormCore(NamespaceOps, FileOps, ReadOps, SealOps):
     """One store's filesystem semantics; see the module docstring for its parts."""
 
     def __init__(

@@ -68,9 +68,16 @@ class Handle:
     size: int | None = None
     #: (key, bytes) of the last chunk this handle verified, so sequential reads of one
     #: chunk hash and copy it once. Replaced as a whole, never mutated.
-    cache: tuple[bytes, bytes] = (b"", b"")
+    cache: tuple[bytes, bytes | bytearray] = (b"", b"")
     #: A sealed file's chunk keys, once its layout was checked (the first read).
     keys: list[bytes] | None = None
+    #: The chunk the handle last loaded, and the end of what it asked the disk to
+    #: read ahead (hints only: concurrent readers of one handle may race on them).
+    last_index: int = -1
+    ahead_to: int = 0
+    #: (first index, places of the chunks from it on) of a sealed file, as looked up
+    #: by the last window lookup (``core/reads.py``).
+    place_window: tuple[int, list[tuple[int, int] | None]] = (0, [])
     #: Guards ``reads`` against concurrent readers of one handle.
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 

@@ -279,7 +279,7 @@ class SealOps(CoreState):
         def job(tx: WriteTxn, batch: AuditBatch) -> None:
             inode = Inode.from_bytes(tx.get_inode(ino) or b"")
             for index, key in tx.iter_manifest(ino):  # chunks stored after the last flush
-                inode.size = max(inode.size, index * CHUNK_SIZE + len(tx.get_chunk(key) or b""))
+                inode.size = max(inode.size, index * CHUNK_SIZE + (tx.chunk_size(key) or 0))
             inode.state = State.QUARANTINED
             inode.mode &= ~0o222
             inode.ctime_ns = now

@@ -16,6 +16,7 @@ from worm_fs.store.chunks import (
     load_chunk,
     load_file_chunk,
     put_chunk,
+    read_chunk,
     release_chunk,
 )
 from worm_fs.store.env import ReadTxn, Store, WriteTxn, from_u64, u64
@@ -31,6 +32,7 @@ __all__ = [
     "load_chunk",
     "load_file_chunk",
     "put_chunk",
+    "read_chunk",
     "release_chunk",
     "u64",
 ]

@@ -1,0 +1,218 @@
+"""Reading files: sealed files straight from the store, others through their writer.
+
+Two ways in:
+
+* :meth:`ReadOps.read` may wait for the disk and runs in a worker thread. It checks a
+  sealed file's layout at its first read, and reads chunks at their recorded places in
+  the data file (``store/places.py``), asking the disk for the next
+  :data:`READ_AHEAD_CHUNKS` chunks of a sequential read.
+* :meth:`ReadOps.read_resident` never waits for the disk, so the event loop calls it
+  first: a cold sequential read then costs one thread hop per miss, not per request.
+  It serves a sealed file's chunks that are already in the page cache (a
+  ``RWF_NOWAIT`` read at a place the open transaction still records) and answers
+  None for anything else, which ``read`` then serves.
+
+Concurrency: reads of sealed and quarantined files (immutable) take no lock; a handle's
+``cache``, ``last_index``, ``ahead_to`` and ``place_window`` are each replaced whole, so
+concurrent readers of one handle at worst repeat a read or a read-ahead. A file still
+being written is read under its writer's guard, from its buffers and the store.
+"""
+
+from __future__ import annotations
+
+import errno
+
+from worm_fs.core.base import CoreState
+from worm_fs.core.handles import Handle
+from worm_fs.core.layout import check_layout, check_length, chunk_length
+from worm_fs.core.model import Kind, State
+from worm_fs.errors import Corruption, UntrustedData, WormError
+from worm_fs.store import CHUNK_SIZE, ReadTxn, check_chunk, load_file_chunk
+from worm_fs.store.chunks import matches_key, read_chunk
+
+#: Chunks a sequential read of a sealed file asks the disk for ahead of the one it reads.
+READ_AHEAD_CHUNKS = 16
+#: Places looked up at once (by the thread path), from the chunk being read on.
+PLACE_WINDOW = 64
+
+Chunk = bytes | bytearray
+
+
+class ReadOps(CoreState):
+    """The read half of :class:`~worm_fs.core.fs.WormCore`."""
+
+    def read(self, fh: int, off: int, size: int) -> Chunk:
+        """Read through a handle (may wait for the disk: not on the event loop)."""
+        handle = self._handle(fh)
+        try:
+            writer = self._writers.get(handle.ino)
+            with self.store.read() as rt:
+                if writer is not None:
+                    with writer.guard:
+                        data = writer.read(
+                            off, size, lambda i: load_file_chunk(rt, handle.ino, i))
+                else:
+                    data = self._read_chunks(rt, handle, off, size)
+        except UntrustedData as exc:  # refused bytes from outside: the store is fine
+            self._report_corruption(handle, str(exc))
+            raise
+        except Corruption as exc:
+            self._report_corruption(handle, str(exc))
+            self.enter_failsafe(f"corrupt data detected: {exc}")
+            raise
+        self._note_read(handle, fh, off, len(data))
+        return data
+
+    def read_resident(self, fh: int, off: int, size: int) -> Chunk | None:
+        """What :meth:`read` would return, if it needs no disk read and no check that
+        only :meth:`read` makes (a layout not checked yet, a mismatch, a deletion):
+        else None. Never waits for the disk, raises nothing a read would not."""
+        handle = self._handles.get(fh)
+        if (handle is None or not handle.keys or self.chunk_source is not None
+                or self.audit_reads_each or handle.size is None):
+            return None
+        end = min(off + size, handle.size)
+        pieces: list[Chunk] = []
+        with self.store.read() as rt:
+            pos = off
+            while pos < end:
+                index, coff = divmod(pos, CHUNK_SIZE)
+                n = min(CHUNK_SIZE - coff, end - pos)
+                data = self._resident_chunk(rt, handle, index)
+                if data is None:
+                    return None
+                pieces.append(data if coff == 0 and n == len(data) else data[coff:coff + n])
+                pos += n
+        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        self._note_read(handle, fh, off, len(data))
+        return data
+
+    def _note_read(self, handle: Handle, fh: int, off: int, nbytes: int) -> None:
+        with handle.lock:
+            handle.reads.add(off, nbytes)
+        if self.audit_reads_each:
+            self.log.note(self.log.stamp(
+                "read", ino=handle.ino, offset=off, bytes=nbytes, fh=fh,
+                **self._who(handle.caller),
+            ))
+
+    def _read_chunks(self, rt: ReadTxn, handle: Handle, off: int, size: int) -> Chunk:
+        if handle.keys is None:
+            self._check_layout(rt, handle)
+        keys = handle.keys
+        assert handle.size is not None
+        end = min(off + size, handle.size)
+        pieces: list[Chunk] = []
+        pos = off
+        while pos < end:
+            index, coff = divmod(pos, CHUNK_SIZE)
+            n = min(CHUNK_SIZE - coff, end - pos)
+            key = keys[index] if keys else rt.get_manifest(handle.ino, index)
+            cached_key, cached_data = handle.cache
+            if key is None:
+                if rt.get_inode(handle.ino) is None:  # deleted under an open handle
+                    raise WormError("the file was deleted", errno=errno.ESTALE)
+                data: Chunk = b""
+            elif key == cached_key:
+                data = cached_data
+            else:
+                if self.chunk_source is None:
+                    found = self._stored_chunk(rt, handle, index, key) if keys else \
+                        read_chunk(rt, key)
+                else:
+                    found = self.chunk_source.chunk(handle.ino, index, key)
+                    found = None if found is None else check_chunk(key, found)
+                if found is None and rt.get_inode(handle.ino) is None:
+                    raise WormError("the file was deleted", errno=errno.ESTALE)
+                data = check_chunk(key, None) if found is None else found  # None raises
+                if keys:
+                    check_length(handle.size, index, data)
+                handle.cache = (key, data)  # one assignment: safe for concurrent readers
+            piece = data if coff == 0 and n == len(data) else data[coff : coff + n]
+            pieces.append(piece)
+            if len(piece) < n:  # a hole of a file not sealed (yet)
+                pieces.append(bytes(n - len(piece)))
+            pos += n
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    def _stored_chunk(self, rt: ReadTxn, handle: Handle, index: int, key: bytes
+                      ) -> Chunk | None:
+        """Chunk ``index`` of a sealed file, verified, read at its place when it has
+        one (None: not stored)."""
+        assert handle.keys is not None
+        start, places = handle.place_window
+        window_end = start + len(places)
+        if not start <= index < window_end or (
+                window_end < len(handle.keys) and index + READ_AHEAD_CHUNKS >= window_end):
+            places = rt.chunk_places(handle.keys[index:index + PLACE_WINDOW])
+            start = index
+            handle.place_window = (index, places)
+        self._read_ahead(rt, handle, index)
+        place = places[index - start]
+        if place is not None:
+            data = rt.read_at_place(key, place)
+            if data is not None and matches_key(key, data):
+                return data
+        stored = rt.get_chunk_from_map(key)
+        return None if stored is None else check_chunk(key, stored)
+
+    def _resident_chunk(self, rt: ReadTxn, handle: Handle, index: int) -> Chunk | None:
+        """Chunk ``index`` of a sealed file if it is cached by the handle or in the page
+        cache at its place, verified and of the right length; else None."""
+        assert handle.keys is not None and handle.size is not None
+        key = handle.keys[index]
+        cached_key, cached_data = handle.cache
+        if key == cached_key:
+            return cached_data
+        start, places = handle.place_window
+        if not start <= index < start + len(places):
+            return None
+        place = places[index - start]
+        if place is None:
+            return None
+        data = rt.read_at_place(key, place, resident_only=True)
+        if (data is None or len(data) != chunk_length(handle.size, index)
+                or not matches_key(key, data)):
+            return None
+        handle.cache = (key, data)
+        self._read_ahead(rt, handle, index)
+        return data
+
+    @staticmethod
+    def _read_ahead(rt: ReadTxn, handle: Handle, index: int) -> None:
+        """A read of chunk ``index`` that follows the handle's previous chunk (or starts
+        the file) asks the disk for the next :data:`READ_AHEAD_CHUNKS` chunks whose
+        places are known, each once. Placed chunks are read with nothing around them,
+        so this is the only read-ahead a cold sequential read of the store gets."""
+        previous, handle.last_index = handle.last_index, index
+        if index not in (0, previous + 1):
+            return
+        start, places = handle.place_window
+        first = max(index + 1, handle.ahead_to, start)
+        last = min(start + len(places), index + 1 + READ_AHEAD_CHUNKS)
+        if first < last:
+            rt.prefetch(places[first - start:last - start])
+            handle.ahead_to = last
+
+    def _check_layout(self, rt: ReadTxn, handle: Handle) -> None:
+        """Before the first read of a sealed file through ``handle``: its layout must be
+        canonical and match its digest (raises Corruption). A file not sealed yet
+        (quarantined, or its seal not committed) is read as stored, holes as zeros."""
+        inode = self.inode_in(rt, handle.ino)
+        if inode.kind is Kind.FILE and inode.state is State.SEALED:
+            keys = check_layout(inode.size, rt.iter_manifest(handle.ino), inode.layout)
+            handle.size = inode.size
+            handle.keys = keys
+            return
+        if handle.size is None:
+            handle.size = inode.size
+        if inode.state is State.QUARANTINED:
+            handle.keys = []  # final, with no layout: not looked up again on each read
+
+    def _report_corruption(self, handle: Handle, what: str) -> None:
+        with self.store.read() as rt:
+            path = self._path(rt, handle.ino)
+        self.log.note(self.log.stamp(
+            "corruption", errno.EIO, path=path, ino=handle.ino, detail=what,
+            **self._who(handle.caller),
+        ))
