@@ -181,12 +181,14 @@ class ReadOps(CoreState):
     @staticmethod
     def _read_ahead(rt: ReadTxn, handle: Handle, index: int) -> None:
         """A read of chunk ``index`` that follows the handle's previous chunk (or starts
-        the file) asks the disk for the next :data:`READ_AHEAD_CHUNKS` chunks whose
-        places are known, each once. Placed chunks are read with nothing around them,
-        so this is the only read-ahead a cold sequential read of the store gets."""
+        the file) asks the disk for the chunks up to :data:`READ_AHEAD_CHUNKS` ahead
+        whose places are known, each once, when fewer than half of those are asked for
+        already: in batches, so that neighbouring chunks become one request. Placed
+        chunks are read with nothing around them, so this is the only read-ahead a cold
+        sequential read of the store gets."""
         previous, handle.last_index = handle.last_index, index
-        if index not in (0, previous + 1):
-            return
+        if index not in (0, previous + 1) or handle.ahead_to - index > READ_AHEAD_CHUNKS // 2:
+            return  # not sequential, or still far enough ahead
         start, places = handle.place_window
         first = max(index + 1, handle.ahead_to, start)
         last = min(start + len(places), index + 1 + READ_AHEAD_CHUNKS)
