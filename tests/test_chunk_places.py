@@ -8,6 +8,7 @@ import os
 import time
 from pathlib import Path
 
+import lmdb
 import pytest
 
 from tests.test_core import ALICE, FakeClock, open_core, write_file
@@ -168,6 +169,64 @@ def test_a_new_store_is_all_placed_and_one_with_older_chunks_is_not(tmp_path: Pa
         store.close()
 
 
+def test_places_survive_a_reopen(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    data = os.urandom(MIB)
+    with store.write() as tx:
+        key = put_chunk(tx, data)
+    store.record_places()
+    where = place(store, key)
+    store.close()
+    for readonly in (False, True, False):
+        store = Store(tmp_path, readonly=readonly)
+        try:
+            assert store.all_placed
+            assert place(store, key) == where
+        finally:
+            store.close()
+
+
+def test_a_commit_by_a_version_without_places_drops_them(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    with store.write() as tx:
+        key = put_chunk(tx, os.urandom(MIB))
+        put_chunk(tx, os.urandom(MIB))
+    store.record_places()
+    store.close()
+    # What an older daemon's commit looks like: chunks freed and stored, no stamp.
+    env = lmdb.open(str(tmp_path / "store"), max_dbs=20, subdir=True)
+    with env.begin(write=True) as txn:
+        txn.delete(key, db=env.open_db(b"chunks", txn=txn))
+    env.close()
+    readonly = Store(tmp_path, readonly=True)
+    try:  # read-only: not trusted, not used
+        assert not readonly.all_placed
+        with readonly.read() as rt:
+            assert rt.get_chunk(key) is None
+    finally:
+        readonly.close()
+    store = Store(tmp_path)
+    try:  # read-write: dropped, and the store keeps the map's default advice
+        assert not store.all_placed
+        with store.read() as rt:
+            assert rt._txn.stat(rt._db["chunk_places"])["entries"] == 0
+    finally:
+        store.close()
+
+
+def test_a_place_whose_chunk_is_gone_is_not_used(store: Store) -> None:
+    data = os.urandom(MIB)
+    with store.write() as tx:
+        key = put_chunk(tx, data)
+    store.record_places()
+    with store.write() as tx:  # a chunk row gone, its place left (only a bug does it)
+        tx._txn.delete(key, db=tx._db["chunks"])
+    with store.read() as rt:
+        assert rt.chunk_places([key]) == [None]
+        assert rt.get_chunk(key) is None
+        assert rt.chunk_size(key) is None
+
+
 def test_neighbouring_ranges_are_read_ahead_as_one() -> None:
     assert merged([(0, 100), (116, 100), (300_000, 10), (100, 5)]) == [
         (0, 216), (300_000, 10), (100, 5)]
@@ -223,6 +282,21 @@ def test_a_sequential_read_asks_the_disk_for_the_chunks_ahead(core: WormCore) ->
     drop_from_page_cache(core.store)
     assert core.read(fh, 0, MIB) == data[:MIB]  # reads chunk 0, asks for 1..5
     # Nothing else reads those chunks: only the read-ahead brings them in.
+    deadline = time.monotonic() + 10
+    while core.read_resident(fh, 5 * MIB, MIB) is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert core.read_resident(fh, MIB, 5 * MIB) == data[MIB:]
+    core.release(fh)
+
+
+def test_a_second_pass_over_a_file_is_read_ahead_again(core: WormCore) -> None:
+    data = os.urandom(6 * MIB)
+    ino = sealed_file(core, data)
+    fh, _ = core.open(ino, os.O_RDONLY, ALICE)
+    for index in range(6):
+        assert core.read(fh, index * MIB, MIB) == data[index * MIB:(index + 1) * MIB]
+    drop_from_page_cache(core.store)
+    assert core.read(fh, 0, MIB) == data[:MIB]  # a seek back to the start
     deadline = time.monotonic() + 10
     while core.read_resident(fh, 5 * MIB, MIB) is None and time.monotonic() < deadline:
         time.sleep(0.01)

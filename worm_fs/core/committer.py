@@ -221,9 +221,10 @@ class Committer:
         self._store.set_writer_thread(None)
         # Jobs queued while the thread was stopping run inline, like any later job.
         late = self._drain_queue()
-        if late:
-            with self._inline:
+        with self._inline:
+            if late:
                 self._run(late)
+            self._record_places()
 
     def _drain_queue(self) -> list[_Job]:
         jobs: list[_Job] = []
@@ -284,6 +285,7 @@ class Committer:
                     self._run(grouped(jobs))
             if carry is not None:
                 self._run([carry])
+            self._record_places()
         except BaseException as exc:  # a bug: never leave callers waiting
             log.exception("the committer thread died")
             self._dead = StorageError(f"the commit pipeline stopped: {exc}")

@@ -21,6 +21,7 @@ being written is read under its writer's guard, from its buffers and the store.
 from __future__ import annotations
 
 import errno
+import logging
 
 from worm_fs.core.base import CoreState
 from worm_fs.core.handles import Handle
@@ -28,7 +29,8 @@ from worm_fs.core.layout import check_layout, check_length, chunk_length
 from worm_fs.core.model import Kind, State
 from worm_fs.errors import Corruption, UntrustedData, WormError
 from worm_fs.store import CHUNK_SIZE, ReadTxn, check_chunk, load_file_chunk
-from worm_fs.store.chunks import matches_key, read_chunk
+from worm_fs.store.chunks import read_chunk
+from worm_fs.store.keys import matches_key
 
 #: Chunks a sequential read of a sealed file asks the disk for ahead of the one it reads.
 READ_AHEAD_CHUNKS = 16
@@ -36,6 +38,8 @@ READ_AHEAD_CHUNKS = 16
 PLACE_WINDOW = 64
 
 Chunk = bytes | bytearray
+
+log = logging.getLogger(__name__)
 
 
 class ReadOps(CoreState):
@@ -66,7 +70,8 @@ class ReadOps(CoreState):
     def read_resident(self, fh: int, off: int, size: int) -> Chunk | None:
         """What :meth:`read` would return, if it needs no disk read and no check that
         only :meth:`read` makes (a layout not checked yet, a mismatch, a deletion):
-        else None. Never waits for the disk, raises nothing a read would not."""
+        else None, having at most replaced the handle's cached chunk and read-ahead
+        state (hints). Never waits for the disk, raises nothing a read would not."""
         handle = self._handles.get(fh)
         if (handle is None or not handle.keys or self.chunk_source is not None
                 or self.audit_reads_each or handle.size is None):
@@ -153,6 +158,8 @@ class ReadOps(CoreState):
             data = rt.read_at_place(key, place)
             if data is not None and matches_key(key, data):
                 return data
+            if data is not None:
+                log.warning("chunk %s was not at its recorded place", key.hex())
         stored = rt.get_chunk_from_map(key)
         return None if stored is None else check_chunk(key, stored)
 
@@ -165,8 +172,10 @@ class ReadOps(CoreState):
         if key == cached_key:
             return cached_data
         start, places = handle.place_window
-        if not start <= index < start + len(places):
-            return None
+        window_end = start + len(places)
+        if not start <= index < window_end or (
+                window_end < len(handle.keys) and index + READ_AHEAD_CHUNKS >= window_end):
+            return None  # the thread path looks up the next places and reads ahead
         place = places[index - start]
         if place is None:
             return None
@@ -187,8 +196,12 @@ class ReadOps(CoreState):
         chunks are read with nothing around them, so this is the only read-ahead a cold
         sequential read of the store gets."""
         previous, handle.last_index = handle.last_index, index
-        if index not in (0, previous + 1) or handle.ahead_to - index > READ_AHEAD_CHUNKS // 2:
-            return  # not sequential, or still far enough ahead
+        if index != previous + 1:  # a seek: what was asked for ahead is elsewhere
+            handle.ahead_to = index + 1
+            if index != 0:
+                return
+        if handle.ahead_to - index > READ_AHEAD_CHUNKS // 2:
+            return  # still far enough ahead
         start, places = handle.place_window
         first = max(index + 1, handle.ahead_to, start)
         last = min(start + len(places), index + 1 + READ_AHEAD_CHUNKS)

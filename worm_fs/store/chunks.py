@@ -14,25 +14,17 @@ from __future__ import annotations
 
 import logging
 
-import xxhash
-
 from worm_fs.errors import Corruption, StorageError
 from worm_fs.store import uploads
 from worm_fs.store.env import ReadTxn, WriteTxn
+from worm_fs.store.keys import DIGEST_LEN, KEY_LEN, digest
 
 #: Files are split into chunks of this many bytes (the last one may be shorter).
 CHUNK_SIZE = 1 << 20
 
-DIGEST_LEN = 16
-KEY_LEN = DIGEST_LEN + 1
 _MAX_COLLISIONS = 256
 
 log = logging.getLogger(__name__)
-
-
-def digest(data: bytes | bytearray | memoryview) -> bytes:
-    """The XXH3-128 digest of ``data``."""
-    return xxhash.xxh3_128_digest(data)
 
 
 def put_chunk(
@@ -95,25 +87,11 @@ def check_chunk(key: bytes, data: bytes | None) -> bytes:
     return data
 
 
-def matches_key(key: bytes, data: bytes | bytearray) -> bool:
-    """Whether ``data`` has the digest chunk key ``key`` names."""
-    return len(key) == KEY_LEN and digest(data) == key[:DIGEST_LEN]
-
-
 def read_chunk(tx: ReadTxn, key: bytes) -> bytes | None:
-    """The bytes of chunk ``key``, verified against its digest; None if not stored.
-
-    A chunk with a recorded place is read there (``places.py``: exactly its bytes, no
-    read-around); if those bytes do not match, LMDB's own copy is read and checked.
-    """
-    data = tx.get_chunk(key)
-    if data is None or matches_key(key, data):
-        return data
-    if tx.has_place(key):
-        data = check_chunk(key, tx.get_chunk_from_map(key))
-        log.warning("chunk %s was not at its recorded place", key.hex())
-        return data
-    return check_chunk(key, data)  # raises
+    """The bytes of chunk ``key``, verified against its digest; None if not stored
+    (read at its place when it has one: see :meth:`ReadTxn.get_chunk`)."""
+    data, verified = tx.fetch_chunk(key)
+    return data if data is None or verified else check_chunk(key, data)
 
 
 def load_chunk(tx: ReadTxn, key: bytes) -> bytes:

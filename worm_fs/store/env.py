@@ -36,6 +36,7 @@ from pathlib import Path
 import lmdb
 
 from worm_fs.errors import Corruption, NoSpace, StorageError
+from worm_fs.store.keys import matches_key
 from worm_fs.store.places import ChunkFile, decode_place, encode_place, place_of
 from worm_fs.store.records import RecordFormatError, decode_record, encode_record
 
@@ -139,31 +140,42 @@ class ReadTxn:
                 yield from_u64(key[8:]), value
 
     def _place(self, key: bytes) -> tuple[int, int] | None:
+        """The recorded place of a chunk this transaction holds (its pages cannot be
+        reused while the transaction is open), else None."""
         if self._chunk_file is None or "chunk_places" not in self._db:
             return None
         raw = self._txn.get(key, db=self._db["chunk_places"])
-        return None if raw is None else decode_place(raw)
+        if raw is None:
+            return None
+        with self._txn.cursor(db=self._db["chunks"]) as cur:
+            if not cur.set_key(key):  # positions on the key; the value is not read
+                return None
+        return decode_place(raw)
 
     def chunk_places(self, keys: list[bytes]) -> list[tuple[int, int] | None]:
         """The recorded place of each of ``keys`` in the data file (``places.py``)."""
         return [self._place(key) for key in keys]
 
     def get_chunk(self, key: bytes) -> bytes | None:
-        """Chunk ``key``'s stored bytes (unverified), read at its recorded place when it
-        has one (``places.py``), else from LMDB's map."""
+        """Chunk ``key``'s stored bytes; see :meth:`fetch_chunk`."""
+        return self.fetch_chunk(key)[0]
+
+    def fetch_chunk(self, key: bytes) -> tuple[bytes | None, bool]:
+        """(chunk ``key``'s stored bytes or None, whether they were checked against the
+        key). A chunk with a recorded place (``places.py``) is read there and checked;
+        bytes there that do not match (a bug, or a bad disk) are not returned: LMDB's
+        own copy is, unchecked, like any chunk read through the map."""
         place = self._place(key)
         if place is not None:
             data = self._chunk_file.read(*place)  # type: ignore[union-attr]
-            if data is not None:
-                return data
-        return self.get_chunk_from_map(key)
+            if data is not None and matches_key(key, data):
+                return data, True
+            log.warning("chunk %s was not at its recorded place", key.hex())
+        return self.get_chunk_from_map(key), False
 
     def get_chunk_from_map(self, key: bytes) -> bytes | None:
         """Chunk ``key``'s stored bytes as LMDB itself reads them (unverified)."""
         return self._txn.get(key, db=self._db["chunks"])
-
-    def has_place(self, key: bytes) -> bool:
-        return self._place(key) is not None
 
     def chunk_size(self, key: bytes) -> int | None:
         """The length of chunk ``key`` (None if not stored), not read if it is placed."""
@@ -455,6 +467,8 @@ _MADV_RANDOM = 1
 _MADV_DONTNEED = 4
 #: meta: ``all`` once a store made by a version that records chunk places.
 PLACES_META = b"chunk_places"
+#: meta: the id of the last write transaction made by such a version (u64).
+PLACES_TXN_META = b"places_txn"
 
 
 @functools.cache
@@ -523,8 +537,9 @@ class Store:
         #: Places of the chunks the last commit stored, for the next one to record.
         self._pending_places: dict[bytes, bytes] = {}
         self._chunk_file: ChunkFile | None = None
-        #: Whether every chunk stored has had its place recorded (see _advise_map).
+        #: Whether every chunk stored has had its place recorded (see _check_places).
         self.all_placed = False
+        self._places_trusted = False
         self._open()
 
     def _open(self) -> None:
@@ -566,28 +581,50 @@ class Store:
                 self._chunk_file = ChunkFile(self.path / "store" / "data.mdb")
             except OSError as exc:  # placed reads are an optimisation
                 log.warning("cannot open the data file for placed reads: %s", exc)
-        if not self.readonly:
-            self._open_upload_queue()
-        self._advise_map()
+        try:
+            self._check_places()
+            if not self.readonly:
+                self._open_upload_queue()
+        except BaseException:
+            self.close()
+            raise
 
-    def _advise_map(self) -> None:
-        """Map the data file for random access (no read-around on a page fault) if
-        every chunk of the store has had its place recorded since the store was made
-        (``meta`` ``chunk_places`` = ``all``, set when a store without chunks opens):
-        then chunk bytes are read with ``pread`` at their places, and what faults in
-        through the map is B-tree pages, for which reading the device's read-ahead
-        window around each (8 MiB on some disks) only reads other files' chunks. A
-        store whose older chunks have no places keeps the default: those are read
-        through the map, and page by page that would be several times slower."""
+    def _check_places(self) -> None:
+        """Trust the recorded chunk places only if the last write transaction was made
+        by a version that keeps them (each stamps ``meta`` ``places_txn`` with its own
+        id): an older version frees and stores chunks without touching them. Read-write,
+        untrusted places are dropped and the store loses its ``all`` mark; read-only,
+        they are just not used.
+
+        Then map the data file for random access (no read-around on a page fault) if
+        every chunk has had its place recorded since the store was made (``meta``
+        ``chunk_places`` = ``all``, set when a store without chunks opens read-write):
+        chunk bytes are then read with ``pread`` at their places, and what faults in
+        through the map is B-tree pages, around each of which the default read-around
+        (8 MiB on some disks) reads only other files' chunks. A store whose older
+        chunks have no places keeps the default: those are read through the map, and
+        page by page that would be several times slower."""
+        meta, places = self._dbs["meta"], self._dbs.get("chunk_places")
         try:
             with self._env.begin(write=not self.readonly) as txn:
-                meta = self._dbs["meta"]
-                if (not self.readonly and txn.get(PLACES_META, db=meta) is None
-                        and txn.stat(self._dbs["chunks"])["entries"] == 0):
-                    txn.put(PLACES_META, b"all", db=meta)
-                self.all_placed = txn.get(PLACES_META, db=meta) == b"all"
+                stamp = txn.get(PLACES_TXN_META, db=meta)
+                trusted = stamp is not None and from_u64(stamp) == txn.id() - (
+                    0 if self.readonly else 1)
+                if not self.readonly:
+                    if not trusted and (txn.stat(places)["entries"]
+                                        or txn.get(PLACES_META, db=meta) is not None):
+                        log.info("chunk places dropped: another version wrote the store")
+                        txn.drop(places, delete=False)
+                        txn.delete(PLACES_META, db=meta)
+                    if (txn.get(PLACES_META, db=meta) is None
+                            and txn.stat(self._dbs["chunks"])["entries"] == 0):
+                        txn.put(PLACES_META, b"all", db=meta)
+                    txn.put(PLACES_TXN_META, u64(txn.id()), db=meta)
+                    trusted = True
+                self.all_placed = trusted and txn.get(PLACES_META, db=meta) == b"all"
         except lmdb.Error as exc:
             raise _translate(exc) from None
+        self._places_trusted = trusted
         if self.all_placed:
             mapping = _find_mapping(self.path / "store" / "data.mdb")
             if mapping is not None:
@@ -611,6 +648,7 @@ class Store:
                     return
             with self._env.begin(write=True) as txn:
                 _restamp_queue(txn, uploads, order, self._queue_stamp())
+                txn.put(PLACES_TXN_META, u64(txn.id()), db=self._dbs["meta"])
         except lmdb.Error as exc:
             raise _translate(exc) from None
 
@@ -651,7 +689,8 @@ class Store:
     def read(self) -> Iterator[ReadTxn]:
         try:
             with self._begin(write=False) as txn:
-                yield ReadTxn(txn, self._dbs, self._chunk_file)
+                yield ReadTxn(txn, self._dbs,
+                              self._chunk_file if self._places_trusted else None)
         except lmdb.Error as exc:
             raise _translate(exc) from None
 
@@ -674,17 +713,24 @@ class Store:
                           self._chunk_file)
             try:
                 tx.put_places(self._pending_places)  # first: the chunk may go below
+                tx.raw_put("meta", PLACES_TXN_META, u64(txn.id()))
                 yield tx
             except lmdb.Error as exc:
                 txn.abort()
-                raise _translate(exc) from None
+                error = _translate(exc)
+                if isinstance(error, NoSpace):
+                    self._pending_places = {}  # read hints: not worth a full disk
+                raise error from None
             except BaseException:
                 txn.abort()
                 raise
             try:
                 txn.commit()
             except lmdb.Error as exc:
-                raise self._commit_error(exc) from None
+                error = self._commit_error(exc)
+                if isinstance(error, NoSpace):
+                    self._pending_places = {}
+                raise error from None
             self._pending_places = self._locate(tx.stored_chunks)
 
     @property
@@ -730,7 +776,7 @@ class Store:
                         page = start + place[0] - place[0] % psize
                         _libc().madvise(page, place[0] % psize + place[1], _MADV_DONTNEED)
             return places
-        except (lmdb.Error, OSError, ValueError) as exc:
+        except Exception as exc:  # the commit is durable: never report it failed
             log.warning("chunk places not taken: %s", exc)
             return {}
 

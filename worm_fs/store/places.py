@@ -109,13 +109,18 @@ class ChunkFile:
         self._fd = os.open(data_file, os.O_RDONLY | os.O_CLOEXEC)
         # Its own read-ahead state: reads bring in what they ask for, nothing around it.
         os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_RANDOM)
-        self._ahead: queue.SimpleQueue[list[tuple[int, int]] | None] = queue.SimpleQueue()
+        self._ahead: queue.Queue[list[tuple[int, int]] | None] = queue.Queue(AHEAD_QUEUE)
         self._thread: threading.Thread | None = None
         self._thread_lock = threading.Lock()
 
     def read(self, offset: int, length: int) -> bytes | None:
-        """``length`` bytes at ``offset`` (releases the GIL), or None if short."""
-        data = os.pread(self._fd, length, offset)
+        """``length`` bytes at ``offset`` (releases the GIL), or None if short or the
+        read failed (the caller then reads through LMDB, which reports the error)."""
+        try:
+            data = os.pread(self._fd, length, offset)
+        except OSError as exc:
+            log.warning("read of the data file at %d failed: %s", offset, exc)
+            return None
         return data if len(data) == length else None
 
     def read_resident(self, offset: int, length: int) -> bytearray | None:
@@ -142,7 +147,10 @@ class ChunkFile:
                     self._thread = threading.Thread(target=self._read_ahead, daemon=True,
                                                     name="worm-fs-read-ahead")
                     self._thread.start()
-        self._ahead.put(ranges)
+        try:
+            self._ahead.put_nowait(ranges)
+        except queue.Full:  # the disk is behind anyway; a hint dropped costs nothing
+            pass
 
     def _read_ahead(self) -> None:
         while (ranges := self._ahead.get()) is not None:
@@ -155,13 +163,18 @@ class ChunkFile:
     def close(self) -> None:
         if self._thread is not None:
             self._ahead.put(None)
-            self._thread.join(timeout=5)
+            self._thread.join(timeout=10)
+            if self._thread.is_alive():  # stuck in the kernel: keep its descriptor
+                log.warning("the read-ahead thread did not stop; its descriptor stays open")
+                return
             self._thread = None
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
 
 
+#: Read-ahead requests queued at most; more are dropped (the disk is behind anyway).
+AHEAD_QUEUE = 64
 #: Ranges closer than this are read ahead as one (the page headers and padding between
 #: neighbouring chunks, or a small value between them, cost less than another request).
 MERGE_GAP = 64 << 10
