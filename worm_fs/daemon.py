@@ -41,7 +41,7 @@ import trio
 
 from worm_fs import fuse_ops
 from worm_fs.audit.anchor import ensure_key, fix_origin, write_checkpoint
-from worm_fs.audit.log import AuditLog
+from worm_fs.audit.log import NEXT_SEQ_KEY, AuditLog
 from worm_fs.control.runtime import RuntimeDir
 from worm_fs.control.server import ADMIN_SOCKET, REQUEST_SOCKET, ControlServer
 from worm_fs.core.clock import advance_clock
@@ -541,7 +541,8 @@ class Daemon:
         await trio.to_thread.run_sync(self.store.ensure_headroom)
         if ticks % 60 == 1 and self.core.failsafe is None:
             await trio.to_thread.run_sync(self._advance_clock)
-        size = self.core.stats()["audit_records"]
+        with self.store.read() as rt:  # one counter, not all of stats(): on the loop
+            size = rt.get_counter(NEXT_SEQ_KEY)
         due_records = size - max(self._last_checkpoint_size, 0) >= (
             self.options.checkpoint_records
         )
