@@ -765,6 +765,7 @@ class Store:
             start, length = self._map_range
             psize = self._env.stat()["psize"]
             places: dict[bytes, bytes] = {}
+            low, high = length, 0
             with self._env.begin(buffers=True) as txn:
                 for key in keys:
                     view = txn.get(key, db=self._dbs["chunks"])
@@ -773,8 +774,9 @@ class Store:
                     place = place_of(view, start, length, psize)
                     if place is not None:
                         places[key] = encode_place(*place)
-                        page = start + place[0] - place[0] % psize
-                        _libc().madvise(page, place[0] % psize + place[1], _MADV_DONTNEED)
+                        low, high = min(low, place[0]), max(high, place[0] + place[1])
+            if places:
+                self.release_mapped_pages()
             return places
         except Exception as exc:  # the commit is durable: never report it failed
             log.warning("chunk places not taken: %s", exc)
