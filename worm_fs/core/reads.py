@@ -35,7 +35,7 @@ from worm_fs.store.keys import matches_key
 #: Chunks a sequential read of a sealed file asks the disk for ahead of the one it reads.
 READ_AHEAD_CHUNKS = 16
 #: Places looked up at once (by the thread path), from the chunk being read on.
-PLACE_WINDOW = 64
+PLACE_WINDOW = 32
 
 Chunk = bytes | bytearray
 
