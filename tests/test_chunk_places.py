@@ -15,6 +15,7 @@ from tests.test_core import ALICE, FakeClock, open_core, write_file
 from worm_fs.audit.log import AuditLog
 from worm_fs.core.fs import ROOT_INO, WormCore
 from worm_fs.store import Store, put_chunk, read_chunk, release_chunk
+from worm_fs.store.env import PLACES_META
 from worm_fs.store.places import decode_place, encode_place, merged
 
 MIB = 1 << 20
@@ -154,6 +155,20 @@ def test_a_resident_read_answers_none_for_pages_not_in_the_page_cache(
         assert rt.read_at_place(key, where, resident_only=True) == data
 
 
+def test_a_new_store_is_all_placed_and_one_with_older_chunks_is_not(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    assert store.all_placed
+    with store.write() as tx:
+        put_chunk(tx, os.urandom(MIB))
+        tx.raw_delete("meta", PLACES_META)  # as a store made before places were kept
+    store.close()
+    store = Store(tmp_path)
+    try:
+        assert not store.all_placed
+    finally:
+        store.close()
+
+
 def test_places_survive_a_reopen(tmp_path: Path) -> None:
     store = Store(tmp_path)
     data = os.urandom(MIB)
@@ -165,6 +180,7 @@ def test_places_survive_a_reopen(tmp_path: Path) -> None:
     for readonly in (False, True, False):
         store = Store(tmp_path, readonly=readonly)
         try:
+            assert store.all_placed
             assert place(store, key) == where
         finally:
             store.close()
@@ -172,12 +188,10 @@ def test_places_survive_a_reopen(tmp_path: Path) -> None:
 
 def test_a_commit_by_a_version_without_places_drops_them(tmp_path: Path) -> None:
     store = Store(tmp_path)
-    kept = os.urandom(MIB)
     with store.write() as tx:
         key = put_chunk(tx, os.urandom(MIB))
-        other = put_chunk(tx, kept)
+        put_chunk(tx, os.urandom(MIB))
     store.record_places()
-    assert place(store, other) is not None
     store.close()
     # What an older daemon's commit looks like: chunks freed and stored, no stamp.
     env = lmdb.open(str(tmp_path / "store"), max_dbs=20, subdir=True)
@@ -186,13 +200,14 @@ def test_a_commit_by_a_version_without_places_drops_them(tmp_path: Path) -> None
     env.close()
     readonly = Store(tmp_path, readonly=True)
     try:  # read-only: not trusted, not used
+        assert not readonly.all_placed
         with readonly.read() as rt:
-            assert rt.chunk_places([other]) == [None]
-            assert rt.get_chunk(other) == kept  # through the map
+            assert rt.get_chunk(key) is None
     finally:
         readonly.close()
     store = Store(tmp_path)
-    try:  # read-write: dropped
+    try:  # read-write: dropped, and the store keeps the map's default advice
+        assert not store.all_placed
         with store.read() as rt:
             assert rt._txn.stat(rt._db["chunk_places"])["entries"] == 0
     finally:

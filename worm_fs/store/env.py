@@ -463,7 +463,10 @@ def _decoded(seq: int, value: bytes) -> bytes:
         raise Corruption(f"audit record {seq} cannot be decoded: {exc}") from None
 
 
+_MADV_RANDOM = 1
 _MADV_DONTNEED = 4
+#: meta: ``all`` once a store made by a version that records chunk places.
+PLACES_META = b"chunk_places"
 #: meta: the id of the last write transaction made by such a version (u64).
 PLACES_TXN_META = b"places_txn"
 
@@ -534,6 +537,8 @@ class Store:
         #: Places of the chunks the last commit stored, for the next one to record.
         self._pending_places: dict[bytes, bytes] = {}
         self._chunk_file: ChunkFile | None = None
+        #: Whether every chunk stored has had its place recorded (see _check_places).
+        self.all_placed = False
         self._places_trusted = False
         self._open()
 
@@ -550,7 +555,7 @@ class Store:
                 metasync=True,
                 writemap=False,
                 map_async=False,
-                readahead=True,  # kept: see _check_places
+                readahead=True,  # the map's advice is chosen later: _advise_map
                 create=not self.readonly,
                 mode=0o700,
             )
@@ -588,12 +593,17 @@ class Store:
         """Trust the recorded chunk places only if the last write transaction was made
         by a version that keeps them (each stamps ``meta`` ``places_txn`` with its own
         id): an older version frees and stores chunks without touching them. Read-write,
-        untrusted places are dropped; read-only, they are just not used.
+        untrusted places are dropped and the store loses its ``all`` mark; read-only,
+        they are just not used.
 
-        The map keeps the kernel's default advice (read-around on a page fault): with
-        ``MADV_RANDOM`` a cold read of a file read 257 MiB instead of 400-440 MiB from
-        the disk for its 256 MiB, no faster, while each cold B-tree page became a
-        4 KiB read of its own and lookups under load slowed."""
+        Then map the data file for random access (no read-around on a page fault) if
+        every chunk has had its place recorded since the store was made (``meta``
+        ``chunk_places`` = ``all``, set when a store without chunks opens read-write):
+        chunk bytes are then read with ``pread`` at their places, and what faults in
+        through the map is B-tree pages, around each of which the default read-around
+        (8 MiB on some disks) reads only other files' chunks. A store whose older
+        chunks have no places keeps the default: those are read through the map, and
+        page by page that would be several times slower."""
         meta, places = self._dbs["meta"], self._dbs.get("chunk_places")
         try:
             with self._env.begin(write=not self.readonly) as txn:
@@ -601,14 +611,24 @@ class Store:
                 trusted = stamp is not None and from_u64(stamp) == txn.id() - (
                     0 if self.readonly else 1)
                 if not self.readonly:
-                    if not trusted and txn.stat(places)["entries"]:
+                    if not trusted and (txn.stat(places)["entries"]
+                                        or txn.get(PLACES_META, db=meta) is not None):
                         log.info("chunk places dropped: another version wrote the store")
                         txn.drop(places, delete=False)
+                        txn.delete(PLACES_META, db=meta)
+                    if (txn.get(PLACES_META, db=meta) is None
+                            and txn.stat(self._dbs["chunks"])["entries"] == 0):
+                        txn.put(PLACES_META, b"all", db=meta)
                     txn.put(PLACES_TXN_META, u64(txn.id()), db=meta)
                     trusted = True
+                self.all_placed = trusted and txn.get(PLACES_META, db=meta) == b"all"
         except lmdb.Error as exc:
             raise _translate(exc) from None
         self._places_trusted = trusted
+        if self.all_placed:
+            mapping = _find_mapping(self.path / "store" / "data.mdb")
+            if mapping is not None:
+                _libc().madvise(mapping[0], mapping[1], _MADV_RANDOM)
 
     def _open_upload_queue(self) -> None:
         """Continue the queue's clock after its newest entry (a clock set back must not
