@@ -15,7 +15,6 @@ from tests.test_core import ALICE, FakeClock, open_core, write_file
 from worm_fs.audit.log import AuditLog
 from worm_fs.core.fs import ROOT_INO, WormCore
 from worm_fs.store import Store, put_chunk, read_chunk, release_chunk
-from worm_fs.store.env import PLACES_META
 from worm_fs.store.places import decode_place, encode_place, merged
 
 MIB = 1 << 20
@@ -155,18 +154,24 @@ def test_a_resident_read_answers_none_for_pages_not_in_the_page_cache(
         assert rt.read_at_place(key, where, resident_only=True) == data
 
 
-def test_a_new_store_is_all_placed_and_one_with_older_chunks_is_not(tmp_path: Path) -> None:
-    store = Store(tmp_path)
-    assert store.all_placed
+def test_a_manifest_row_gets_the_place_of_the_chunk_it_names(store: Store) -> None:
+    data = os.urandom(MIB)
     with store.write() as tx:
-        put_chunk(tx, os.urandom(MIB))
-        tx.raw_delete("meta", PLACES_META)  # as a store made before places were kept
-    store.close()
-    store = Store(tmp_path)
-    try:
-        assert not store.all_placed
-    finally:
-        store.close()
+        key = put_chunk(tx, data)
+        tx.put_manifest(7, 0, key)
+    store.record_places()
+    with store.read() as rt:
+        assert rt.file_places(7) == {0: place(store, key)}
+    with store.write() as tx:  # a row naming a chunk placed before gets it at once
+        tx.put_manifest(8, 3, put_chunk(tx, data))
+    with store.read() as rt:
+        assert rt.file_places(8) == {3: place(store, key)}
+        assert rt.read_file_chunk_at(8, 3, place(store, key)) == data
+    with store.write() as tx:
+        tx.delete_manifest(8, 3)
+    with store.read() as rt:
+        assert rt.file_places(8) == {}
+        assert rt.read_file_chunk_at(8, 3, place(store, key)) is None
 
 
 def test_places_survive_a_reopen(tmp_path: Path) -> None:
@@ -180,7 +185,6 @@ def test_places_survive_a_reopen(tmp_path: Path) -> None:
     for readonly in (False, True, False):
         store = Store(tmp_path, readonly=readonly)
         try:
-            assert store.all_placed
             assert place(store, key) == where
         finally:
             store.close()
@@ -200,14 +204,12 @@ def test_a_commit_by_a_version_without_places_drops_them(tmp_path: Path) -> None
     env.close()
     readonly = Store(tmp_path, readonly=True)
     try:  # read-only: not trusted, not used
-        assert not readonly.all_placed
         with readonly.read() as rt:
             assert rt.get_chunk(key) is None
     finally:
         readonly.close()
     store = Store(tmp_path)
-    try:  # read-write: dropped, and the store keeps the map's default advice
-        assert not store.all_placed
+    try:  # read-write: dropped
         with store.read() as rt:
             assert rt._txn.stat(rt._db["chunk_places"])["entries"] == 0
     finally:

@@ -75,9 +75,8 @@ class Handle:
     #: read ahead (hints only: concurrent readers of one handle may race on them).
     last_index: int = -1
     ahead_to: int = 0
-    #: (first index, places of the chunks from it on) of a sealed file, as looked up
-    #: by the last window lookup (``core/reads.py``).
-    place_window: tuple[int, list[tuple[int, int] | None]] = (0, [])
+    #: A sealed file's chunk places by index, read with its layout (``core/reads.py``).
+    places: dict[int, tuple[int, int]] = field(default_factory=dict)
     #: Guards ``reads`` against concurrent readers of one handle.
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 

@@ -4,7 +4,8 @@ Two ways in:
 
 * :meth:`ReadOps.read` may wait for the disk and runs in a worker thread. It checks a
   sealed file's layout at its first read, and reads chunks at their recorded places in
-  the data file (``store/places.py``), asking the disk for the next
+  the data file (``store/places.py``; a file's places are read with its layout, in
+  file order), asking the disk for the next
   :data:`READ_AHEAD_CHUNKS` chunks of a sequential read.
 * :meth:`ReadOps.read_resident` never waits for the disk, so the event loop calls it
   first: a cold sequential read then costs one thread hop per miss, not per request.
@@ -13,7 +14,7 @@ Two ways in:
   None for anything else, which ``read`` then serves.
 
 Concurrency: reads of sealed and quarantined files (immutable) take no lock; a handle's
-``cache``, ``last_index``, ``ahead_to`` and ``place_window`` are each replaced whole, so
+``cache``, ``last_index`` and ``ahead_to`` are each replaced whole, so
 concurrent readers of one handle at worst repeat a read or a read-ahead. A file still
 being written is read under its writer's guard, from its buffers and the store.
 """
@@ -34,8 +35,6 @@ from worm_fs.store.keys import matches_key
 
 #: Chunks a sequential read of a sealed file asks the disk for ahead of the one it reads.
 READ_AHEAD_CHUNKS = 16
-#: Places looked up at once (by the thread path), from the chunk being read on.
-PLACE_WINDOW = 32
 
 Chunk = bytes | bytearray
 
@@ -144,18 +143,10 @@ class ReadOps(CoreState):
                       ) -> Chunk | None:
         """Chunk ``index`` of a sealed file, verified, read at its place when it has
         one (None: not stored)."""
-        assert handle.keys is not None
-        start, places = handle.place_window
-        window_end = start + len(places)
-        if not start <= index < window_end or (
-                window_end < len(handle.keys) and index + READ_AHEAD_CHUNKS >= window_end):
-            places = rt.chunk_places(handle.keys[index:index + PLACE_WINDOW])
-            start = index
-            handle.place_window = (index, places)
         self._read_ahead(rt, handle, index)
-        place = places[index - start]
+        place = handle.places.get(index)
         if place is not None:
-            data = rt.read_at_place(key, place)
+            data = rt.read_file_chunk_at(handle.ino, index, place)
             if data is not None and matches_key(key, data):
                 return data
             if data is not None:
@@ -171,15 +162,10 @@ class ReadOps(CoreState):
         cached_key, cached_data = handle.cache
         if key == cached_key:
             return cached_data
-        start, places = handle.place_window
-        window_end = start + len(places)
-        if not start <= index < window_end or (
-                window_end < len(handle.keys) and index + READ_AHEAD_CHUNKS >= window_end):
-            return None  # the thread path looks up the next places and reads ahead
-        place = places[index - start]
+        place = handle.places.get(index)
         if place is None:
             return None
-        data = rt.read_at_place(key, place, resident_only=True)
+        data = rt.read_file_chunk_at(handle.ino, index, place, resident_only=True)
         if (data is None or len(data) != chunk_length(handle.size, index)
                 or not matches_key(key, data)):
             return None
@@ -202,11 +188,10 @@ class ReadOps(CoreState):
                 return
         if handle.ahead_to - index > READ_AHEAD_CHUNKS // 2:
             return  # still far enough ahead
-        start, places = handle.place_window
-        first = max(index + 1, handle.ahead_to, start)
-        last = min(start + len(places), index + 1 + READ_AHEAD_CHUNKS)
+        first = max(index + 1, handle.ahead_to)
+        last = index + 1 + READ_AHEAD_CHUNKS
         if first < last:
-            rt.prefetch(places[first - start:last - start])
+            rt.prefetch([handle.places.get(i) for i in range(first, last)])
             handle.ahead_to = last
 
     def _check_layout(self, rt: ReadTxn, handle: Handle) -> None:
@@ -216,6 +201,7 @@ class ReadOps(CoreState):
         inode = self.inode_in(rt, handle.ino)
         if inode.kind is Kind.FILE and inode.state is State.SEALED:
             keys = check_layout(inode.size, rt.iter_manifest(handle.ino), inode.layout)
+            handle.places = rt.file_places(handle.ino)
             handle.size = inode.size
             handle.keys = keys
             return

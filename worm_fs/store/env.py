@@ -66,10 +66,13 @@ _DATABASES = (
     "uploads",  # bucket object name -> u64 time queued + u64 size (replication queue)
     "upload_order",  # u64 time queued + object name -> u64 size (the queue, oldest first)
     "chunk_places",  # chunk key -> u64 offset + u32 length in the data file (places.py)
+    "file_places",  # ino (u64) + chunk index (u64) -> the place of the chunk it names
 )
 
+#: The database of places kept for the rows of another (``places.py``).
+_PLACES_OF = {"chunks": "chunk_places", "manifests": "file_places"}
 #: Databases a store made by an older version lacks until a daemon opens it.
-_ADDED_LATER = frozenset({"uploads", "upload_order", "chunk_places"})
+_ADDED_LATER = frozenset({"uploads", "upload_order", "chunk_places", "file_places"})
 _U64 = struct.Struct(">Q")
 #: meta counter: bytes queued for upload.
 UPLOAD_PENDING_BYTES = "upload_pending_bytes"
@@ -184,6 +187,40 @@ class ReadTxn:
             return place[1]
         data = self.get_chunk_from_map(key)
         return None if data is None else len(data)
+
+    def file_places(self, ino: int) -> dict[int, tuple[int, int]]:
+        """The recorded places of file ``ino``'s chunks, by index (in file order: the
+        lookup reads a few neighbouring B-tree pages, not one per chunk)."""
+        if self._chunk_file is None or "file_places" not in self._db:
+            return {}
+        prefix = u64(ino)
+        out: dict[int, tuple[int, int]] = {}
+        with self._txn.cursor(db=self._db["file_places"]) as cur:
+            if not cur.set_range(prefix):
+                return out
+            for key, value in cur:
+                if not key.startswith(prefix):
+                    break
+                place = decode_place(value)
+                if place is not None:
+                    out[from_u64(key[8:])] = place
+        return out
+
+    def read_file_chunk_at(self, ino: int, index: int, place: tuple[int, int], *,
+                           resident_only: bool = False) -> bytes | bytearray | None:
+        """Chunk ``index`` of file ``ino`` at ``place`` (from :meth:`file_places`, maybe
+        of an earlier transaction) if this transaction still records that place for
+        it: the manifest row then names the chunk, which therefore exists, and LMDB
+        cannot reuse its pages while this transaction is open. None if not, or
+        (``resident_only``) if any of it is not in the page cache. Unverified."""
+        if self._chunk_file is None or "file_places" not in self._db:
+            return None
+        raw = self._txn.get(u64(ino) + u64(index), db=self._db["file_places"])
+        if raw is None or decode_place(raw) != place:
+            return None
+        if resident_only:
+            return self._chunk_file.read_resident(*place)
+        return self._chunk_file.read(*place)
 
     def read_at_place(self, key: bytes, place: tuple[int, int], *,
                       resident_only: bool = False) -> bytes | bytearray | None:
@@ -331,8 +368,9 @@ class WriteTxn(ReadTxn):
         self._queue_clock = queue_clock
         self._queued_ns: int | None = None
         #: Keys of the chunks this transaction stored (their places are taken after
-        #: the commit).
+        #: the commit), and its manifest changes in order: (ino, index, key or None).
         self.stored_chunks: list[bytes] = []
+        self.manifest_changes: list[tuple[int, int, bytes | None]] = []
 
     def queue_upload(self, name: bytes, size: int) -> None:
         """Queue bucket object ``name`` for upload, in this transaction (a no-op unless
@@ -396,10 +434,22 @@ class WriteTxn(ReadTxn):
         self._txn.delete(u64(parent) + name, db=self._db["dirents"])
 
     def put_manifest(self, ino: int, index: int, key: bytes) -> None:
-        self._txn.put(u64(ino) + u64(index), key, db=self._db["manifests"])
+        """Name chunk ``key`` as chunk ``index`` of ``ino``; the row's file place is
+        the chunk's place if it has one already (else taken after the commit)."""
+        row = u64(ino) + u64(index)
+        self._txn.put(row, key, db=self._db["manifests"])
+        place = self._txn.get(key, db=self._db["chunk_places"])
+        if place is not None:
+            self._txn.put(row, place, db=self._db["file_places"])
+        else:
+            self._txn.delete(row, db=self._db["file_places"])
+        self.manifest_changes.append((ino, index, key))
 
     def delete_manifest(self, ino: int, index: int) -> None:
-        self._txn.delete(u64(ino) + u64(index), db=self._db["manifests"])
+        row = u64(ino) + u64(index)
+        self._txn.delete(row, db=self._db["manifests"])
+        self._txn.delete(row, db=self._db["file_places"])
+        self.manifest_changes.append((ino, index, None))
 
     def put_chunk(self, key: bytes, data: bytes) -> None:
         self._txn.put(key, data, db=self._db["chunks"])
@@ -409,10 +459,14 @@ class WriteTxn(ReadTxn):
         self._txn.delete(key, db=self._db["chunks"])
         self._txn.delete(key, db=self._db["chunk_places"])
 
-    def put_places(self, places: dict[bytes, bytes]) -> None:
-        """Record chunk places taken after the previous commit (the store's job)."""
+    def put_places(self, places: dict[bytes, bytes],
+                   file_places: dict[bytes, bytes] | None = None) -> None:
+        """Record chunk places taken after the previous commit, by chunk key and by
+        manifest row (the store's job)."""
         for key, place in places.items():
             self._txn.put(key, place, db=self._db["chunk_places"])
+        for row, place in (file_places or {}).items():
+            self._txn.put(row, place, db=self._db["file_places"])
 
     def set_ref(self, key: bytes, count: int) -> None:
         if count:
@@ -445,15 +499,24 @@ class WriteTxn(ReadTxn):
     # -- test and fault-injection hooks -----------------------------------------------
     def raw_put(self, database: str, key: bytes, value: bytes) -> None:
         """Write any key of any database; for tests that simulate corruption. A chunk
-        rewritten moves in the data file: its place goes."""
+        rewritten moves in the data file, a manifest row rewritten names another
+        chunk: their places go."""
         self._txn.put(key, value, db=self._db[database])
-        if database == "chunks":
-            self._txn.delete(key, db=self._db["chunk_places"])
+        self._forget_places(database, key)
 
     def raw_delete(self, database: str, key: bytes) -> None:
         self._txn.delete(key, db=self._db[database])
-        if database == "chunks":
-            self._txn.delete(key, db=self._db["chunk_places"])
+        self._forget_places(database, key)
+
+    def _forget_places(self, database: str, key: bytes) -> None:
+        if database not in _PLACES_OF:
+            return
+        self._txn.delete(key, db=self._db[_PLACES_OF[database]])
+        if database == "chunks":  # and the rows naming the chunk (a scan: tests only)
+            with self._txn.cursor(db=self._db["manifests"]) as cur:
+                rows = [row for row, named in cur if named == key]
+            for row in rows:
+                self._txn.delete(row, db=self._db["file_places"])
 
 
 def _decoded(seq: int, value: bytes) -> bytes:
@@ -463,10 +526,7 @@ def _decoded(seq: int, value: bytes) -> bytes:
         raise Corruption(f"audit record {seq} cannot be decoded: {exc}") from None
 
 
-_MADV_RANDOM = 1
 _MADV_DONTNEED = 4
-#: meta: ``all`` once a store made by a version that records chunk places.
-PLACES_META = b"chunk_places"
 #: meta: the id of the last write transaction made by such a version (u64).
 PLACES_TXN_META = b"places_txn"
 
@@ -487,6 +547,20 @@ def _find_mapping(data_file: Path) -> tuple[int, int] | None:
                 start, end = (int(x, 16) for x in line.split()[0].split("-"))
                 return start, end - start
     return None
+
+
+def _file_places_of(changes: list[tuple[int, int, bytes | None]],
+                    places: dict[bytes, bytes]) -> dict[bytes, bytes]:
+    """The manifest rows a transaction left naming a chunk it stored, with that chunk's
+    new place (rows naming a chunk placed before got it at ``put_manifest``)."""
+    out: dict[bytes, bytes] = {}
+    for ino, index, key in changes:
+        row = u64(ino) + u64(index)
+        if key is not None and key in places:
+            out[row] = places[key]
+        else:
+            out.pop(row, None)
+    return out
 
 
 def _translate(exc: lmdb.Error) -> Exception:
@@ -536,9 +610,8 @@ class Store:
         self._write_lock = threading.Lock()
         #: Places of the chunks the last commit stored, for the next one to record.
         self._pending_places: dict[bytes, bytes] = {}
+        self._pending_file_places: dict[bytes, bytes] = {}
         self._chunk_file: ChunkFile | None = None
-        #: Whether every chunk stored has had its place recorded (see _check_places).
-        self.all_placed = False
         self._places_trusted = False
         self._open()
 
@@ -555,7 +628,7 @@ class Store:
                 metasync=True,
                 writemap=False,
                 map_async=False,
-                readahead=True,  # the map's advice is chosen later: _advise_map
+                readahead=True,  # see _check_places
                 create=not self.readonly,
                 mode=0o700,
             )
@@ -592,43 +665,26 @@ class Store:
     def _check_places(self) -> None:
         """Trust the recorded chunk places only if the last write transaction was made
         by a version that keeps them (each stamps ``meta`` ``places_txn`` with its own
-        id): an older version frees and stores chunks without touching them. Read-write,
-        untrusted places are dropped and the store loses its ``all`` mark; read-only,
-        they are just not used.
-
-        Then map the data file for random access (no read-around on a page fault) if
-        every chunk has had its place recorded since the store was made (``meta``
-        ``chunk_places`` = ``all``, set when a store without chunks opens read-write):
-        chunk bytes are then read with ``pread`` at their places, and what faults in
-        through the map is B-tree pages, around each of which the default read-around
-        (8 MiB on some disks) reads only other files' chunks. A store whose older
-        chunks have no places keeps the default: those are read through the map, and
-        page by page that would be several times slower."""
-        meta, places = self._dbs["meta"], self._dbs.get("chunk_places")
+        id): an older version frees and stores chunks, and changes manifests, without
+        touching them. Read-write, untrusted places are dropped; read-only, they are
+        just not used. (The map keeps the kernel's default advice: see storage.md.)"""
+        meta = self._dbs["meta"]
         try:
             with self._env.begin(write=not self.readonly) as txn:
                 stamp = txn.get(PLACES_TXN_META, db=meta)
                 trusted = stamp is not None and from_u64(stamp) == txn.id() - (
                     0 if self.readonly else 1)
                 if not self.readonly:
-                    if not trusted and (txn.stat(places)["entries"]
-                                        or txn.get(PLACES_META, db=meta) is not None):
+                    kept = [self._dbs[name] for name in _PLACES_OF.values()]
+                    if not trusted and any(txn.stat(db)["entries"] for db in kept):
                         log.info("chunk places dropped: another version wrote the store")
-                        txn.drop(places, delete=False)
-                        txn.delete(PLACES_META, db=meta)
-                    if (txn.get(PLACES_META, db=meta) is None
-                            and txn.stat(self._dbs["chunks"])["entries"] == 0):
-                        txn.put(PLACES_META, b"all", db=meta)
+                        for db in kept:
+                            txn.drop(db, delete=False)
                     txn.put(PLACES_TXN_META, u64(txn.id()), db=meta)
                     trusted = True
-                self.all_placed = trusted and txn.get(PLACES_META, db=meta) == b"all"
         except lmdb.Error as exc:
             raise _translate(exc) from None
         self._places_trusted = trusted
-        if self.all_placed:
-            mapping = _find_mapping(self.path / "store" / "data.mdb")
-            if mapping is not None:
-                _libc().madvise(mapping[0], mapping[1], _MADV_RANDOM)
 
     def _open_upload_queue(self) -> None:
         """Continue the queue's clock after its newest entry (a clock set back must not
@@ -712,14 +768,14 @@ class Store:
             tx = WriteTxn(txn, self._dbs, self.replicating, self._queue_stamp,
                           self._chunk_file)
             try:
-                tx.put_places(self._pending_places)  # first: the chunk may go below
+                tx.put_places(self._pending_places, self._pending_file_places)  # first
                 tx.raw_put("meta", PLACES_TXN_META, u64(txn.id()))
                 yield tx
             except lmdb.Error as exc:
                 txn.abort()
                 error = _translate(exc)
                 if isinstance(error, NoSpace):
-                    self._pending_places = {}  # read hints: not worth a full disk
+                    self._drop_pending()  # read hints: not worth a full disk
                 raise error from None
             except BaseException:
                 txn.abort()
@@ -729,24 +785,29 @@ class Store:
             except lmdb.Error as exc:
                 error = self._commit_error(exc)
                 if isinstance(error, NoSpace):
-                    self._pending_places = {}
+                    self._drop_pending()
                 raise error from None
             self._pending_places = self._locate(tx.stored_chunks)
+            self._pending_file_places = _file_places_of(tx.manifest_changes,
+                                                        self._pending_places)
+
+    def _drop_pending(self) -> None:
+        self._pending_places, self._pending_file_places = {}, {}
 
     @property
     def places_pending(self) -> bool:
         """Whether the last commit stored chunks whose places no commit recorded yet."""
-        return bool(self._pending_places)
+        return bool(self._pending_places or self._pending_file_places)
 
     def record_places(self) -> None:
         """Commit the pending places alone (the committer, when nothing else comes).
         On failure they are dropped (they are read hints) and the error raised."""
-        if self._pending_places:
+        if self.places_pending:
             try:
                 with self.write():
                     pass
             except (NoSpace, StorageError):
-                self._pending_places = {}
+                self._drop_pending()
                 raise
 
     def _locate(self, keys: list[bytes]) -> dict[bytes, bytes]:
