@@ -283,12 +283,16 @@ def test_a_sequential_read_asks_the_disk_for_the_chunks_ahead(core: WormCore) ->
     fh, _ = core.open(ino, os.O_RDONLY, ALICE)
     drop_from_page_cache(core.store)
     assert core.read(fh, 0, MIB) == data[:MIB]  # reads chunk 0, asks for 1..5
-    # Nothing else reads those chunks: only the read-ahead brings them in.
+    assert_read_ahead(core, fh, data)
+    core.release(fh)
+
+
+def assert_read_ahead(core: WormCore, fh: int, data: bytes) -> None:
+    """Chunks 1 to 5 of ``data`` come into the page cache: nothing else reads them."""
     deadline = time.monotonic() + 10
     while core.read_resident(fh, 5 * MIB, MIB) is None and time.monotonic() < deadline:
         time.sleep(0.01)
     assert core.read_resident(fh, MIB, 5 * MIB) == data[MIB:]
-    core.release(fh)
 
 
 def test_a_second_pass_over_a_file_is_read_ahead_again(core: WormCore) -> None:
@@ -299,10 +303,7 @@ def test_a_second_pass_over_a_file_is_read_ahead_again(core: WormCore) -> None:
         assert core.read(fh, index * MIB, MIB) == data[index * MIB:(index + 1) * MIB]
     drop_from_page_cache(core.store)
     assert core.read(fh, 0, MIB) == data[:MIB]  # a seek back to the start
-    deadline = time.monotonic() + 10
-    while core.read_resident(fh, 5 * MIB, MIB) is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert core.read_resident(fh, MIB, 5 * MIB) == data[MIB:]
+    assert_read_ahead(core, fh, data)
     core.release(fh)
 
 
