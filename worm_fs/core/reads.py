@@ -151,8 +151,7 @@ class ReadOps(CoreState):
                 return data
             if data is not None:
                 log.warning("chunk %s was not at its recorded place", key.hex())
-        stored = rt.get_chunk_from_map(key)
-        return None if stored is None else check_chunk(key, stored)
+        return read_chunk(rt, key)  # at its chunk place if it has one, else the map
 
     def _resident_chunk(self, rt: ReadTxn, handle: Handle, index: int) -> Chunk | None:
         """Chunk ``index`` of a sealed file if it is cached by the handle or in the page

@@ -528,7 +528,7 @@ def _decoded(seq: int, value: bytes) -> bytes:
 
 _MADV_DONTNEED = 4
 #: meta: the id of the last write transaction made by such a version (u64).
-PLACES_TXN_META = b"places_txn"
+PLACES_TXN_META = b"places_stamp"
 
 
 @functools.cache
@@ -664,7 +664,7 @@ class Store:
 
     def _check_places(self) -> None:
         """Trust the recorded chunk places only if the last write transaction was made
-        by a version that keeps them (each stamps ``meta`` ``places_txn`` with its own
+        by a version that keeps them (each stamps ``meta`` ``places_stamp`` with its own
         id): an older version frees and stores chunks, and changes manifests, without
         touching them. Read-write, untrusted places are dropped; read-only, they are
         just not used. (The map keeps the kernel's default advice: see storage.md.)"""
