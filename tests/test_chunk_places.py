@@ -130,14 +130,16 @@ def test_a_resident_read_needs_the_place_recorded_in_its_own_transaction(
     data = os.urandom(MIB)
     with store.write() as tx:
         key = put_chunk(tx, data)
+        tx.put_manifest(5, 0, key)
     store.record_places()
     where = place(store, key)
     with store.read() as rt:
-        assert rt.read_at_place(key, where, resident_only=True) == data
+        assert rt.read_file_chunk_at(5, 0, where, resident_only=True) == data
     with store.write() as tx:
+        tx.delete_manifest(5, 0)
         release_chunk(tx, key)
     with store.read() as rt:  # freed: its pages may be reused, so not read there
-        assert rt.read_at_place(key, where) is None
+        assert rt.read_file_chunk_at(5, 0, where) is None
 
 
 def test_a_resident_read_answers_none_for_pages_not_in_the_page_cache(
@@ -145,13 +147,14 @@ def test_a_resident_read_answers_none_for_pages_not_in_the_page_cache(
     data = os.urandom(4 * MIB)
     with store.write() as tx:
         key = put_chunk(tx, data)
+        tx.put_manifest(5, 0, key)
     store.record_places()
     where = place(store, key)
     drop_from_page_cache(store)
     with store.read() as rt:
-        assert rt.read_at_place(key, where, resident_only=True) is None
-        assert rt.read_at_place(key, where) == data  # waits for the disk
-        assert rt.read_at_place(key, where, resident_only=True) == data
+        assert rt.read_file_chunk_at(5, 0, where, resident_only=True) is None
+        assert rt.read_file_chunk_at(5, 0, where) == data  # waits for the disk
+        assert rt.read_file_chunk_at(5, 0, where, resident_only=True) == data
 
 
 def test_a_manifest_row_gets_the_place_of_the_chunk_it_names(store: Store) -> None:

@@ -222,19 +222,6 @@ class ReadTxn:
             return self._chunk_file.read_resident(*place)
         return self._chunk_file.read(*place)
 
-    def read_at_place(self, key: bytes, place: tuple[int, int], *,
-                      resident_only: bool = False) -> bytes | bytearray | None:
-        """Chunk ``key``'s bytes at ``place`` (taken from :meth:`chunk_places`, maybe in
-        an earlier transaction) if this transaction still records that place for it:
-        then LMDB cannot reuse those pages while this transaction is open. None if
-        not, or (``resident_only``) if any of it is not in the page cache. Unverified."""
-        if self._place(key) != place:
-            return None
-        assert self._chunk_file is not None
-        if resident_only:
-            return self._chunk_file.read_resident(*place)
-        return self._chunk_file.read(*place)
-
     def prefetch(self, places: list[tuple[int, int] | None]) -> None:
         """Start reading ``places`` into the page cache (a hint; returns at once)."""
         if self._chunk_file is not None:
