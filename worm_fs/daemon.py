@@ -221,7 +221,7 @@ class Daemon:
             request_ttl_s=options.request_ttl_days * 86_400, make_room=self.reserve.release,
             max_retention_days=options.max_retention_days,
         )
-        self.control = ControlServer(self.deletions, on_removed=self._forget_removed,
+        self.control = ControlServer(self.deletions, on_removed=self._forget_removed_now,
                                      on_changed=fuse_ops.notify_changed,
                                      admin_gid=admin_gid)
         self.origin = fix_origin(self.store, state_dir, options.log_origin)
@@ -441,6 +441,13 @@ class Daemon:
     def _forget_removed(self, removed: list[tuple[int, bytes, int]]) -> None:
         for parent, name, ino in reversed(removed):
             fuse_ops.notify_deleted(parent, name, ino)
+
+    @staticmethod
+    def _forget_removed_now(removed: list[tuple[int, bytes, int]]) -> None:
+        """The control server's: blocks until the kernel dropped the names (a worker
+        thread runs it), so an approver's next look no longer finds them."""
+        for parent, name, ino in reversed(removed):
+            fuse_ops.forget_deleted(parent, name, ino)
 
     def _advance_clock(self) -> None:
         self.core.commit(lambda tx, batch: advance_clock(tx, self.core.clock()))

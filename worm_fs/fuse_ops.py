@@ -431,6 +431,18 @@ def notify_deleted(parent: int, name: bytes, ino: int) -> None:
     pyfuse3.invalidate_entry_async(parent, name, deleted=ino, ignore_enoent=True)
 
 
+def forget_deleted(parent: int, name: bytes, ino: int) -> None:
+    """Drop a removed name from the kernel's caches and return once it is dropped.
+
+    Blocks on the kernel, which may ask the event loop to forget inodes meanwhile:
+    call it from a worker thread, never from a handler or the event loop.
+    """
+    try:
+        pyfuse3.invalidate_entry(parent, name, deleted=ino)
+    except OSError:  # not in the kernel's cache (or its parent is not): nothing to drop
+        pass
+
+
 def forget_attributes(ino: int) -> None:
     """Drop the kernel's cached attributes of ``ino`` (attributes only, no pages, so
     it is safe inside a handler: the kernel holds no lock of ``ino`` for it)."""

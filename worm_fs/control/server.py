@@ -62,6 +62,9 @@ REQUEST_SOCKET = "request.sock"
 ADMIN_SOCKET = "admin.sock"
 #: Seconds before answering a request refused for its uid's rate (EAGAIN).
 FLOOD_REPLY_DELAY = 1.0
+#: Longest wait for the kernel to drop the names an approval removed before the
+#: approver is answered anyway (its caches then expire on their own).
+FORGET_TIMEOUT = 5.0
 
 Removed = list[tuple[int, bytes, int]]
 
@@ -239,6 +242,14 @@ class ControlServer:
                                   else 0o600, self.admin_gid)),
         ]
 
+    async def _forget(self, removed: Removed) -> None:
+        """Have ``on_removed`` drop the removed names from the kernel's caches before
+        the approver is answered, so the names are gone for whoever looks next. It may
+        block on the kernel, so it runs in a worker thread, bounded by
+        :data:`FORGET_TIMEOUT`."""
+        with trio.move_on_after(FORGET_TIMEOUT):
+            await trio.to_thread.run_sync(self.on_removed, removed, abandon_on_cancel=True)
+
     async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Serve the sockets bound by :meth:`listen`."""
         async with trio.open_nursery() as nursery:
@@ -347,7 +358,7 @@ class ControlServer:
             handler = self._handlers[message.op]
             result = await self.run_handler(handler, message.args, who)
             if isinstance(result, dict) and "_removed" in result:
-                self.on_removed(result.pop("_removed"))
+                await self._forget(result.pop("_removed"))
             if isinstance(result, dict) and "_changed" in result:
                 self.on_changed(result.pop("_changed"))
             return protocol.ok(result)

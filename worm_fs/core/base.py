@@ -264,6 +264,11 @@ class CoreState:
 
     # ------------------------------------------------------------------ failsafe
     def _storage_failed(self, exc: Exception) -> None:
+        """Committer hook: a commit failed. On a storage error the records it carried
+        are not written either, so opens fail closed at once (:meth:`require_log`), not
+        only after the housekeeping commit has failed too."""
+        if isinstance(exc, StorageError):
+            self.audit_failing = True
         if isinstance(exc, (StorageError, Corruption)):
             self.enter_failsafe(str(exc))
 
