@@ -119,6 +119,7 @@ def test_a_tampered_object_fails_verify_naming_it(tmp_path: Path, rgw: Rgw, buck
     code, report = verify_bucket(rgw, bucket, key)
     assert code == 1
     assert [f["object"] for f in report["findings"]] == [chunk.removeprefix("store/")]
+    assert report["findings"][0]["good_version"]  # the locked original beneath it
     # A layout object whose chunk SHA-256 list was rewritten (keys and size intact, so
     # its layout digest still holds) fails against the file's chunk_hashes record.
     layout_key = next(o["Key"] for o in client.list_objects_v2(
@@ -293,21 +294,68 @@ def test_restore_rebuilds_the_store_from_the_bucket_alone(
         assert run_cli("log", "verify", str(r.path)).returncode == 0
     finally:
         r.stop()
-    # One tampered chunk (found as it is fetched, after the layouts were checked): the
-    # restore is refused, naming it, and leaves nothing behind.
+    # S3 cannot refuse a new version of a key, nor a delete marker over it: a chunk
+    # replaced by a new version and a layout object hidden by a delete marker are read
+    # from their locked originals, which the log pins by digest, and each is reported.
     client = rgw.client()
     chunk = next(o["Key"] for o in client.list_objects_v2(
         Bucket=bucket, Prefix="store/chunks/")["Contents"])
     client.put_object(Bucket=bucket, Key=chunk, Body=b"not the bytes of its key")
+    hidden = next(o["Key"] for o in client.list_objects_v2(
+        Bucket=bucket, Prefix="store/files/")["Contents"])
+    client.delete_object(Bucket=bucket, Key=hidden)  # no version id: a delete marker
+    replaced = {chunk.removeprefix("store/"), hidden.removeprefix("store/")}
+    code, checked = verify_bucket(rgw, bucket, key)
+    assert code == 1 and {f["object"] for f in checked["findings"]} == replaced, checked
+    assert all(f["good_version"] for f in checked["findings"]), checked
+    again = tmp_path / "again"
+    result = run_cli("restore", f"s3://{bucket}/store", str(again), "--s3-endpoint",
+                     rgw.endpoint_url, "--pubkey", key, "--json")
+    assert result.returncode == 0, result.stderr
+    assert {item["object"] for item in json.loads(result.stdout)["replaced"]} == replaced
+    assert all(f"replaced object {name}" in result.stderr for name in replaced)
+    r = Mount(again, tmp_path / "again-mnt", ["--settle", "0"]).start()
+    try:
+        assert tree_facts(r.path) == original  # not one byte of the replacement
+    finally:
+        r.stop()
+
+
+def test_restore_refuses_an_object_no_version_of_which_passes(
+    tmp_path: Path, rgw: Rgw, bucket: str
+) -> None:
+    m = replicated(tmp_path, rgw, bucket, "--object-retention", "0")  # unlocked objects
+    try:
+        (m.path / "model.bin").write_bytes(os.urandom(2 * MiB))
+        wait_sealed(m.path / "model.bin")
+        wait_uploaded(m)
+        key = pubkey(m)
+    finally:
+        m.stop()
+    client = rgw.client()
+    # One tampered chunk whose original is gone (found as it is fetched, after the
+    # layouts were checked): the restore is refused, naming it, and leaves nothing.
+    chunk = next(o["Key"] for o in client.list_objects_v2(
+        Bucket=bucket, Prefix="store/chunks/")["Contents"])
+    for v in client.list_object_versions(Bucket=bucket, Prefix=chunk)["Versions"]:
+        client.delete_object(Bucket=bucket, Key=chunk, VersionId=v["VersionId"])
+    client.put_object(Bucket=bucket, Key=chunk, Body=b"not the bytes of its key")
+    code, checked = verify_bucket(rgw, bucket, key)
+    found = {f["object"]: f for f in checked["findings"]
+             if "not under Object Lock" not in f["detail"]}  # unlocked, as mounted
+    assert code == 1 and list(found) == [chunk.removeprefix("store/")], checked
+    assert found[chunk.removeprefix("store/")]["good_version"] is None
     again = tmp_path / "again"
     result = run_cli("restore", f"s3://{bucket}/store", str(again), "--s3-endpoint",
                      rgw.endpoint_url, "--pubkey", key)
     assert result.returncode == EXIT_CHECK_FAILED, result.stderr
     assert chunk.removeprefix("store/") in result.stderr
     assert not again.exists() and not (tmp_path / "again.restoring").exists()
-    # One tampered layout: refused before any chunk is fetched.
+    # One tampered layout, its original gone too: refused before any chunk is fetched.
     target = next(o["Key"] for o in client.list_objects_v2(
         Bucket=bucket, Prefix="store/files/")["Contents"])
+    for v in client.list_object_versions(Bucket=bucket, Prefix=target)["Versions"]:
+        client.delete_object(Bucket=bucket, Key=target, VersionId=v["VersionId"])
     client.put_object(Bucket=bucket, Key=target, Body=b'{"chunks": [], "size": 1}')
     result = run_cli("restore", f"s3://{bucket}/store", str(again), "--s3-endpoint",
                      rgw.endpoint_url, "--pubkey", key)

@@ -527,7 +527,11 @@ def cmd_restore(args: argparse.Namespace) -> int:
         print(file=sys.stderr)
     data = {"state_dir": str(Path(args.state_dir).absolute()), "tree_size": report.size,
             "files": report.files, "entries": report.entries, "chunks": report.chunks,
-            "left_out": report.left_out, "signing_key": bool(args.signing_key)}
+            "left_out": report.left_out, "signing_key": bool(args.signing_key),
+            "replaced": [{"object": o, "detail": why} for o, why in report.replaced]}
+    for item in data["replaced"]:  # restored around them: say so, wherever stdout goes
+        print(f"worm-fs: warning: replaced object {printable(item['object'])}: "
+              f"{printable(item['detail'])}", file=sys.stderr)
 
     def human(d: dict[str, Any]) -> str:
         lines = [f"restored {d['entries']} entries ({d['files']} sealed files, "

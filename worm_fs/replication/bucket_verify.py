@@ -36,6 +36,7 @@ from worm_fs.audit.merkle import leaf_hash, root_hash
 from worm_fs.errors import Corruption
 from worm_fs.replication.bucket_checkpoints import check_checkpoints
 from worm_fs.replication.layout_objects import SEALS, file_object, read_layout_object
+from worm_fs.replication.pinned import Pinned, get_pinned
 from worm_fs.replication.s3 import Bucket
 from worm_fs.replication.tiles import WIDTH, TileTree, parse_bundle, tile_path
 from worm_fs.store import check_chunk
@@ -48,6 +49,9 @@ PARALLEL = 16
 class BucketFinding:
     object: str
     detail: str
+    #: An older version of ``object`` that passes its check, read instead of the newer
+    #: ones that fail (None: no version passes, or the object is not versioned data).
+    good_version: str | None = None
 
 
 @dataclass
@@ -77,9 +81,9 @@ class BucketReport:
     def ok(self) -> bool:
         return not self.findings
 
-    def bad(self, name: str, detail: str) -> None:
+    def bad(self, name: str, detail: str, good_version: str | None = None) -> None:
         with self.lock:
-            self.findings.append(BucketFinding(name, detail))
+            self.findings.append(BucketFinding(name, detail, good_version))
 
     def count(self, what: str, n: int = 1) -> None:
         with self.lock:
@@ -178,46 +182,86 @@ def _check_file(bucket: Bucket, ino: int, rec: dict, report: BucketReport,
     """One sealed file: its layout object against the seal record, every chunk against
     its key, the chunks together against the sealed SHA-256; with a ``chunk_hashes``
     record (``hashes``), the layout object's ``chunk_sha256`` list against it and each
-    chunk against its entry."""
+    chunk against its entry. Each object is read at the newest version that passes
+    (:mod:`.pinned`); one that passes only beneath newer versions is a finding too."""
     report.count("files")
     name = file_object(ino, rec["layout"])
-    body = bucket.get(name)
-    if body is None:
-        report.bad(name, f"missing (the layout of {rec.get('path')}, sealed at record "
-                   f"{rec.get('seq')})")
-        return
-    try:
-        layout = read_layout_object(body, rec["layout"], rec.get("size"))
-    except ValueError as exc:
-        report.bad(name, f"{exc} (the layout of {rec.get('path')})")
-        return
-    keys = layout.keys
-    _check_locked(bucket, name, report)
+    where = f"the layout of {rec.get('path')}"
+
+    def vouched(body: bytes) -> bool:
+        try:
+            layout = read_layout_object(body, rec["layout"], rec.get("size"))
+        except ValueError:
+            return False
+        return hashes is None or layout.vouched_by(hashes)
+
+    pinned = get_pinned(bucket, name, vouched)
     listed: list[bytes] | None = None
-    if hashes is not None:
-        if layout.vouched_by(hashes):
-            listed = layout.shas
-        else:
-            report.bad(name, f"its chunk_sha256 list does not match the chunk_hashes "
-                       f"record {hashes.get('seq')} of {rec.get('path')}")
+    if pinned.data is not None:
+        layout = read_layout_object(pinned.data, rec["layout"], rec.get("size"))
+        listed = layout.shas if hashes is not None else None
+        _report_replaced(report, name, pinned, where)
+    else:  # no version passes: say what is wrong with the newest
+        body = bucket.fetch(name)
+        if body is None:
+            report.bad(name, f"missing ({where}, sealed at record {rec.get('seq')})")
+            return
+        try:
+            layout = read_layout_object(body, rec["layout"], rec.get("size"))
+        except ValueError as exc:
+            report.bad(name, f"{exc} ({where})")
+            return
+        report.bad(name, f"its chunk_sha256 list does not match the chunk_hashes "
+                   f"record {(hashes or {}).get('seq')} of {rec.get('path')}")
+    _check_locked(bucket, name, report, pinned.version_id)
+    keys = layout.keys
     with report.lock:
         report.layouts[ino] = CheckedLayout(str(rec["layout"]), keys, listed)
     if not with_chunks:
         return
     sha = hashlib.sha256()
     for index, key in enumerate(keys):
-        chunk_name = f"chunks/{key.hex()}"
-        data = bucket.fetch(chunk_name)
+        chunk_name = chunk_object_name(key)
+        pinned, problem = fetch_chunk(bucket, key, listed[index] if listed else None)
         report.count("chunks")
-        problem = chunk_problem(key, data, listed[index] if listed else None)
-        if problem is not None:
+        if pinned.data is None:
             report.bad(chunk_name, f"{problem} (a chunk of {rec.get('path')})")
             return
-        assert data is not None
-        sha.update(data)
-        _check_locked(bucket, chunk_name, report)
+        _report_replaced(report, chunk_name, pinned, f"a chunk of {rec.get('path')}")
+        sha.update(pinned.data)
+        _check_locked(bucket, chunk_name, report, pinned.version_id)
     if sha.hexdigest() != rec.get("sha256"):
         report.bad(name, f"the chunks of {rec.get('path')} do not give its sealed SHA-256")
+
+
+def chunk_object_name(key: bytes) -> str:
+    return f"chunks/{key.hex()}"
+
+
+def fetch_chunk(bucket: Bucket, key: bytes, sha256: bytes | None = None,
+                ) -> tuple[Pinned, str | None]:
+    """Chunk ``key`` at the newest version that matches its key (and ``sha256``, the
+    SHA-256 its layout lists, if given); if none does, the problem of the newest."""
+    name = chunk_object_name(key)
+    pinned = get_pinned(bucket, name, lambda data: chunk_problem(key, data, sha256) is None)
+    if pinned.data is not None:
+        return pinned, None
+    newest = bucket.fetch(name)  # the failure path: say what is wrong with it
+    problem = chunk_problem(key, newest, sha256)
+    if pinned.failed == 0 or (newest is not None and problem and pinned.failed == 1):
+        return pinned, problem  # missing, or one version, which fails
+    return pinned, (f"none of its {pinned.failed} versions (or what a delete marker "
+                    "hides) matches its key or SHA-256")
+
+
+def _report_replaced(report: BucketReport, name: str, pinned: Pinned, what: str) -> None:
+    """A finding for an object read from beneath newer versions that fail their check
+    (a replaced object, or one hidden by a delete marker)."""
+    if pinned.failed:
+        report.bad(name, f"replaced: {pinned.failed} newer version(s) or delete marker "
+                   f"fail their check ({what}); version {pinned.version_id}, which "
+                   "passes, is what replicas and restore read",
+                   good_version=pinned.version_id)
 
 
 def chunk_problem(key: bytes, data: bytes | None, sha256: bytes | None = None) -> str | None:
@@ -232,10 +276,12 @@ def chunk_problem(key: bytes, data: bytes | None, sha256: bytes | None = None) -
     return None
 
 
-def _check_locked(bucket: Bucket, name: str, report: BucketReport) -> None:
+def _check_locked(bucket: Bucket, name: str, report: BucketReport,
+                  version_id: str | None = None) -> None:
+    """Whether ``name`` (at ``version_id``, else its newest version) was written locked."""
     if bucket.lock_mode is None or bucket.retention_days <= 0:
         return
-    stored = bucket.head(name)
+    stored = bucket.head(name, version_id)
     if stored is None:
         return  # reported as missing by the reader
     until = stored.retain_until

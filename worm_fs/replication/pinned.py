@@ -6,8 +6,10 @@ verified, its SHA-256; a layout object the layout digest of its seal record), so
 replaced object is told apart from the original. With Object Lock the original version
 stays in the bucket beneath the replacement: :func:`get_pinned` reads the newest version
 (one GET when nothing was changed) and, if it fails the check, the older versions
-newest first, and takes the first that passes. How many failed is returned for the
-caller to report: a replaced object is served from its good version and still reported.
+newest first, and takes the first that passes. An object absent by name is looked for
+the same way (a delete marker hides the versions beneath it). How many failed is
+returned for the caller to report: a replaced object is served from its good version and
+still reported.
 
 May block (network); holds no lock.
 """
@@ -42,12 +44,15 @@ def get_pinned(bucket: VersionedBucket, name: str, accept: Callable[[bytes], boo
     """The newest version of ``name`` that ``accept`` takes. ``newest``: the bytes of the
     newest version if the caller read them already."""
     data = bucket.fetch(name) if newest is None else newest
-    if data is None:
-        return Pinned(None)  # no object of that name at all (nothing to route around)
-    if accept(data):
+    if data is not None and accept(data):
         return Pinned(data)
+    # Absent by name may be a delete marker (anyone who may put may add one, lock or
+    # not) over the versions beneath: they are tried like those under a replacement.
+    versions = bucket.versions(name)
+    if data is None and not versions:
+        return Pinned(None)  # no object of that name at all (nothing to route around)
     failed = 0
-    for version_id in bucket.versions(name):  # the newest again: it may have changed
+    for version_id in versions:  # the newest again: it may have changed
         older = bucket.get(name, version_id)
         if older is not None and accept(older):
             return Pinned(older, version_id, max(failed, 1))

@@ -7,7 +7,10 @@ file's layout object against the layout digest of its seal record (the checks of
 the log vouches for one) and each file's bytes against its sealed SHA-256, as they are
 fetched, once each, in parallel. The store is built in a directory beside
 ``STATE_DIR`` and renamed into place only when every check passed: any finding refuses
-the restore, removes what was built and leaves ``STATE_DIR`` as it was.
+the restore, removes what was built and leaves ``STATE_DIR`` as it was, except a chunk
+or layout object whose newest version fails while an older one passes (S3 cannot refuse
+a new version, nor a delete marker): the restore reads the version that passes, which the
+log pins by digest, and reports the object.
 
 The namespace is replayed from the records (``mkdir``, ``create``, ``symlink``,
 ``rename``, ``setattr``, ``seal``, ``delete``, holds, retention), so the restored store
@@ -44,8 +47,14 @@ from worm_fs.core.model import Inode, Kind, State
 from worm_fs.core.paths import ROOT_INO
 from worm_fs.core.sealing import LAYOUTS_META
 from worm_fs.errors import Corruption, UsageError
-from worm_fs.replication.bucket_verify import CheckedLayout, chunk_problem, verify_bucket
+from worm_fs.replication.bucket_verify import (
+    CheckedLayout,
+    chunk_object_name,
+    fetch_chunk,
+    verify_bucket,
+)
 from worm_fs.replication.layout_objects import SEALS, file_object
+from worm_fs.replication.pinned import Pinned
 from worm_fs.replication.replica_apply import apply_attributes
 from worm_fs.replication.s3 import Bucket
 from worm_fs.store import Store, put_chunk, u64
@@ -68,6 +77,9 @@ class RestoreReport:
     entries: int = 0
     chunks: int = 0
     left_out: list[str] = field(default_factory=list)
+    #: Objects read from an older version because newer ones fail their check (the
+    #: restore routes around them, and reports each): (object, what was found).
+    replaced: list[tuple[str, str]] = field(default_factory=list)
 
 
 def restore(bucket: Bucket, verifier: VerifierKey, state_dir: Path, *,
@@ -82,13 +94,14 @@ def restore(bucket: Bucket, verifier: VerifierKey, state_dir: Path, *,
         if key.verifier_key() != str(verifier):
             raise UsageError(f"{signing_key} is not the key of --pubkey")
     checked = verify_bucket(bucket, verifier, progress, with_chunks=False)
-    if not checked.ok:
+    if any(f.good_version is None for f in checked.findings):
         raise RestoreRefused("the bucket failed its checks; nothing was restored:\n" + "\n".join(
             f"  {f.object}: {f.detail}" for f in checked.findings))
     note, records = checked.note, checked.records  # what the checks just read
     cp = open_checkpoint(note, verifier)
     namespace = _replay([json.loads(r) for r in records])
-    report = RestoreReport(size=cp.size)
+    report = RestoreReport(size=cp.size,
+                           replaced=[(f.object, f.detail) for f in checked.findings])
     sealed = [inode for inode in namespace.inodes.values()
               if inode.kind is Kind.FILE and inode.state is State.SEALED]
     for inode in sealed:  # the verify and the replay must agree on every file
@@ -169,23 +182,26 @@ def _store_chunks(bucket: Bucket, store: Store, sealed: list[Inode],
         first.setdefault(key, n)
     sha = hashlib.sha256()
     with ThreadPoolExecutor(max_workers=FETCHES) as pool:
-        fetched = _fetched_in_order(pool, bucket, list(first.values()), wanted)
+        fetched = _fetched_in_order(pool, bucket, list(first.values()), wanted, layouts)
         places = iter(enumerate(wanted))
         more = True
         while more:
             with store.write() as tx:
                 tx_bytes = 0
                 for n, (inode, index, key) in places:
-                    name = f"chunks/{key.hex()}"
+                    name = chunk_object_name(key)
                     if first[key] == n:
-                        data = next(fetched)
-                        shas = layouts[inode.ino].shas
-                        problem = chunk_problem(key, data, shas[index] if shas else None)
-                        if problem is not None:
+                        pinned, problem = next(fetched)
+                        if pinned.data is None:
                             raise RestoreRefused(
                                 f"{name}: {problem} (a chunk of inode {inode.ino}); "
                                 "nothing was restored")
-                        assert data is not None
+                        if pinned.failed:
+                            report.replaced.append((name, (
+                                f"{pinned.failed} newer version(s) or delete marker "
+                                f"fail their check; restored from version "
+                                f"{pinned.version_id}")))
+                        data = pinned.data
                         report.chunks += 1
                     else:  # checked against its key where it was first fetched
                         data = tx.get_chunk(key) or b""
@@ -222,11 +238,16 @@ def _check_whole(inode: Inode, sha: hashlib._Hash) -> None:
 
 
 def _fetched_in_order(pool: ThreadPoolExecutor, bucket: Bucket, places: list[int],
-                      wanted: list[tuple[Inode, int, bytes]]) -> Iterator[bytes | None]:
-    """The chunk objects at ``places`` of ``wanted``, in that order, FETCHES at a time."""
-    window: deque[Future[bytes | None]] = deque()
+                      wanted: list[tuple[Inode, int, bytes]],
+                      layouts: dict[int, CheckedLayout],
+                      ) -> Iterator[tuple[Pinned, str | None]]:
+    """The chunks at ``places`` of ``wanted``, in that order, FETCHES at a time, each at
+    its newest version that passes its checks (:func:`.bucket_verify.fetch_chunk`)."""
+    window: deque[Future[tuple[Pinned, str | None]]] = deque()
     for n in places:
-        window.append(pool.submit(bucket.fetch, f"chunks/{wanted[n][2].hex()}"))
+        inode, index, key = wanted[n]
+        shas = layouts[inode.ino].shas
+        window.append(pool.submit(fetch_chunk, bucket, key, shas[index] if shas else None))
         if len(window) >= FETCHES:
             yield window.popleft().result()
     while window:

@@ -139,9 +139,13 @@ class Bucket:
     def close(self) -> None:
         self._http.clear()
 
-    def head(self, name: str) -> Stored | None:
+    def head(self, name: str, version_id: str | None = None) -> Stored | None:
+        """What the bucket says of ``name`` (its newest version, or ``version_id``)."""
+        args: dict[str, Any] = {"Bucket": self.url.bucket, "Key": self.key(name)}
+        if version_id:
+            args["VersionId"] = version_id
         try:
-            reply = self.client.head_object(Bucket=self.url.bucket, Key=self.key(name))
+            reply = self.client.head_object(**args)
         except ClientError as exc:
             if _code(exc) in ("NoSuchKey", "404", "NotFound"):
                 return None
