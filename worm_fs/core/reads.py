@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import errno
 import logging
+from collections.abc import Callable
 
 from worm_fs.core.base import CoreState
 from worm_fs.core.handles import Handle
@@ -75,20 +76,11 @@ class ReadOps(CoreState):
         if (handle is None or not handle.keys or self.chunk_source is not None
                 or self.audit_reads_each or handle.size is None):
             return None
-        end = min(off + size, handle.size)
-        pieces: list[Chunk] = []
         with self.store.read() as rt:
-            pos = off
-            while pos < end:
-                index, coff = divmod(pos, CHUNK_SIZE)
-                n = min(CHUNK_SIZE - coff, end - pos)
-                data = self._resident_chunk(rt, handle, index)
-                if data is None:
-                    return None
-                pieces.append(data if coff == 0 and n == len(data) else data[coff:coff + n])
-                pos += n
-        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
-        self._note_read(handle, fh, off, len(data))
+            data = _gather(off, min(off + size, handle.size),
+                           lambda index: self._resident_chunk(rt, handle, index))
+        if data is not None:
+            self._note_read(handle, fh, off, len(data))
         return data
 
     def _note_read(self, handle: Handle, fh: int, off: int, nbytes: int) -> None:
@@ -103,41 +95,37 @@ class ReadOps(CoreState):
     def _read_chunks(self, rt: ReadTxn, handle: Handle, off: int, size: int) -> Chunk:
         if handle.keys is None:
             self._check_layout(rt, handle)
-        keys = handle.keys
         assert handle.size is not None
-        end = min(off + size, handle.size)
-        pieces: list[Chunk] = []
-        pos = off
-        while pos < end:
-            index, coff = divmod(pos, CHUNK_SIZE)
-            n = min(CHUNK_SIZE - coff, end - pos)
-            key = keys[index] if keys else rt.get_manifest(handle.ino, index)
-            cached_key, cached_data = handle.cache
-            if key is None:
-                if rt.get_inode(handle.ino) is None:  # deleted under an open handle
-                    raise WormError("the file was deleted", errno=errno.ESTALE)
-                data: Chunk = b""
-            elif key == cached_key:
-                data = cached_data
-            else:
-                if self.chunk_source is None:
-                    found = self._stored_chunk(rt, handle, index, key) if keys else \
-                        read_chunk(rt, key)
-                else:
-                    found = self.chunk_source.chunk(handle.ino, index, key)
-                    found = None if found is None else check_chunk(key, found)
-                if found is None and rt.get_inode(handle.ino) is None:
-                    raise WormError("the file was deleted", errno=errno.ESTALE)
-                data = check_chunk(key, None) if found is None else found  # None raises
-                if keys:
-                    check_length(handle.size, index, data)
-                handle.cache = (key, data)  # one assignment: safe for concurrent readers
-            piece = data if coff == 0 and n == len(data) else data[coff : coff + n]
-            pieces.append(piece)
-            if len(piece) < n:  # a hole of a file not sealed (yet)
-                pieces.append(bytes(n - len(piece)))
-            pos += n
-        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        data = _gather(off, min(off + size, handle.size),
+                       lambda index: self._chunk(rt, handle, index))
+        assert data is not None  # _chunk answers every index
+        return data
+
+    def _chunk(self, rt: ReadTxn, handle: Handle, index: int) -> Chunk:
+        """Chunk ``index`` through ``handle``, verified (b"" for a hole of a file not
+        sealed yet); raises ESTALE if the file was deleted under the handle."""
+        keys = handle.keys
+        key = keys[index] if keys else rt.get_manifest(handle.ino, index)
+        cached_key, cached_data = handle.cache
+        if key is None:
+            if rt.get_inode(handle.ino) is None:  # deleted under an open handle
+                raise WormError("the file was deleted", errno=errno.ESTALE)
+            return b""
+        if key == cached_key:
+            return cached_data
+        if self.chunk_source is None:
+            found = self._stored_chunk(rt, handle, index, key) if keys else \
+                read_chunk(rt, key)
+        else:
+            found = self.chunk_source.chunk(handle.ino, index, key)
+            found = None if found is None else check_chunk(key, found)
+        if found is None and rt.get_inode(handle.ino) is None:
+            raise WormError("the file was deleted", errno=errno.ESTALE)
+        data = check_chunk(key, None) if found is None else found  # None raises
+        if keys:
+            check_length(handle.size, index, data)
+        handle.cache = (key, data)  # one assignment: safe for concurrent readers
+        return data
 
     def _stored_chunk(self, rt: ReadTxn, handle: Handle, index: int, key: bytes
                       ) -> Chunk | None:
@@ -149,8 +137,10 @@ class ReadOps(CoreState):
             data = rt.read_file_chunk_at(handle.ino, index, place)
             if data is not None and matches_key(key, data):
                 return data
-            if data is not None:
+            if data is not None:  # its chunk place is the same: read LMDB's own copy
                 log.warning("chunk %s was not at its recorded place", key.hex())
+                found = rt.get_chunk_from_map(key)
+                return None if found is None else check_chunk(key, found)
         return read_chunk(rt, key)  # at its chunk place if it has one, else the map
 
     def _resident_chunk(self, rt: ReadTxn, handle: Handle, index: int) -> Chunk | None:
@@ -216,3 +206,23 @@ class ReadOps(CoreState):
             "corruption", errno.EIO, path=path, ino=handle.ino, detail=what,
             **self._who(handle.caller),
         ))
+
+
+def _gather(off: int, end: int, chunk_at: Callable[[int], Chunk | None]) -> Chunk | None:
+    """Bytes ``off`` to ``end`` of a file whose chunk ``index`` is ``chunk_at(index)``
+    (a short chunk reads as zeros after its end: a hole of a file not sealed yet);
+    None as soon as ``chunk_at`` answers None."""
+    pieces: list[Chunk] = []
+    pos = off
+    while pos < end:
+        index, coff = divmod(pos, CHUNK_SIZE)
+        n = min(CHUNK_SIZE - coff, end - pos)
+        data = chunk_at(index)
+        if data is None:
+            return None
+        piece = data if coff == 0 and n == len(data) else data[coff : coff + n]
+        pieces.append(piece)
+        if len(piece) < n:
+            pieces.append(bytes(n - len(piece)))
+        pos += n
+    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
