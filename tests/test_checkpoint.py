@@ -533,3 +533,41 @@ def test_a_chosen_log_origin_is_fixed_when_the_store_is_made(mount_factory, tmp_
     (tmp_path / "n").mkdir()
     bad = run_cli("mount", str(tmp_path / "s2"), str(tmp_path / "n"), "--log-origin", "a b")
     assert bad.returncode == 2 and "printable" in bad.stderr
+
+
+# ------------------------------------------------------------------ transient checkpoints
+def test_a_transient_checkpoint_is_replaced_by_the_next_and_a_kept_one_is_not(tmp_path):
+    from worm_fs.audit.anchor import keep_checkpoint, transient_checkpoint, write_checkpoint
+    from worm_fs.store import Store
+
+    key = SigningKey.generate("worm-fs/00000000000000aa")
+    store = Store(tmp_path)
+    root = hashlib.sha256(b"r").digest()
+
+    def sign(size: int, transient: bool) -> None:
+        with store.write() as tx:
+            write_checkpoint(tx, key, key.name, size, root, transient=transient)
+
+    def kept() -> list[int]:
+        with store.read() as rt:
+            return [size for size, _ in rt.iter_checkpoints()]
+
+    try:
+        sign(5, False)
+        sign(6, True)
+        sign(7, True)  # replaces 6
+        assert kept() == [5, 7]
+        sign(9, False)  # a kept one replaces the transient one too
+        assert kept() == [5, 9]
+        sign(10, True)
+        sign(10, False)  # asked for again (log checkpoint, a manifest): kept for good
+        sign(11, True)
+        assert kept() == [5, 9, 10, 11]
+        with store.write() as tx:  # a witness cosigned it
+            keep_checkpoint(tx, 11)
+        sign(12, True)
+        assert kept() == [5, 9, 10, 11, 12]
+        with store.read() as rt:
+            assert transient_checkpoint(rt) == 12
+    finally:
+        store.close()

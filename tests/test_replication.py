@@ -221,6 +221,16 @@ def test_the_log_in_the_bucket_follows_within_seconds_under_load(
     print(f"bucket log lag over {len(lags)} samples: median {lags[len(lags) // 2]:.2f} s, "
           f"p99 {p99:.2f} s, max {lags[-1]:.2f} s")
     assert p99 <= 5.0
+    # A checkpoint a second went to the bucket, each kept there, but the store kept only
+    # the ones --checkpoint-seconds asks for: here none but the one at the unmount.
+    published = client.list_objects_v2(Bucket=bucket, Prefix="store/checkpoints/")
+    assert len(published.get("Contents", [])) >= 6
+    store = Store(m.state, readonly=True)
+    try:
+        with store.read() as rt:
+            assert len(list(rt.iter_checkpoints())) == 1
+    finally:
+        store.close()
 
 
 def tree_facts(root: Path) -> dict[str, tuple]:

@@ -34,6 +34,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -258,6 +259,8 @@ class Daemon:
         self.core.root_xattrs[b"user.worm.admin_control"] = str(
             self.runtime_dir / ADMIN_SOCKET).encode()
         self._last_checkpoint_size = -1
+        #: The size of the last checkpoint kept for good (not transient).
+        self._last_kept_size = 0
 
     def run(self, ready_fd: int | None = None) -> None:
         keep_freed_memory()
@@ -455,10 +458,11 @@ class Daemon:
     def _record(self, op: str, **fields: object) -> None:
         self.core.record(op, pid=os.getpid(), **fields)
 
-    def checkpoint(self) -> int:
-        """Sign the current tree head (in a commit); returns its size."""
+    def checkpoint(self, *, transient: bool = False) -> int:
+        """Sign the current tree head (in a commit); returns its size. ``transient``:
+        for the bucket only, replaced by the next one (``write_checkpoint``)."""
         note = self.core.commit(lambda tx, batch: write_checkpoint(
-            tx, self.key, self.origin, batch.size, batch.root()))
+            tx, self.key, self.origin, batch.size, batch.root(), transient=transient))
         self._last_checkpoint_size = size = int(note.split("\n")[1])
         if self.witnesser is not None:
             self.witnesser.wake()
@@ -533,7 +537,7 @@ class Daemon:
                     await trio.to_thread.run_sync(self.store.release_mapped_pages)
 
     async def _checkpoints(self) -> None:
-        self._last_checkpoint_time = trio.current_time()
+        self._last_checkpoint_time = self._last_kept_time = trio.current_time()
         ticks = 0
         while True:
             await trio.sleep(1.0)
@@ -550,17 +554,24 @@ class Daemon:
             await trio.to_thread.run_sync(self._advance_clock)
         with self.store.read() as rt:  # one counter, not all of stats(): on the loop
             size = rt.get_counter(NEXT_SEQ_KEY)
-        due_records = size - max(self._last_checkpoint_size, 0) >= (
-            self.options.checkpoint_records
-        )
+        if size == self._last_checkpoint_size:
+            return
+        now = trio.current_time()
+        kept_due = size - self._last_kept_size >= self.options.checkpoint_records or \
+            now - self._last_kept_time >= self.options.checkpoint_seconds
         # With a bucket, the log there must follow closely: a checkpoint (and its tiles)
-        # every second while records come in.
-        period = BUCKET_CHECKPOINT_SECONDS if self.uploader is not None \
-            else self.options.checkpoint_seconds
-        due_time = trio.current_time() - self._last_checkpoint_time >= period
-        if size != self._last_checkpoint_size and (due_records or due_time):
-            await trio.to_thread.run_sync(self.checkpoint)
-            self._last_checkpoint_time = trio.current_time()
+        # every second while records come in; between the kept ones, each replaces the
+        # one before, so the store does not keep one per second.
+        bucket_due = self.uploader is not None and \
+            now - self._last_checkpoint_time >= BUCKET_CHECKPOINT_SECONDS
+        if kept_due:
+            self._last_kept_size = await trio.to_thread.run_sync(self.checkpoint)
+            self._last_kept_time = now
+        elif bucket_due:
+            await trio.to_thread.run_sync(partial(self.checkpoint, transient=True))
+        else:
+            return
+        self._last_checkpoint_time = now
 
 
 @contextmanager

@@ -16,10 +16,12 @@ from pathlib import Path
 from worm_fs.audit.checkpoint import Checkpoint, SigningKey, sign_checkpoint
 from worm_fs.audit.log import tree_head
 from worm_fs.errors import NotAStore, UsageError
-from worm_fs.store import ReadTxn, Store, WriteTxn, u64, uploads
+from worm_fs.store import ReadTxn, Store, WriteTxn, from_u64, u64, uploads
 
 KEY_FILE = "audit-signing.key"
 CHECKPOINT_TIME_KEY = "checkpoint_time_ns"
+#: The tree size of the transient checkpoint kept now, if any (see write_checkpoint).
+TRANSIENT_KEY = "transient_checkpoint"
 ORIGIN_KEY = "log_origin"
 
 
@@ -99,18 +101,46 @@ def make_checkpoint(store: Store, key: SigningKey, origin: str) -> str:
         return write_checkpoint(tx, key, origin, size, root)
 
 
-def write_checkpoint(tx: WriteTxn, key: SigningKey, origin: str, size: int, root: bytes) -> str:
+def write_checkpoint(tx: WriteTxn, key: SigningKey, origin: str, size: int, root: bytes,
+                     *, transient: bool = False) -> str:
     """Sign the tree head (``size``, ``root``) inside ``tx`` and keep it (or return the
-    checkpoint of that size kept already)."""
+    checkpoint of that size kept already).
+
+    A ``transient`` checkpoint (one signed only so that the bucket's log follows within
+    a second) is kept only until the next checkpoint is signed, which replaces it: the
+    store then keeps one per ``--checkpoint-seconds``, not one per second. Asked for
+    again without ``transient`` (``log checkpoint``, a manifest), it is kept for good.
+    """
     kept = tx.get_checkpoint(size)
     if kept is not None:
+        if not transient:
+            keep_checkpoint(tx, size)
         # Queued again: one signed by the CLI (``log checkpoint``, ``manifest create``)
         # in a process of its own was not queued for the bucket there.
         tx.queue_upload(uploads.log_name(size), 0)
         return kept.decode()
     note_text = sign_checkpoint(Checkpoint(origin=origin, size=size, root=root), key)
+    superseded = transient_checkpoint(tx)
+    if superseded is not None:
+        tx.delete_checkpoint(superseded)
+        tx.delete_meta(TRANSIENT_KEY)
     tx.put_checkpoint(size, note_text.encode())
+    if transient:
+        tx.put_meta(TRANSIENT_KEY, u64(size))
     tx.put_meta(CHECKPOINT_TIME_KEY, u64(time.time_ns()))
     # The log up to here, for the bucket (a no-op unless the store replicates).
     tx.queue_upload(uploads.log_name(size), 0)
     return note_text
+
+
+def transient_checkpoint(rt: ReadTxn) -> int | None:
+    """The tree size of the transient checkpoint kept now (the next one replaces it)."""
+    raw = rt.get_meta(TRANSIENT_KEY)
+    return None if raw is None else from_u64(raw)
+
+
+def keep_checkpoint(tx: WriteTxn, size: int) -> None:
+    """Keep the checkpoint of ``size`` for good, if it was transient (a witness
+    cosigned it, or someone asked for it)."""
+    if transient_checkpoint(tx) == size:
+        tx.delete_meta(TRANSIENT_KEY)

@@ -37,6 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from worm_fs.audit.anchor import keep_checkpoint
 from worm_fs.audit.checkpoint import (
     ALG_COSIGNATURE,
     CheckpointError,
@@ -330,6 +331,7 @@ class Witnesser:
         def store(tx: WriteTxn) -> None:
             kept = (tx.get_checkpoint(size) or note.encode()).decode()
             tx.put_checkpoint(size, add_signatures(kept, mine).encode())
+            keep_checkpoint(tx, size)  # cosigned: kept for good, even if transient
             state = WitnessState.load(tx, w.id) or WitnessState(url=w.url, since_ns=now_ns)
             state.size, state.cosigned_ns = size, now_ns
             state.save(tx, w.id)

@@ -472,11 +472,17 @@ class WriteTxn(ReadTxn):
     def put_checkpoint(self, size: int, note: bytes) -> None:
         self._txn.put(u64(size), note, db=self._db["checkpoints"])
 
+    def delete_checkpoint(self, size: int) -> None:
+        self._txn.delete(u64(size), db=self._db["checkpoints"])
+
     def put_deletion(self, request_id: bytes, value: bytes) -> None:
         self._txn.put(request_id, value, db=self._db["deletions"])
 
     def put_meta(self, name: str, value: bytes) -> None:
         self._txn.put(name.encode(), value, db=self._db["meta"])
+
+    def delete_meta(self, name: str) -> None:
+        self._txn.delete(name.encode(), db=self._db["meta"])
 
     def add_counter(self, name: str, delta: int) -> int:
         value = max(0, self.get_counter(name) + delta)
