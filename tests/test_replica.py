@@ -433,6 +433,35 @@ def test_a_tampered_chunk_is_never_served_and_its_original_is(
         r.stop()
 
 
+def test_a_chunk_hidden_by_a_delete_marker_is_served_from_its_version(
+    tmp_path: Path, rgw: Rgw, bucket: str
+) -> None:
+    p = replicated(tmp_path, rgw, bucket)
+    try:
+        data = os.urandom(2 * MiB)
+        (p.path / "model.bin").write_bytes(data)
+        wait_sealed(p.path / "model.bin")
+        wait_uploaded(p)
+        key = pubkey(p)
+    finally:
+        p.stop()
+    client = rgw.client()
+    chunk = next(o["Key"] for o in client.list_objects_v2(
+        Bucket=bucket, Prefix="store/chunks/")["Contents"])
+    # Anyone who may put may add a delete marker, Object Lock or not: the locked
+    # version beneath it is still there, and still the one the log pins.
+    client.delete_object(Bucket=bucket, Key=chunk)
+    r = replica(tmp_path, rgw, bucket, key)
+    try:
+        wait_for(lambda: (r.path / "model.bin").exists())
+        assert (r.path / "model.bin").read_bytes() == data
+        code, st = wait_for(lambda: (s := replica_status(r))[1]["replaced_objects"] and s)
+        assert code == 1 and chunk.removeprefix("store/") in st["last_replaced"], st
+        assert st["refused"] == "", st
+    finally:
+        r.stop()
+
+
 def test_a_tampered_tile_or_a_forked_log_is_refused_and_the_replica_keeps_serving(
     tmp_path: Path, rgw: Rgw, bucket: str
 ) -> None:
