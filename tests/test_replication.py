@@ -437,6 +437,36 @@ def test_writers_keep_their_pace_while_the_bucket_is_down(
     assert code == 0, report
 
 
+def test_checkpoints_replaced_while_the_bucket_was_down_leave_no_gap_in_its_log(
+    tmp_path: Path, rgw: Rgw, bucket: str
+) -> None:
+    """While RGW is down the daemon signs a transient checkpoint a second, each replacing
+    the one before, and their uploads queue up behind hundreds of objects: once it is
+    back, a round that takes a replaced one must not count the log as uploaded up to it
+    (else the entry bundles between would never be put)."""
+    from tests.conftest import ceph_dev
+
+    m = replicated(tmp_path, rgw, bucket)
+    try:
+        (m.path / "before").write_bytes(b"b")
+        wait_uploaded(m)
+        ceph_dev("stop")
+        try:
+            deadline = time.monotonic() + 4  # several checkpoints, over 256 records
+            n = 0
+            while time.monotonic() < deadline or n < 400:
+                (m.path / f"f{n:04d}").write_bytes(os.urandom(64))
+                n += 1
+        finally:
+            ceph_dev("start")
+        wait_uploaded(m, timeout=120)
+        key = pubkey(m)
+    finally:
+        m.stop()
+    code, report = verify_bucket(rgw, bucket, key)
+    assert code == 0, report
+
+
 def write_uploaded(m: Mount, name: str) -> None:
     """Write a small file and wait until it and the log are in the bucket."""
     (m.path / name).write_bytes(name.encode() * 100)

@@ -162,12 +162,17 @@ class UploadWorker:
         self.bucket.put(target, data)
         return name, len(data), hashes
 
-    def log(self, size: int) -> int:
-        """Tiles and entry bundles up to tree ``size``, then its checkpoint."""
+    def log(self, size: int) -> int | None:
+        """Tiles and entry bundles up to tree ``size``, then its checkpoint; returns the
+        bytes put, or None if the store no longer keeps that checkpoint (a transient
+        one, replaced: the one that replaced it is queued, and the log uploaded so far
+        must not count as reaching ``size``)."""
         with self.store.read() as rt:
             done = rt.get_counter(LOG_UPLOADED)
             note = rt.get_checkpoint(size)
-            if note is None or size <= done and done:
+            if note is None:
+                return None
+            if size <= done and done:
                 return 0
             if self.tree.size > size:
                 self.tree = TileTree()
@@ -211,7 +216,7 @@ def _upload_objects(names: list[bytes]) -> list[tuple[bytes, int]]:
     return _worker.objects(names)
 
 
-def _upload_log(size: int) -> int:
+def _upload_log(size: int) -> int | None:
     assert _worker is not None
     return _worker.log(size)
 
@@ -320,8 +325,12 @@ class Uploader:
             # Last: readers trust what the checkpoint covers, so every layout and chunk
             # its seal records name must be in the bucket before it.
             log_size = int(logs[-1][len(LOG_OBJECT):])
-            nbytes += self._pool.submit(_upload_log, log_size).result()
-            uploaded += len(logs)
+            sent = self._pool.submit(_upload_log, log_size).result()
+            if sent is None:  # replaced since: the log did not reach log_size
+                log_size = None
+            else:
+                nbytes += sent
+                uploaded += len(logs)
         self._finish(taken, uploaded, nbytes, log_size, hashes)
         return True
 
