@@ -117,7 +117,9 @@ def verify_bucket(bucket: Bucket, verifier: VerifierKey,
                    f"(tree size {cp.size})")
         return report
     _check_tiles(bucket, leaves, cp.size, report)
-    published = [(n, bucket.get(n)) for n in bucket.names("checkpoints/")]
+    names = bucket.names("checkpoints/")  # one a second while the log grew: many
+    with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
+        published = list(zip(names, pool.map(bucket.get, names), strict=True))
     for name, detail in check_checkpoints([*published, *kept], leaves, verifier):
         report.bad(name, detail)
     report.note, report.records = note, records
